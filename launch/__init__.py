@@ -1,0 +1,1 @@
+"""Launchers: local multi-process, TPU VM pods, SLURM GPU clusters."""

@@ -1,0 +1,1 @@
+"""Models: the T5 encoder-decoder, soft prompts, and the training/decoding wrapper."""

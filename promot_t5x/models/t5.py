@@ -1,0 +1,577 @@
+"""T5.1.0 / T5.1.1 / mT5 encoder-decoder in flax.linen.
+
+Parameter paths and 2-D kernel shapes follow the T5X minimal model
+(`token_embedder/embedding`, `encoder/layers_0/attention/query/kernel`,
+`decoder/logits_dense/kernel`, `encoder/relpos_bias/rel_embedding`, ...), so
+released T5X checkpoints load without renaming. Every parameter is boxed with
+logical axis names (`vocab, embed, mlp, heads, kv, joined_kv, relpos_buckets`)
+and activations are constrained with `batch, length, ...`; a partitioner maps
+them onto a `('data', 'model')` mesh.
+
+Conventions (as in T5X): token id 0 is padding, so masks are `tokens > 0`;
+attention logits are not scaled at run time (the query initializer carries the
+`1/sqrt(head_dim)`); RMS norm has a scale and no bias.
+
+The soft prompt is a separate module (`prompts.SoftPrompts`): the transformer
+only prepends whatever `[batch, P, embed]` it returns to the embedded encoder
+inputs and extends the masks. Called with `prompt_index=None` the model is
+exactly the plain model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from promot_t5x.models import prompts as prompts_lib
+
+Array = jax.Array
+Dtype = Any
+
+_ACTIVATIONS = {
+    'relu': nn.relu,
+    # T5X's `nn.gelu` is the tanh approximation, as is HF's `gelu_new`.
+    'gelu': functools.partial(nn.gelu, approximate=True),
+    'gelu_new': functools.partial(nn.gelu, approximate=True),
+    'linear': lambda x: x,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Architecture of a T5 encoder-decoder.
+
+  T5.1.0: `mlp_activations=('relu',)`, `logits_via_embedding=True`.
+  T5.1.1 / mT5: `mlp_activations=('gelu', 'linear')`, `logits_via_embedding=False`.
+  """
+
+  vocab_size: int = 32128
+  emb_dim: int = 512
+  num_heads: int = 6
+  head_dim: int = 64
+  mlp_dim: int = 1024
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  mlp_activations: tuple[str, ...] = ('gelu', 'linear')
+  logits_via_embedding: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.0
+  dtype: str = 'float32'  # activations; parameters are always float32.
+  layer_norm_epsilon: float = 1e-6
+  # Soft prompts live beside the model, in their own parameter set.
+  prompt: prompts_lib.PromptConfig | None = None
+
+  def __post_init__(self):
+    for name in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim',
+                 'relative_attention_num_buckets',
+                 'relative_attention_max_distance'):
+      if getattr(self, name) <= 0:
+        raise ValueError(f'T5Config.{name} must be positive, got {getattr(self, name)}.')
+    if self.num_encoder_layers < 0 or self.num_decoder_layers <= 0:
+      raise ValueError('T5Config needs >= 0 encoder layers and >= 1 decoder layer.')
+    unknown = [a for a in self.mlp_activations if a not in _ACTIVATIONS]
+    if unknown or not self.mlp_activations:
+      raise ValueError(
+          f'T5Config.mlp_activations={self.mlp_activations!r}: use ("relu",) for '
+          f'T5.1.0 or ("gelu", "linear") for T5.1.1/mT5; known: {sorted(_ACTIVATIONS)}.')
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f'T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}.')
+    if self.dtype not in ('float32', 'bfloat16', 'float16'):
+      raise ValueError(f'T5Config.dtype must be float32, bfloat16 or float16, got {self.dtype!r}.')
+    # Lists from gin become tuples so the config stays hashable.
+    object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
+
+  @property
+  def activation_dtype(self) -> Dtype:
+    return jnp.dtype(self.dtype)
+
+  def replace(self, **changes) -> T5Config:
+    return dataclasses.replace(self, **changes)
+
+
+# -----------------------------------------------------------------------------
+# Initializers (T5X's defaults).
+# -----------------------------------------------------------------------------
+def _kernel_init(scale: float = 1.0):
+  return nn.initializers.variance_scaling(scale, 'fan_in', 'truncated_normal')
+
+
+def _boxed(init_fn, names: Sequence[str | None]):
+  return nn.with_logical_partitioning(init_fn, tuple(names))
+
+
+def _constrain(x: Array, names: Sequence[str | None]) -> Array:
+  return nn.with_logical_constraint(x, tuple(names))
+
+
+# -----------------------------------------------------------------------------
+# Layers.
+# -----------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, no bias."""
+
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x32 = jnp.asarray(x, jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = jnp.asarray(x32 * jax.lax.rsqrt(var + self.epsilon), self.dtype)
+    scale = self.param('scale', _boxed(nn.initializers.ones, ('embed',)),
+                       (x.shape[-1],), jnp.float32)
+    return y * jnp.asarray(scale, self.dtype)
+
+
+class Dense(nn.Module):
+  """Dense layer whose kernel is stored 2-D, as T5X's DenseGeneral stores it.
+
+  Contracts the trailing `len(in_dims)` axes of the input with a kernel of
+  shape `[prod(in_dims), prod(features)]` and returns `[..., *features]`.
+  """
+
+  features: tuple[int, ...]
+  in_axes: int
+  kernel_axes: tuple[str, str]
+  kernel_init: Any = dataclasses.field(default_factory=_kernel_init)
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[-self.in_axes:]
+    kernel = self.param('kernel', _boxed(self.kernel_init, self.kernel_axes),
+                        (int(np.prod(in_shape)), int(np.prod(self.features))),
+                        jnp.float32)
+    kernel = jnp.asarray(kernel, self.dtype).reshape(*in_shape, *self.features)
+    x = jnp.asarray(x, self.dtype)
+    batch_axes = x.ndim - self.in_axes
+    contract = tuple(range(batch_axes, x.ndim))
+    return jax.lax.dot_general(x, kernel, ((contract, tuple(range(self.in_axes))), ((), ())))
+
+
+class Embed(nn.Module):
+  """Token embedding table `[vocab, embed]`; `attend` gives tied logits."""
+
+  num_embeddings: int
+  features: int
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+        'embedding', _boxed(nn.initializers.normal(stddev=1.0), ('vocab', 'embed')),
+        (self.num_embeddings, self.features), jnp.float32)
+
+  def __call__(self, tokens: Array) -> Array:
+    """[batch, length] int -> [batch, length, embed]."""
+    return jnp.asarray(jnp.take(self.embedding, tokens, axis=0), self.dtype)
+
+  def attend(self, query: Array) -> Array:
+    """[..., embed] -> [..., vocab]: dot product with every embedding."""
+    return jnp.dot(jnp.asarray(query, self.dtype), jnp.asarray(self.embedding, self.dtype).T)
+
+
+def relative_position_buckets(query_length: int, key_length: int, bidirectional: bool,
+                              num_buckets: int, max_distance: int,
+                              query_offset: int = 0) -> np.ndarray:
+  """Bucket ids `[query_length, key_length]` of Mesh TensorFlow's T5 scheme.
+
+  Computed with numpy at trace time (the lengths are static). The arithmetic is
+  float32 in the same order as Mesh TF and Hugging Face so that bucket
+  boundaries agree with released checkpoints bit for bit.
+  """
+  context = np.arange(query_length, dtype=np.int64)[:, None] + query_offset
+  memory = np.arange(key_length, dtype=np.int64)[None, :]
+  relative_position = memory - context
+  buckets = np.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_position > 0).astype(np.int64) * num_buckets
+    n = np.abs(relative_position)
+  else:
+    n = -np.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  with np.errstate(divide='ignore'):
+    scaled = (np.log(n.astype(np.float32) / np.float32(max_exact))
+              / np.float32(math.log(max_distance / max_exact))
+              * np.float32(num_buckets - max_exact))
+  scaled = np.where(is_small, 0, scaled)  # avoid casting -inf
+  large = max_exact + scaled.astype(np.int64)
+  large = np.minimum(large, num_buckets - 1)
+  return (buckets + np.where(is_small, n, large)).astype(np.int32)
+
+
+class RelativePositionBiases(nn.Module):
+  """One learned bias per (head, bucket); one table per stack."""
+
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query_length: int, key_length: int, bidirectional: bool) -> Array:
+    """Returns the bias `[1, heads, query_length, key_length]`."""
+    table = self.param(
+        'rel_embedding',
+        _boxed(nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+               ('heads', 'relpos_buckets')),
+        (self.num_heads, self.num_buckets), jnp.float32)
+    ids = relative_position_buckets(query_length, key_length, bidirectional,
+                                    self.num_buckets, self.max_distance)
+    bias = jnp.take(jnp.asarray(table, self.dtype), jnp.asarray(ids), axis=1)
+    return bias[None]
+
+
+def _mask_to_bias(mask: Array, dtype: Dtype) -> Array:
+  """Boolean/0-1 mask -> additive bias (0 where attended, very negative elsewhere)."""
+  return jnp.where(mask > 0, 0.0, -1e10).astype(dtype)
+
+
+def attention_mask(query_valid: Array, key_valid: Array) -> Array:
+  """[batch, q] x [batch, k] validity -> [batch, 1, q, k] mask."""
+  return (query_valid[:, None, :, None] & key_valid[:, None, None, :]).astype(jnp.float32)
+
+
+def causal_mask(length: int) -> Array:
+  return jnp.tril(jnp.ones((length, length), jnp.float32))[None, None]
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 attention with T5X's parameter names (query, key, value, out).
+
+  `mode`:
+    'full'    — attend over all keys (training, scoring, encoding);
+    'prefill' — decoding set-up: create the caches (cross-attention computes
+                and stores its keys/values once), return a dummy output;
+    'step'    — one decoding step of length 1 using the caches.
+  """
+
+  num_heads: int
+  head_dim: int
+  dropout_rate: float
+  dtype: Dtype
+  is_cross_attention: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array | None,
+               deterministic: bool, mode: str = 'full',
+               max_decode_length: int = 0, bias_table=None) -> Array:
+    features = (self.num_heads, self.head_dim)
+    make = functools.partial(Dense, features=features, in_axes=1,
+                             kernel_axes=('embed', 'joined_kv'), dtype=self.dtype)
+    # The 1/sqrt(head_dim) of dot-product attention is folded into the
+    # query initializer; nothing is scaled at run time.
+    query = make(kernel_init=_kernel_init(1.0 / self.head_dim), name='query')
+    key = make(name='key')
+    value = make(name='value')
+    q = _constrain(query(inputs_q), ('batch', 'length', 'heads', 'kv'))
+
+    if mode == 'full':
+      k = _constrain(key(inputs_kv), ('batch', 'length', 'heads', 'kv'))
+      v = _constrain(value(inputs_kv), ('batch', 'length', 'heads', 'kv'))
+    elif self.is_cross_attention:
+      # Keys and values of the encoder output are computed once per sequence.
+      batch, length = inputs_kv.shape[:2]
+      shape = (batch, length, *features)
+      cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype)
+      cached_v = self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype)
+      if mode == 'prefill':
+        cached_k.value = key(inputs_kv)
+        cached_v.value = value(inputs_kv)
+      k, v = cached_k.value, cached_v.value
+    else:
+      batch = inputs_q.shape[0]
+      shape = (batch, max_decode_length, *features)
+      cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype)
+      cached_v = self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype)
+      index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+      if mode == 'prefill':
+        k, v = cached_k.value, cached_v.value
+        bias = None
+      else:  # 'step': one new token at position `index`.
+        if inputs_q.shape[1] != 1:
+          raise ValueError(f'decoding step expects length-1 queries, got {inputs_q.shape}')
+        i = index.value
+        cached_k.value = jax.lax.dynamic_update_slice(
+            cached_k.value, key(inputs_kv).astype(self.dtype), (0, i, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(
+            cached_v.value, value(inputs_kv).astype(self.dtype), (0, i, 0, 0))
+        index.value = i + 1
+        k, v = cached_k.value, cached_v.value
+        visible = (jnp.arange(max_decode_length) <= i)[None, None, None, :]
+        bias = _mask_to_bias(visible, self.dtype)
+        if bias_table is not None:
+          # bias_table: [1, heads, max_len, max_len]; take row i.
+          row = jax.lax.dynamic_slice_in_dim(bias_table, i, 1, axis=2)
+          bias = bias + row.astype(self.dtype)
+
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+    if bias is not None:
+      logits = logits + bias.astype(logits.dtype)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    if not deterministic and self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    out = Dense(features=(inputs_q.shape[-1],), in_axes=2,
+                kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, name='out')(out)
+    return _constrain(out, ('batch', 'length', 'embed'))
+
+
+class MlpBlock(nn.Module):
+  """`wi` (ReLU, T5.1.0) or `wi_0`/`wi_1` (gated GELU, T5.1.1), then `wo`."""
+
+  mlp_dim: int
+  activations: tuple[str, ...]
+  dropout_rate: float
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    hidden = None
+    for i, act in enumerate(self.activations):
+      name = 'wi' if len(self.activations) == 1 else f'wi_{i}'
+      h = Dense(features=(self.mlp_dim,), in_axes=1, kernel_axes=('embed', 'mlp'),
+                dtype=self.dtype, name=name)(x)
+      h = _ACTIVATIONS[act](h)
+      hidden = h if hidden is None else hidden * h
+    hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+        hidden, deterministic=deterministic)
+    hidden = _constrain(hidden, ('batch', 'length', 'mlp'))
+    return Dense(features=(x.shape[-1],), in_axes=1, kernel_axes=('mlp', 'embed'),
+                 dtype=self.dtype, name='wo')(hidden)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_attention_layer_norm')(x)
+    h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
+                           name='attention')(h, h, bias, deterministic)
+    x = x + dropout(h, deterministic=deterministic)
+    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(x)
+    h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
+                 name='mlp')(h, deterministic)
+    x = x + dropout(h, deterministic=deterministic)
+    return _constrain(x, ('batch', 'length', 'embed'))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array, self_bias: Array | None,
+               cross_bias: Array | None, deterministic: bool, mode: str,
+               max_decode_length: int, bias_table: Array | None) -> Array:
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_self_attention_layer_norm')(x)
+    h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
+                           name='self_attention')(
+                               h, h, self_bias, deterministic, mode,
+                               max_decode_length, bias_table)
+    x = x + dropout(h, deterministic=deterministic)
+    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_cross_attention_layer_norm')(x)
+    h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
+                           is_cross_attention=True, name='encoder_decoder_attention')(
+                               h, encoded, cross_bias, deterministic, mode)
+    x = x + dropout(h, deterministic=deterministic)
+    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(x)
+    h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
+                 name='mlp')(h, deterministic)
+    x = x + dropout(h, deterministic=deterministic)
+    return _constrain(x, ('batch', 'length', 'embed'))
+
+
+class Encoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, embedded: Array, valid: Array, deterministic: bool) -> Array:
+    """embedded: [batch, length, embed] (prompt already prepended); valid: [batch, length]."""
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    length = embedded.shape[1]
+    relpos = RelativePositionBiases(cfg.relative_attention_num_buckets,
+                                    cfg.relative_attention_max_distance,
+                                    cfg.num_heads, dtype, name='relpos_bias')
+    bias = relpos(length, length, bidirectional=True)
+    bias = bias + _mask_to_bias(attention_mask(valid, valid), dtype)
+    x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
+        embedded, deterministic=deterministic)
+    x = _constrain(x.astype(dtype), ('batch', 'length', 'embed'))
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f'layers_{i}')(x, bias, deterministic)
+    x = RMSNorm(cfg.layer_norm_epsilon, dtype, name='encoder_norm')(x)
+    return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, embedded: Array, encoded: Array, query_valid: Array | None,
+               encoder_valid: Array, deterministic: bool, mode: str,
+               max_decode_length: int, token_embedder: Embed) -> Array:
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    relpos = RelativePositionBiases(cfg.relative_attention_num_buckets,
+                                    cfg.relative_attention_max_distance,
+                                    cfg.num_heads, dtype, name='relpos_bias')
+    length = embedded.shape[1]
+    if mode == 'full':
+      self_bias = relpos(length, length, bidirectional=False)
+      self_mask = causal_mask(length) * attention_mask(query_valid, query_valid)
+      self_bias = self_bias + _mask_to_bias(self_mask, dtype)
+      cross_bias = _mask_to_bias(attention_mask(query_valid, encoder_valid), dtype)
+      bias_table = None
+    else:
+      self_bias = None
+      cross_bias = _mask_to_bias(encoder_valid[:, None, None, :], dtype)
+      bias_table = relpos(max_decode_length, max_decode_length, bidirectional=False)
+    x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
+        embedded, deterministic=deterministic)
+    x = _constrain(x.astype(dtype), ('batch', 'length', 'embed'))
+    for i in range(cfg.num_decoder_layers):
+      x = DecoderLayer(cfg, name=f'layers_{i}')(
+          x, encoded, self_bias, cross_bias, deterministic, mode,
+          max_decode_length, bias_table)
+    x = RMSNorm(cfg.layer_norm_epsilon, dtype, name='decoder_norm')(x)
+    x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+    if cfg.logits_via_embedding:
+      # Tied embeddings (T5.1.0): rescale, as Mesh TF and HF do.
+      logits = token_embedder.attend(x) / jnp.sqrt(jnp.asarray(cfg.emb_dim, dtype))
+    else:
+      logits = Dense(features=(cfg.vocab_size,), in_axes=1, kernel_axes=('embed', 'vocab'),
+                     dtype=jnp.float32, name='logits_dense')(x)
+    logits = _constrain(jnp.asarray(logits, jnp.float32), ('batch', 'length', 'vocab'))
+    return logits
+
+
+class Transformer(nn.Module):
+  """The T5 encoder-decoder with optional soft prompts.
+
+  `module.apply({'params': params}, encoder_input_tokens, decoder_input_tokens,
+  decoder_target_tokens, enable_dropout=False, prompt_index=None)` returns
+  float32 logits `[batch, target_length, vocab]`.
+
+  `prompt_index` is None (the plain model) or an int array `[batch]` choosing,
+  per example, which of `config.prompt.names` to prepend.
+  """
+
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype,
+                                name='token_embedder')
+    self.encoder = Encoder(cfg, name='encoder')
+    self.decoder = Decoder(cfg, name='decoder')
+    if cfg.prompt is not None:
+      self.prompt = prompts_lib.SoftPrompts(cfg.prompt, cfg.emb_dim, name='prompt')
+
+  # -- helpers -----------------------------------------------------------------
+  def _prompt_length(self, prompt_index: Array | None) -> int:
+    if prompt_index is None:
+      return 0
+    if self.config.prompt is None:
+      raise ValueError(
+          'A prompt was requested (prompt_index given) but the model has no soft '
+          'prompt: set T5Config.prompt = @prompts.PromptConfig() (PROMPT_LENGTH) in '
+          'the model gin.')
+    return self.config.prompt.length
+
+  def encoder_valid(self, encoder_input_tokens: Array,
+                    prompt_index: Array | None = None) -> Array:
+    """[batch, P + length] bool: which encoder positions are real."""
+    valid = encoder_input_tokens > 0
+    p = self._prompt_length(prompt_index)
+    if p:
+      valid = jnp.concatenate([jnp.ones((valid.shape[0], p), bool), valid], axis=1)
+    return valid
+
+  # -- entry points --------------------------------------------------------------
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
+             prompt_index: Array | None = None) -> Array:
+    """[batch, length] -> encoded [batch, P + length, embed]."""
+    cfg = self.config
+    tokens = _constrain(encoder_input_tokens, ('batch', 'length'))
+    embedded = self.token_embedder(tokens)
+    if prompt_index is not None:
+      self._prompt_length(prompt_index)
+      prompt = self.prompt(prompt_index, self.token_embedder.embedding)
+      embedded = jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1)
+    del cfg
+    return self.encoder(embedded, self.encoder_valid(tokens, prompt_index),
+                        deterministic=not enable_dropout)
+
+  def decode(self, encoded: Array, encoder_input_tokens: Array,
+             decoder_input_tokens: Array, decoder_target_tokens: Array | None = None,
+             enable_dropout: bool = False, prompt_index: Array | None = None,
+             decode_mode: str = 'full', max_decode_length: int = 0) -> Array:
+    """Decoder logits `[batch, target_length, vocab]` (float32).
+
+    `decode_mode`: 'full' (teacher forcing over the whole target), 'prefill'
+    (create the key/value cache; `max_decode_length` required) or 'step' (one
+    token `[batch, 1]` with the cache; call with `mutable=['cache']`).
+    """
+    if decode_mode != 'full' and max_decode_length <= 0:
+      raise ValueError('Cached decoding needs max_decode_length > 0.')
+    if decode_mode == 'full':
+      targets = decoder_input_tokens if decoder_target_tokens is None else decoder_target_tokens
+      query_valid = targets > 0
+    else:
+      query_valid = None
+    embedded = self.token_embedder(_constrain(decoder_input_tokens, ('batch', 'length')))
+    return self.decoder(embedded, encoded, query_valid,
+                        self.encoder_valid(encoder_input_tokens, prompt_index),
+                        deterministic=not enable_dropout, mode=decode_mode,
+                        max_decode_length=max_decode_length,
+                        token_embedder=self.token_embedder)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Array, enable_dropout: bool = False,
+               prompt_index: Array | None = None) -> Array:
+    encoded = self.encode(encoder_input_tokens, enable_dropout, prompt_index)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       decoder_target_tokens, enable_dropout, prompt_index)
+
+
+def abstract_params(module: Transformer, batch: int = 1, input_length: int = 8,
+                    target_length: int = 8) -> Any:
+  """Boxed parameter tree of `ShapeDtypeStruct`s: nothing is allocated."""
+  def init(rng):
+    enc = jnp.ones((batch, input_length), jnp.int32)
+    dec = jnp.ones((batch, target_length), jnp.int32)
+    prompt_index = (jnp.zeros((batch,), jnp.int32)
+                    if module.config.prompt is not None else None)
+    return module.init(rng, enc, dec, dec, prompt_index=prompt_index)['params']
+  return jax.eval_shape(init, jax.random.PRNGKey(0))
+
+
+def init_params(module: Transformer, rng: Array, input_length: int = 8,
+                target_length: int = 8) -> Any:
+  """Initialized (boxed) parameters, with every prompt initialized too."""
+  enc = jnp.ones((1, input_length), jnp.int32)
+  dec = jnp.ones((1, target_length), jnp.int32)
+  prompt_index = jnp.zeros((1,), jnp.int32) if module.config.prompt is not None else None
+  return module.init(rng, enc, dec, dec, prompt_index=prompt_index)['params']
+
+
+def count_params(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(nn.unbox(params))))

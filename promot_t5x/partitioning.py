@@ -1,0 +1,191 @@
+"""Device mesh, logical-axis rules, and shardings of parameters and batches.
+
+The model names every parameter dimension with a logical axis (`vocab`,
+`embed`, `mlp`, `heads`, `kv`, `joined_kv`, `relpos_buckets`, `prompt`,
+`prompt_embed`) and every activation with `batch`, `length`, ... . The rules
+below map logical names to the axes of a `('data', 'model')` mesh, as T5X's
+`standard_logical_axis_rules` do: the batch is split over `data`; the vocabulary,
+MLP and attention heads over `model`; the rest is replicated.
+
+The same code runs on 1 CPU, 8 fake CPU devices
+(`--xla_force_host_platform_device_count=8`), a GPU host or a TPU pod. A
+dimension that the mesh axis does not divide is replicated instead (and
+reported as such), so a model with 6 heads still runs on `model=4`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+LogicalRules = tuple[tuple[str, str | None], ...]
+
+# T5X's standard rules with 1-D parameter and activation partitioning.
+STANDARD_LOGICAL_AXIS_RULES: LogicalRules = (
+    ('batch', 'data'),
+    ('vocab', 'model'),
+    ('mlp', 'model'),
+    ('heads', 'model'),
+    ('joined_kv', 'model'),
+    ('kv', None),
+    ('embed', None),
+    ('relpos_buckets', None),
+    ('length', None),
+    ('prompt', None),
+    ('prompt_embed', None),
+)
+
+MESH_AXES = ('data', 'model')
+
+
+def make_mesh(data: int = -1, model: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A `('data', 'model')` mesh; `data=-1` takes every device not used by `model`.
+
+  Built with `Mesh` directly so that both axes are of the Auto kind (jit
+  propagates shardings), unlike `jax.make_mesh`'s explicit default.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if model <= 0:
+    raise ValueError(f'mesh model dimension must be positive, got {model}.')
+  if data == -1:
+    if len(devices) % model:
+      raise ValueError(f'{len(devices)} devices cannot be split into model={model} groups.')
+    data = len(devices) // model
+  if data * model != len(devices):
+    raise ValueError(f'Mesh data={data} x model={model} needs {data * model} devices; '
+                     f'{len(devices)} are available. Set MESH_DATA/MESH_MODEL (or '
+                     'partitioning.make_mesh.data/model) to match.')
+  grid = np.asarray(devices, dtype=object).reshape(data, model)
+  return Mesh(grid, MESH_AXES)
+
+
+def abstract_mesh(data: int, model: int) -> jax.sharding.AbstractMesh:
+  """A mesh of the given shape with no devices behind it, for planning."""
+  return jax.sharding.AbstractMesh((data, model), MESH_AXES,
+                                   axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def logical_to_mesh_spec(logical_axes: Sequence[str | None], rules: LogicalRules,
+                         mesh_shape: dict[str, int] | None = None,
+                         shape: Sequence[int] | None = None) -> PartitionSpec:
+  """Maps logical axis names to a PartitionSpec of mesh axes.
+
+  A mesh axis is used at most once per array (the first dimension that asks
+  for it wins). When `shape` and `mesh_shape` are given, a dimension that the
+  mesh axis does not divide is replicated.
+  """
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for i, name in enumerate(logical_axes):
+    axis = table.get(name) if name is not None else None
+    if axis is not None and axis in used:
+      axis = None
+    if (axis is not None and shape is not None and mesh_shape is not None
+        and shape[i] % mesh_shape[axis]):
+      axis = None
+    if axis is not None:
+      used.add(axis)
+    spec.append(axis)
+  return PartitionSpec(*spec)
+
+
+def _is_box(x: Any) -> bool:
+  return isinstance(x, nn.LogicallyPartitioned)
+
+
+def logical_axes(boxed_params: Any) -> Any:
+  """Tree of logical-axis tuples, one per parameter (from the boxed init)."""
+  return jax.tree_util.tree_map(lambda b: tuple(b.names), boxed_params, is_leaf=_is_box)
+
+
+@dataclasses.dataclass
+class Partitioner:
+  """Places parameters, optimizer state and batches on a mesh by logical rules."""
+
+  mesh: Mesh | jax.sharding.AbstractMesh
+  rules: LogicalRules = STANDARD_LOGICAL_AXIS_RULES
+
+  def __post_init__(self):
+    self.rules = tuple((str(k), None if v is None else str(v)) for k, v in self.rules)
+    for name, axis in self.rules:
+      if axis is not None and axis not in self.mesh.axis_names:
+        raise ValueError(f'Logical rule ({name!r}, {axis!r}) names a mesh axis the mesh '
+                         f'lacks; mesh axes are {self.mesh.axis_names}.')
+
+  @property
+  def mesh_shape(self) -> dict[str, int]:
+    return dict(self.mesh.shape)
+
+  def spec(self, logical: Sequence[str | None], shape: Sequence[int] | None = None
+           ) -> PartitionSpec:
+    return logical_to_mesh_spec(logical, self.rules, self.mesh_shape, shape)
+
+  def sharding(self, spec: PartitionSpec) -> NamedSharding:
+    return NamedSharding(self.mesh, spec)
+
+  def param_specs(self, boxed_params: Any) -> Any:
+    """PartitionSpec per parameter, from the boxes' logical names and shapes."""
+    return jax.tree_util.tree_map(
+        lambda b: self.spec(b.names, b.value.shape), boxed_params, is_leaf=_is_box)
+
+  def param_shardings(self, boxed_params: Any) -> Any:
+    return jax.tree_util.tree_map(self.sharding, self.param_specs(boxed_params),
+                                  is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+  def data_spec(self, ndim: int = 2) -> PartitionSpec:
+    """Batches: the leading (batch) dimension over `data`, the rest replicated."""
+    return PartitionSpec(dict(self.rules).get('batch'), *([None] * (ndim - 1)))
+
+  def data_sharding(self, ndim: int = 2) -> NamedSharding:
+    return self.sharding(self.data_spec(ndim))
+
+  def replicated(self) -> NamedSharding:
+    return self.sharding(PartitionSpec())
+
+  @contextlib.contextmanager
+  def activate(self) -> Iterator[None]:
+    """Context in which the model's logical activation constraints take effect."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Host-local numpy batch -> global arrays split over `data`.
+
+    On one process the local batch is the global batch; on several, each
+    process passes its own shard (`seqio.ShardInfo`) and the global batch is
+    their concatenation in process order.
+    """
+    out = {}
+    for k, v in batch.items():
+      v = np.asarray(v)
+      out[k] = jax.make_array_from_process_local_data(self.data_sharding(v.ndim), v)
+    return out
+
+  def describe(self, boxed_params: Any) -> list[tuple[str, tuple[int, ...], tuple, PartitionSpec]]:
+    """[(path, shape, logical axes, mesh spec)] for every parameter."""
+    from promot_t5x import param_sets  # local import: avoid a cycle at import time
+    flat = param_sets.flatten(jax.tree_util.tree_map(lambda b: b, boxed_params, is_leaf=_is_box))
+    rows = []
+    for path, box in sorted(flat.items()):
+      shape = tuple(box.value.shape)
+      rows.append((path, shape, tuple(box.names), self.spec(box.names, shape)))
+    return rows
+
+
+def shard_shape(shape: Sequence[int], spec: PartitionSpec, mesh_shape: dict[str, int]
+                ) -> tuple[int, ...]:
+  """Per-device shape of an array of `shape` placed by `spec`."""
+  out = []
+  for i, d in enumerate(shape):
+    axis = spec[i] if i < len(spec) else None
+    out.append(d // mesh_shape[axis] if axis else d)
+  return tuple(out)

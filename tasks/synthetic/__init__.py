@@ -1,0 +1,1 @@
+"""The synthetic in-context world of the miniature experiment."""

@@ -1,0 +1,32 @@
+"""Test-session set-up: 8 fake CPU devices, quiet TensorFlow, no network."""
+
+import os
+
+# Must happen before jax is imported anywhere: every test process sees 8 CPU
+# devices so mesh tests run in the same session as single-device ones.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TFDS_DATA_DIR', '/nonexistent-no-downloads')
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / 'shared'
+FIXTURES = SHARED / 'fixtures'
+
+
+@pytest.fixture(scope='session')
+def fixtures_dir() -> pathlib.Path:
+  if not FIXTURES.is_dir():
+    pytest.fail(f'shared fixtures not found at {FIXTURES} (CI clones main with shared/ beside it)')
+  return FIXTURES
+
+
+@pytest.fixture(scope='session')
+def repo_dir() -> pathlib.Path:
+  return REPO
