@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -175,10 +176,15 @@ class Partitioner:
     from promot_t5x import param_sets  # local import: avoid a cycle at import time
     flat = param_sets.flatten(jax.tree_util.tree_map(lambda b: b, boxed_params, is_leaf=_is_box))
     rows = []
-    for path, box in sorted(flat.items()):
+    for path, box in sorted(flat.items(), key=lambda kv: natural_key(kv[0])):
       shape = tuple(box.value.shape)
       rows.append((path, shape, tuple(box.names), self.spec(box.names, shape)))
     return rows
+
+
+def natural_key(path: str) -> list:
+  """Sort key that puts layers_2 before layers_10."""
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', path)]
 
 
 def shard_shape(shape: Sequence[int], spec: PartitionSpec, mesh_shape: dict[str, int]

@@ -1,0 +1,307 @@
+"""Training checkpoints (orbax) and T5X-style restore from another checkpoint.
+
+Layout of a run folder (MODEL_DIR):
+
+  MODEL_DIR/checkpoints/<step>/params     full parameter tree (frozen sets included)
+  MODEL_DIR/checkpoints/<step>/opt_state  optimizer state (trainable sets only)
+  MODEL_DIR/checkpoints/<step>/meta       JSON: step, batches consumed, stage, metrics
+
+Orbax writes each step into a temporary folder and renames it when complete,
+so a crash (even SIGKILL) during a save leaves the previous checkpoint intact;
+incomplete folders are ignored and cleaned up on the next start.
+
+Starting from another checkpoint (`RestoreConfig`) follows T5X's semantics: an
+assignment map of `(regex, replacement or None)` over flattened parameter
+paths of the *new* model (first full match wins; the replacement gives the
+path in the checkpoint, `None` means "do not restore, initialize"), and
+fallback to initialization for parameters the checkpoint lacks where allowed
+(the prompt, when stage 1 starts from a pretrained model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from promot_t5x import param_sets
+
+ITEMS = ('params', 'opt_state', 'meta')
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreConfig:
+  """Where a new run takes its initial parameters from (INITIAL_CHECKPOINT_PATH).
+
+  path: an orbax run folder (latest step), a step folder, a params folder, a
+    legacy T5X checkpoint folder, or a Hugging Face T5/MT5 folder.
+  assignment_map: ((regex over new paths, replacement path or None), ...).
+  fallback_to_init: regexes of parameters that may be missing from the
+    checkpoint and are then initialized (e.g. ('prompt/.*',)).
+  step: 'latest' or 'best' (the best checkpoint on the run's metric) or an int.
+  """
+
+  path: str
+  assignment_map: tuple[tuple[str, str | None], ...] = ()
+  fallback_to_init: tuple[str, ...] = ()
+  step: int | str = 'latest'
+
+  def __post_init__(self):
+    object.__setattr__(self, 'assignment_map',
+                       tuple((str(a), None if b is None else str(b)) for a, b in self.assignment_map))
+    object.__setattr__(self, 'fallback_to_init', tuple(self.fallback_to_init))
+    for pattern, _ in self.assignment_map:
+      re.compile(pattern)
+    for pattern in self.fallback_to_init:
+      re.compile(pattern)
+
+
+def restore_config(path: str | None = None,
+                   assignment_map: Sequence[tuple[str, str | None]] = (),
+                   fallback_to_init: Sequence[str] = (),
+                   step: int | str = 'latest') -> RestoreConfig | None:
+  """gin-friendly: None when INITIAL_CHECKPOINT_PATH is None (start from initialization)."""
+  if path is None:
+    return None
+  return RestoreConfig(path, tuple(tuple(x) for x in assignment_map), tuple(fallback_to_init),
+                       step)
+
+
+@dataclasses.dataclass
+class RestoreReport:
+  restored: list[str]
+  initialized: list[str]
+  unused_in_checkpoint: list[str]
+  source: str
+
+  def summary(self) -> str:
+    lines = [f'restored {len(self.restored)} parameters from {self.source}']
+    if self.initialized:
+      lines.append(f'initialized (not in checkpoint or mapped to None): {self.initialized}')
+    if self.unused_in_checkpoint:
+      lines.append(f'checkpoint parameters not used: {self.unused_in_checkpoint}')
+    return '\n'.join(lines)
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, incomplete or does not fit the model."""
+
+
+def resolve_source(path: str, step: int | str = 'latest') -> str:
+  """Describes what kind of checkpoint `path` is: 'orbax', 't5x_legacy' or 'hf'."""
+  if not os.path.exists(path):
+    raise CheckpointError(f'Checkpoint path {path!r} does not exist (INITIAL_CHECKPOINT_PATH).')
+  if os.path.isfile(os.path.join(path, 'checkpoint')) and not os.path.isdir(
+      os.path.join(path, 'checkpoints')):
+    return 't5x_legacy'
+  if os.path.isfile(os.path.join(path, 'config.json')) and any(
+      f.endswith('.safetensors') or f.endswith('.safetensors.index.json')
+      for f in os.listdir(path)):
+    return 'hf'
+  return 'orbax'
+
+
+def read_params(path: str, module=None, step: int | str = 'latest') -> dict[str, np.ndarray]:
+  """Flat {path: numpy array} of any supported checkpoint format."""
+  from promot_t5x import checkpoints as ckpt_lib  # the package's importers
+
+  kind = resolve_source(path, step)
+  if kind == 't5x_legacy':
+    flat = ckpt_lib.read_t5x_legacy_params(path)
+  elif kind == 'hf':
+    _, params = ckpt_lib.import_hf(path)
+    flat = param_sets.flatten(params)
+  else:
+    flat = param_sets.flatten(load_run_params(path, step))
+  return {k: np.asarray(v) for k, v in flat.items()}
+
+
+def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
+                   init_fn: Callable[[], Mapping[str, Any]] | None = None,
+                   module=None) -> tuple[dict[str, Any], RestoreReport]:
+  """Parameters for a new run: checkpoint values where mapped, init elsewhere.
+
+  abstract_params: the new model's (unboxed) parameter shapes (nested).
+  init_fn: returns freshly initialized parameters (nested); called only if
+    some parameter falls back to initialization.
+  Raises CheckpointError naming every parameter that is missing (and not
+  allowed to fall back) or has the wrong shape (both shapes given).
+  """
+  source = read_params(cfg.path, module, cfg.step)
+  target = param_sets.flatten(abstract_params)
+  restored, initialized, missing, wrong = {}, [], [], []
+  used = set()
+  for path, spec in target.items():
+    src = path
+    for pattern, replacement in cfg.assignment_map:
+      if re.fullmatch(pattern, path):
+        src = None if replacement is None else re.sub(pattern, replacement, path)
+        break
+    if src is None:
+      initialized.append(path)
+      continue
+    if src not in source:
+      if any(re.fullmatch(p, path) for p in cfg.fallback_to_init):
+        initialized.append(path)
+      else:
+        missing.append(path if src == path else f'{path} (mapped to {src})')
+      continue
+    value = source[src]
+    if tuple(value.shape) != tuple(spec.shape):
+      wrong.append(f'{path}: checkpoint {tuple(value.shape)} vs model {tuple(spec.shape)}')
+      continue
+    restored[path] = value.astype(np.float32) if value.dtype != np.float32 else value
+    used.add(src)
+  if missing or wrong:
+    parts = [f'Checkpoint {cfg.path} does not fit the model.']
+    if missing:
+      parts.append(f'Missing in the checkpoint: {missing}. Add them to fallback_to_init '
+                   '(e.g. the prompt when starting from a pretrained model) or map them '
+                   'with assignment_map.')
+    if wrong:
+      parts.append(f'Wrong shape: {wrong}. Check the model gin (sizes, vocabulary, '
+                   'PROMPT_LENGTH) against the checkpoint.')
+    raise CheckpointError(' '.join(parts))
+  if initialized:
+    if init_fn is None:
+      raise CheckpointError(f'{initialized} need initialization but no init_fn was given.')
+    fresh = param_sets.flatten(init_fn())
+    for path in initialized:
+      restored[path] = np.asarray(fresh[path])
+  report = RestoreReport(sorted(p for p in restored if p not in initialized), sorted(initialized),
+                         sorted(set(source) - used), cfg.path)
+  return param_sets.unflatten(restored), report
+
+
+# -----------------------------------------------------------------------------
+# Run folders.
+# -----------------------------------------------------------------------------
+def checkpoint_dir(model_dir: str) -> str:
+  return os.path.join(model_dir, 'checkpoints')
+
+
+def _steps(directory: str) -> list[int]:
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'params')))
+
+
+def best_step(model_dir: str) -> int | None:
+  """The step recorded as best on the run's metric (None when not tracked)."""
+  path = os.path.join(checkpoint_dir(model_dir), 'best.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return int(json.load(f)['step'])
+
+
+def load_run_params(path: str, step: int | str = 'latest') -> dict[str, Any]:
+  """Nested numpy params of a run folder (latest, best or a given step), a step folder,
+  or a params folder."""
+  from promot_t5x import checkpoints as ckpt_lib
+
+  ckdir = checkpoint_dir(path)
+  if os.path.isdir(ckdir):
+    steps = _steps(ckdir)
+    if not steps:
+      raise CheckpointError(f'Run folder {path} has no complete checkpoint under {ckdir}.')
+    if step == 'latest':
+      chosen = steps[-1]
+    elif step == 'best':
+      chosen = best_step(path)
+      if chosen is None:
+        raise CheckpointError(f'Run {path} did not track a best checkpoint (no best.json); '
+                              "use step='latest' or a step number.")
+    else:
+      chosen = int(step)
+    if chosen not in steps:
+      raise CheckpointError(f'Step {chosen} is not among the complete checkpoints {steps} of {path}.')
+    return ckpt_lib.load_params(os.path.join(ckdir, str(chosen)))
+  return ckpt_lib.load_params(path)
+
+
+class TrainCheckpointManager:
+  """orbax CheckpointManager for a run: periodic saves, keep-N, keep-best."""
+
+  def __init__(self, model_dir: str, keep: int | None = 3,
+               best_metric: str | None = None, best_mode: str = 'max'):
+    if best_mode not in ('max', 'min'):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+    self.directory = checkpoint_dir(os.path.abspath(model_dir))
+    self.best_metric = best_metric
+    self.best_mode = best_mode
+    policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+    if best_metric:
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min', n=1,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True,
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
+    self._manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> Sequence[int]:
+    return self._manager.all_steps()
+
+  def save(self, step: int, params: Any, opt_state: Any, meta: Mapping[str, Any],
+           metrics: Mapping[str, float] | None = None) -> None:
+    if self.best_metric and metrics is not None and self.best_metric not in metrics:
+      raise ValueError(f'best_metric {self.best_metric!r} is not among the evaluation metrics '
+                       f'{sorted(metrics)}; fix CHECKPOINT_BEST_METRIC.')
+    args = ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(dict(meta)))
+    self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None, force=True)
+    self._manager.wait_until_finished()
+    if metrics and self.best_metric:
+      self._record_best(step, float(metrics[self.best_metric]))
+
+  def _record_best(self, step: int, value: float) -> None:
+    path = os.path.join(self.directory, 'best.json')
+    best = None
+    if os.path.exists(path):
+      with open(path) as f:
+        best = json.load(f)
+    better = (best is None or (value > best['value'] if self.best_mode == 'max'
+                               else value < best['value']))
+    if better and jax.process_index() == 0:
+      tmp = path + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump({'step': step, 'metric': self.best_metric, 'value': value}, f)
+      os.replace(tmp, path)
+
+  def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any
+              ) -> tuple[Any, Any, dict[str, Any]]:
+    """Restores onto the shardings carried by the abstract trees' ShapeDtypeStructs."""
+    args = ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        meta=ocp.args.JsonRestore())
+    try:
+      out = self._manager.restore(step, args=args)
+    except Exception as e:  # orbax raises several types for tree/shape mismatches
+      raise CheckpointError(
+          f'Could not resume from {self.directory}/{step}: {e}. The run folder holds a '
+          'checkpoint of another model or stage; use a fresh MODEL_DIR or the matching gin.'
+      ) from e
+    return out['params'], out['opt_state'], dict(out['meta'])
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def log_report(report: RestoreReport) -> None:
+  logging.info(report.summary())

@@ -1,0 +1,156 @@
+"""seqio datasets for training and evaluation, as numpy batches.
+
+The trainer reads one host-local shard of the global batch per process
+(`seqio.ShardInfo(index=process_index, num_shards=process_count)`); the
+partitioner stitches the shards into global arrays.
+
+A run that goes through a soft prompt adds a `prompt_index` feature `[batch]`:
+one prompt for the whole run, or, for multi-task ProMoT, one prompt per task
+of the mixture (`prompt_for_task`), in which case the mixture is sampled here
+(by the mixture's rates) so that each example keeps its task's prompt.
+
+Resuming: the dataset is deterministic given its seed, and the trainer stores
+how many batches it has consumed; `skip_batches` replays the stream to that
+point, so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+  """What to read and how (T5X's `DatasetConfig`, trimmed)."""
+
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str = 'train'
+  batch_size: int = 8  # global batch size
+  shuffle: bool = True
+  seed: int | None = 0
+  pack: bool = False
+  use_cached: bool = False
+  # Modules to import before looking the task up (where the user registers it).
+  module: str | tuple[str, ...] | None = None
+
+  def __post_init__(self):
+    object.__setattr__(self, 'task_feature_lengths', dict(self.task_feature_lengths))
+    if self.batch_size <= 0:
+      raise ValueError(f'BATCH_SIZE must be positive, got {self.batch_size}.')
+    for key in ('inputs', 'targets'):
+      if key not in self.task_feature_lengths:
+        raise ValueError(f"TASK_FEATURE_LENGTHS needs an '{key}' length, got "
+                         f'{self.task_feature_lengths}.')
+
+
+def import_task_modules(module: str | tuple[str, ...] | list[str] | None) -> None:
+  """Imports the module(s) that register the user's tasks (MIXTURE_OR_TASK_MODULE)."""
+  if not module:
+    return
+  for name in ([module] if isinstance(module, str) else list(module)):
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise ImportError(f'MIXTURE_OR_TASK_MODULE={name!r} could not be imported: {e}. '
+                        'It must be importable from the working directory or PYTHONPATH.') from e
+
+
+def get_mixture_or_task(name: str):
+  """Looks a task or mixture up; an unknown name lists what is registered."""
+  import seqio
+
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    tasks = sorted(seqio.TaskRegistry.names())
+    mixtures = sorted(seqio.MixtureRegistry.names())
+    raise ValueError(
+        f'Unknown task or mixture {name!r} (MIXTURE_OR_TASK_NAME). Registered tasks: '
+        f'{tasks}; registered mixtures: {mixtures}. If it is registered in your own '
+        'module, name that module with MIXTURE_OR_TASK_MODULE.') from None
+
+
+def _feature_converter(pack: bool):
+  import seqio
+
+  return seqio.EncDecFeatureConverter(pack=pack)
+
+
+def host_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise ValueError(f'BATCH_SIZE={global_batch_size} is not divisible by the '
+                     f'{process_count} processes.')
+  return global_batch_size // process_count
+
+
+def get_dataset(cfg: DatasetConfig, shard_index: int = 0, num_shards: int = 1,
+                num_epochs: int | None = None, prompt_index: int | None = None,
+                prompt_for_task: Mapping[str, int] | None = None,
+                drop_remainder: bool = True):
+  """A batched `tf.data.Dataset` of this host's shard (model features, numpy-ready).
+
+  prompt_index: one prompt for every example; prompt_for_task: {task name:
+  prompt index} for multi-prompt mixtures (every task of the mixture must have one).
+  """
+  import seqio
+  import tensorflow as tf
+
+  import_task_modules(cfg.module)
+  provider = get_mixture_or_task(cfg.mixture_or_task_name)
+  shard = seqio.ShardInfo(index=shard_index, num_shards=num_shards) if num_shards > 1 else None
+  converter = _feature_converter(cfg.pack)
+  batch = host_batch_size(cfg.batch_size, num_shards)
+
+  def converted(task_or_mixture):
+    return seqio.get_dataset(
+        task_or_mixture, task_feature_lengths=cfg.task_feature_lengths,
+        feature_converter=converter, dataset_split=cfg.split, use_cached=cfg.use_cached,
+        shuffle=cfg.shuffle, num_epochs=num_epochs, shard_info=shard, seed=cfg.seed,
+        verbose=False)
+
+  def with_prompt(ds, index):
+    return ds.map(lambda ex: {**ex, 'prompt_index': tf.constant(index, tf.int32)})
+
+  if prompt_for_task:
+    tasks = (provider.tasks if isinstance(provider, seqio.Mixture) else [provider])
+    missing = [t.name for t in tasks if t.name not in prompt_for_task]
+    if missing:
+      raise ValueError(f'Tasks {missing} of {cfg.mixture_or_task_name!r} have no prompt; '
+                       f'prompt_for_task names {sorted(prompt_for_task)}.')
+    datasets = [with_prompt(converted(t), prompt_for_task[t.name]) for t in tasks]
+    if len(datasets) == 1:
+      ds = datasets[0]
+    else:
+      rates = [float(provider.get_rate(t)) for t in tasks]
+      total = sum(rates)
+      ds = tf.data.Dataset.sample_from_datasets(
+          datasets, weights=[r / total for r in rates], seed=cfg.seed,
+          stop_on_empty_dataset=num_epochs is not None)
+  else:
+    ds = converted(provider)
+    if prompt_index is not None:
+      ds = with_prompt(ds, prompt_index)
+  return ds.batch(batch, drop_remainder=drop_remainder)
+
+
+def numpy_batches(ds, skip_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Iterates a batched dataset as dicts of numpy arrays, after `skip_batches`."""
+  if skip_batches:
+    ds = ds.skip(skip_batches)
+  for batch in ds.as_numpy_iterator():
+    yield {k: np.asarray(v) for k, v in batch.items()}
+
+
+def count_tokens(batch: Mapping[str, Any]) -> int:
+  """Real (non-padding) input + target tokens in a batch, for tokens/s."""
+  n = 0
+  for key in ('encoder_input_tokens', 'decoder_target_tokens'):
+    if key in batch:
+      n += int(np.count_nonzero(np.asarray(batch[key])))
+  return n

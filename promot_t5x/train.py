@@ -1,0 +1,363 @@
+r"""`promot-train`: one training run (a stage of ProMoT, fine-tuning, pretraining).
+
+  promot-train \
+    --gin_file=models/t5_1_1_small.gin --gin_file=runs/prompt_tuning.gin \
+    --gin.MIXTURE_OR_TASK_NAME=my_task --gin.MIXTURE_OR_TASK_MODULE=my_tasks \
+    --gin.MODEL_DIR=/tmp/stage1 --gin.INITIAL_CHECKPOINT_PATH=/path/to/pretrained
+
+Read top to bottom, a run is:
+  1. build the trainer for the stage (which parameter sets train, which are frozen);
+  2. resume from MODEL_DIR if it holds a checkpoint, else start from
+     INITIAL_CHECKPOINT_PATH (T5X restore semantics) or from initialization;
+  3. stream batches of this host's data shard, skipping those already consumed;
+  4. step, log (console, TensorBoard, metrics.jsonl), evaluate every EVAL_PERIOD,
+     checkpoint every CHECKPOINT_PERIOD; stop on a NaN/Inf loss without saving it.
+
+Every run writes config.gin (all gin bindings) and model-info.txt beside its
+checkpoints. `promot` (gin/promot/*.gin) chains stage 1 and stage 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from promot_t5x import data, gin_utils, param_sets, partitioning, trainer as trainer_lib
+from promot_t5x.checkpoints import manager as ckpt_manager
+from promot_t5x.models import encoder_decoder, prompts as prompts_lib
+
+Evaluator = Callable[[encoder_decoder.EncoderDecoderModel, Any, int], Mapping[str, float]]
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  model_dir: str
+  step: int
+  loss: float | None
+  eval_metrics: dict[str, float]
+  resumed_from: int | None
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+class _RunLog:
+  """Console + TensorBoard + metrics.jsonl (process 0 writes)."""
+
+  def __init__(self, model_dir: str):
+    self.enabled = jax.process_index() == 0
+    self.jsonl = os.path.join(model_dir, 'metrics.jsonl')
+    self.writer = None
+    if self.enabled:
+      from clu import metric_writers
+
+      self.writer = metric_writers.create_default_writer(
+          os.path.join(model_dir, 'tensorboard'), asynchronous=False)
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self.writer.write_scalars(step, scalars)
+    with open(self.jsonl, 'a') as f:
+      f.write(json.dumps({'step': step, **scalars}) + '\n')
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.flush()
+      self.writer.close()
+
+
+def _write_text(path: str, text: str) -> None:
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      f.write(text)
+
+
+def _prompt_routing(model: encoder_decoder.EncoderDecoderModel, stage: param_sets.Stage,
+                    prompt_for_task: Mapping[str, str] | None
+                    ) -> tuple[int | None, dict[str, int] | None]:
+  """(one prompt index for every example, or {task: prompt index}) for the data."""
+  if not stage.use_prompt:
+    if prompt_for_task:
+      raise ValueError(f'prompt_for_task is set but stage {stage.name!r} does not use a prompt.')
+    return None, None
+  prompt_cfg: prompts_lib.PromptConfig | None = model.config.prompt
+  if prompt_cfg is None:
+    raise ValueError(f'Stage {stage.name!r} trains through a soft prompt but the model has none: '
+                     'add a prompt to the model (T5Config.prompt = @prompts.PromptConfig(), '
+                     'PROMPT_LENGTH), as gin/runs/prompt_tuning.gin does.')
+  if prompt_for_task:
+    return None, {task: prompt_cfg.index(name) for task, name in prompt_for_task.items()}
+  name = stage.prompt_name or prompt_cfg.names[0]
+  return prompt_cfg.index(name), None
+
+
+def _initial_params(trainer: trainer_lib.Trainer, restore: ckpt_manager.RestoreConfig | None,
+                    seed: int) -> Any:
+  model = trainer.model
+
+  def init():
+    return model.init_params(jax.random.PRNGKey(seed))
+
+  if restore is None:
+    _log(f'initializing parameters from seed {seed}')
+    return init()
+
+  def init_from_restored():
+    # Prompt initializers that read the vocabulary embedding must read the
+    # *restored* table, not a random one.
+    fresh = init()
+    prompt_cfg = model.config.prompt
+    if prompt_cfg is not None and prompt_cfg.init in ('vocab_sample', 'class_labels') and (
+        'token_embedder' in restored_partial):
+      embedding = restored_partial['token_embedder']['embedding']
+      for i, name in enumerate(prompt_cfg.names):
+        fresh['prompt'][name] = np.asarray(prompts_lib.init_prompt_array(
+            jax.random.fold_in(jax.random.PRNGKey(seed), i), prompt_cfg, embedding))
+    return fresh
+
+  restored_partial: dict[str, Any] = {}
+  source = ckpt_manager.read_params(restore.path, model.module, restore.step)
+  if 'token_embedder/embedding' in source:
+    restored_partial['token_embedder'] = {'embedding': source['token_embedder/embedding']}
+  params, report = ckpt_manager.restore_params(restore, trainer.abstract_params,
+                                               init_from_restored, model.module)
+  _log(report.summary())
+  return params
+
+
+def train(*,
+          model: encoder_decoder.EncoderDecoderModel,
+          stage: param_sets.Stage,
+          train_dataset: data.DatasetConfig,
+          model_dir: str,
+          train_steps: int,
+          optimizer: Any,
+          partitioner: partitioning.Partitioner | None = None,
+          initial_checkpoint: ckpt_manager.RestoreConfig | None = None,
+          checkpoint_period: int = 1000,
+          keep_checkpoints: int | None = 3,
+          best_metric: str | None = None,
+          best_mode: str = 'max',
+          eval_period: int | None = None,
+          evaluator: Evaluator | None = None,
+          num_microbatches: int | None = None,
+          seed: int = 0,
+          dropout_seed: int | None = None,
+          log_period: int = 10,
+          prompt_for_task: Mapping[str, str] | None = None,
+          max_grad_norm: float | None = None,
+          stop_after_steps: int | None = None) -> TrainResult:
+  """Trains `model` for `train_steps` steps of `stage` and checkpoints to `model_dir`.
+
+  stop_after_steps: stop (after checkpointing) once this many steps ran in this
+  process; for preemption drills and tests. The run resumes on the next call.
+  """
+  if train_steps <= 0:
+    raise ValueError(f'TRAIN_STEPS must be positive, got {train_steps}.')
+  if checkpoint_period <= 0:
+    raise ValueError(f'CHECKPOINT_PERIOD must be positive, got {checkpoint_period}.')
+  partitioner = partitioner or partitioning.Partitioner(partitioning.make_mesh())
+  os.makedirs(model_dir, exist_ok=True)
+  prompt_index, prompt_for_task_idx = _prompt_routing(model, stage, prompt_for_task)
+
+  trainer = trainer_lib.Trainer(model, stage, optimizer, partitioner, num_microbatches,
+                                seed if dropout_seed is None else dropout_seed, max_grad_norm)
+  _write_text(os.path.join(model_dir, 'model-info.txt'), trainer_lib.describe_params(trainer))
+  _write_text(os.path.join(model_dir, 'config.gin'), _gin_config_or_empty())
+
+  manager = ckpt_manager.TrainCheckpointManager(model_dir, keep_checkpoints, best_metric,
+                                                best_mode)
+  latest = manager.latest_step()
+  batches_consumed = 0
+  if latest is not None:
+    abstract = trainer.abstract_state()
+    params_abs = param_sets.merge(abstract.trainable, abstract.frozen)
+    params, opt_state, meta = manager.restore(latest, params_abs, abstract.opt_state)
+    if meta.get('stage') not in (None, stage.name):
+      raise ckpt_manager.CheckpointError(
+          f'{model_dir} holds a checkpoint of stage {meta.get("stage")!r}, not {stage.name!r}; '
+          'use a fresh MODEL_DIR for each stage.')
+    state = trainer.state_from_parts(params, opt_state, latest)
+    batches_consumed = int(meta['batches_consumed'])
+    _log(f'resuming {model_dir} from step {latest}')
+  else:
+    state = trainer.create_state(_initial_params(trainer, initial_checkpoint, seed))
+
+  start = int(state.step)
+  if start >= train_steps:
+    _log(f'{model_dir} is already at step {start} >= TRAIN_STEPS={train_steps}; nothing to do.')
+    manager.close()
+    return TrainResult(model_dir, start, None, {}, latest)
+
+  ds = data.get_dataset(train_dataset, jax.process_index(), jax.process_count(),
+                        num_epochs=None, prompt_index=prompt_index,
+                        prompt_for_task=prompt_for_task_idx)
+  batches = data.numpy_batches(ds, skip_batches=batches_consumed)
+  log = _RunLog(model_dir)
+  _log(f'training {stage.name}: steps {start} -> {train_steps}, global batch '
+       f'{train_dataset.batch_size}, mesh {dict(partitioner.mesh_shape)}, '
+       f'{sum(trainer.trainable_mask.values())} trainable / {len(trainer.trainable_mask)} '
+       'parameter arrays')
+
+  def check_finite(step: int, metrics: Mapping[str, Any]) -> float:
+    loss = float(metrics['loss'])
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+          f'Loss is {loss} at step {step} of {model_dir}. Stopped without saving; the last good '
+          f'checkpoint (step {manager.latest_step()}) is intact. Lower the learning rate, check '
+          'the data, or resume from that checkpoint.')
+    return loss
+
+  eval_metrics: dict[str, float] = {}
+  last_loss = None
+  pending: tuple[int, Any] | None = None  # (step, metrics) not yet checked on the host
+  t0, tokens, t_step = time.time(), 0, start
+  steps_this_process = 0
+  step = start
+  try:
+    while step < train_steps:
+      try:
+        batch = next(batches)
+      except StopIteration:
+        raise RuntimeError(f'The training data of {train_dataset.mixture_or_task_name!r} ran '
+                           'out; it is read with num_epochs=None, so the task yields no '
+                           'examples for this split/shard.') from None
+      tokens += data.count_tokens(batch) * jax.process_count()
+      state, metrics = trainer.train_step(state, partitioner.shard_batch(batch))
+      step += 1
+      steps_this_process += 1
+      batches_consumed += 1
+      # Check the previous step's loss while this one runs (keeps the device busy).
+      if pending is not None:
+        last_loss = check_finite(*pending)
+      pending = (step, metrics)
+
+      do_eval = evaluator is not None and eval_period and (
+          step % eval_period == 0 or step == train_steps)
+      do_ckpt = step % checkpoint_period == 0 or step == train_steps or (
+          stop_after_steps is not None and steps_this_process >= stop_after_steps)
+      if step % log_period == 0 or do_ckpt or do_eval:
+        last_loss = check_finite(*pending)
+        pending = None
+        now = time.time()
+        rate = (step - t_step) / max(now - t0, 1e-9)
+        scalars = {'loss': last_loss, 'grad_norm': float(metrics['grad_norm']),
+                   'token_accuracy': float(metrics['correct']) / max(float(metrics['weight_sum']), 1.0),
+                   'steps_per_sec': rate, 'tokens_per_sec': tokens / max(now - t0, 1e-9)}
+        log.write(step, scalars)
+        _log(f'step {step}/{train_steps}  loss {last_loss:.4f}  grad_norm '
+             f'{scalars["grad_norm"]:.3f}  {rate:.2f} steps/s  '
+             f'{scalars["tokens_per_sec"]:,.0f} tokens/s')
+        t0, tokens, t_step = now, 0, step
+      if do_eval:
+        eval_metrics = {k: float(v) for k, v in evaluator(model, state.params, step).items()}
+        log.write(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
+        _log(f'eval at step {step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in eval_metrics.items()))
+      if do_ckpt:
+        meta = {'step': step, 'batches_consumed': batches_consumed, 'stage': stage.name,
+                'loss': last_loss}
+        ckpt_metrics = eval_metrics if (best_metric and do_eval) else None
+        manager.save(step, state.params, state.opt_state, meta, ckpt_metrics)
+        _log(f'saved checkpoint {manager.directory}/{step}')
+        if stop_after_steps is not None and steps_this_process >= stop_after_steps:
+          _log(f'stopping after {steps_this_process} steps as asked (stop_after_steps)')
+          break
+    if pending is not None:
+      last_loss = check_finite(*pending)
+  finally:
+    log.close()
+    manager.close()
+  return TrainResult(model_dir, step, last_loss, eval_metrics, latest)
+
+
+def _gin_config_or_empty() -> str:
+  try:
+    return gin_utils.config_str()
+  except Exception:  # train() called directly from Python, without gin.
+    return '# train() was called without gin.\n'
+
+
+def promot(*, model_dir: str, stage1: Callable[..., TrainResult],
+           stage2: Callable[..., TrainResult], stage2_from: str = 'latest'
+           ) -> tuple[TrainResult, TrainResult]:
+  """ProMoT end to end: stage 1 in MODEL_DIR/stage1, stage 2 from it in MODEL_DIR/stage2.
+
+  stage1/stage2 are gin-scoped `train` functions (gin/promot/*.gin). Stage 2
+  starts from stage 1's result (prompt and model); each stage resumes or is
+  skipped if already finished, so the recipe can be re-run after a crash.
+  """
+  dir1 = os.path.join(model_dir, 'stage1')
+  dir2 = os.path.join(model_dir, 'stage2')
+  r1 = stage1(model_dir=dir1)
+  r2 = stage2(model_dir=dir2,
+              initial_checkpoint=ckpt_manager.RestoreConfig(dir1, step=stage2_from))
+  return r1, r2
+
+
+def run(entry: str = 'promot_t5x.train.train') -> Any:
+  """Calls the gin-configured entry point (`train` by default; see gin/runs)."""
+  return gin_utils.bind_and_call(entry, '')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = gin_utils.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv))
+  parser = argparse.ArgumentParser(prog='promot-train', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  gin_utils.add_gin_flags(parser)
+  parser.add_argument('--entry', default=None,
+                      help='gin configurable to run (default: the run gin\'s RUN_ENTRY, '
+                           'else promot_t5x.train.train).')
+  parser.add_argument('--coordinator_address', default=None, help='host:port of process 0')
+  parser.add_argument('--process_count', type=int, default=None)
+  parser.add_argument('--process_index', type=int, default=None)
+  args = parser.parse_args(argv)
+  if not args.gin_file:
+    parser.error('--gin_file is required (a model gin and a run gin, or a recipe).')
+  from promot_t5x import distributed
+
+  distributed.initialize(args.coordinator_address, args.process_count, args.process_index,
+                         cpu_collectives=True)
+  try:
+    gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths)
+  except gin_utils.GinConfigError as e:
+    print(f'promot-train: {e}', file=sys.stderr)
+    return 2
+  entry = args.entry or _gin_macro_or('RUN_ENTRY', 'promot_t5x.train.train')
+  result = run(entry)
+  _log(f'done: {result}')
+  return 0
+
+
+def _gin_macro_or(name: str, default: str) -> str:
+  import gin
+
+  try:
+    return gin.query_parameter(f'%{name}')
+  except ValueError:
+    return default
+
+
+def console_entry_point() -> None:
+  sys.exit(main())
+
+
+if __name__ == '__main__':
+  console_entry_point()
