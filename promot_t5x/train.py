@@ -218,10 +218,12 @@ def train(*,
        'parameter arrays')
 
   def check_finite(step: int, metrics: Mapping[str, Any]) -> float:
-    loss = float(metrics['loss'])
-    if not math.isfinite(loss):
+    loss, update_norm = float(metrics['loss']), float(metrics['update_norm'])
+    if not (math.isfinite(loss) and math.isfinite(update_norm)):
+      what = f'Loss is {loss}' if not math.isfinite(loss) else (
+          f'The parameter update is {update_norm} (loss {loss})')
       raise NonFiniteLossError(
-          f'Loss is {loss} at step {step} of {model_dir}. Stopped without saving; the last good '
+          f'{what} at step {step} of {model_dir}. Stopped without saving; the last good '
           f'checkpoint (step {manager.latest_step()}) is intact. Lower the learning rate, check '
           'the data, or resume from that checkpoint.')
     return loss

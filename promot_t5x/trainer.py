@@ -197,6 +197,9 @@ class Trainer:
     metrics = dict(metrics)
     metrics['loss'] = metrics['loss_sum'] / norm
     metrics['grad_norm'] = grad_norm
+    # A non-finite update would poison the parameters even while the loss of
+    # this step is still finite; the host checks both before any save.
+    metrics['update_norm'] = optimizers.global_norm(updates)
     return new_state, metrics
 
   def _batch_shardings(self, batch: Mapping[str, Any]) -> dict[str, Any]:

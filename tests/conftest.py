@@ -15,7 +15,11 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
+import sys  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Test-only task modules (a user's own MIXTURE_OR_TASK_MODULE, toy tasks).
+sys.path.insert(0, str(REPO / 'tests' / 'testdata'))
 SHARED = REPO.parent / 'shared'
 FIXTURES = SHARED / 'fixtures'
 

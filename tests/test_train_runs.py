@@ -1,0 +1,185 @@
+"""`promot-train` runs as a user launches them: gin files, overrides, restarts.
+
+These tests start real processes (the console script, SIGKILL, two JAX
+processes with CPU collectives) on the toy tasks of tests/testdata.
+"""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from promot_t5x import param_sets
+from promot_t5x.checkpoints import manager as ckpt_manager
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TESTDATA = REPO / 'tests' / 'testdata'
+PROMOT_TRAIN = str(REPO / '.venv' / 'bin' / 'promot-train')
+
+
+def _cmd(*args):
+  exe = PROMOT_TRAIN if os.path.exists(PROMOT_TRAIN) else None
+  base = [exe] if exe else [sys.executable, '-m', 'promot_t5x.train']
+  return base + list(args)
+
+
+def _env(fixtures_dir, devices=1, **extra):
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join([str(TESTDATA), env.get('PYTHONPATH', '')])
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['PROMOT_TEST_SPM'] = str(fixtures_dir / 'sentencepiece.model')
+  env.update(extra)
+  return env
+
+
+def _toy_args(fixtures_dir, model_dir, *overrides):
+  return ['--gin_file=tests/testdata/tiny_model.gin',
+          f"--gin.SPM_PATH='{fixtures_dir / 'sentencepiece.model'}'",
+          '--gin.MIXTURE_OR_TASK_NAME=toy_copy', '--gin.MIXTURE_OR_TASK_MODULE=toy_tasks',
+          f'--gin.MODEL_DIR={model_dir}', '--gin.BATCH_SIZE=8',
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}", *overrides]
+
+
+def _run(args, env, timeout=300, check=True):
+  r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  if check and r.returncode != 0:
+    raise AssertionError(f'{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}')
+  return r
+
+
+def _final_params(model_dir):
+  return {k: np.asarray(v) for k, v in
+          param_sets.flatten(ckpt_manager.load_run_params(str(model_dir))).items()}
+
+
+def test_kill_and_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path, fixtures_dir):
+  common = ['--gin_file=runs/finetune.gin', '--gin.TRAIN_STEPS=30', '--gin.CHECKPOINT_PERIOD=3',
+            '--gin.DROPOUT_RATE=0.1', '--gin.LEARNING_RATE=0.01']
+  env = _env(fixtures_dir)
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'straight'), *common), env)
+
+  killed_dir = tmp_path / 'killed'
+  proc = subprocess.Popen(_cmd(*_toy_args(fixtures_dir, killed_dir), *common), cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckdir = killed_dir / 'checkpoints'
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if (ckdir / '6').is_dir():
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run finished before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps_at_kill = ckpt_manager._steps(str(ckdir))
+  assert steps_at_kill and steps_at_kill[-1] < 30
+
+  r = _run(_cmd(*_toy_args(fixtures_dir, killed_dir), *common), env)
+  assert f'resuming {killed_dir} from step {steps_at_kill[-1]}' in r.stdout
+  straight, resumed = _final_params(tmp_path / 'straight'), _final_params(killed_dir)
+  assert straight.keys() == resumed.keys()
+  for p in straight:
+    assert np.array_equal(straight[p], resumed[p]), p
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, fixtures_dir):
+  from promot_t5x_launch import local
+
+  common = ['--gin_file=runs/finetune.gin', '--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=4',
+            '--gin.SHUFFLE_TRAIN_EXAMPLES=False', '--gin.LEARNING_RATE=0.01']
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'one'), *common), _env(fixtures_dir, devices=2))
+  results = local.launch(_cmd(*_toy_args(fixtures_dir, tmp_path / 'two'), *common),
+                         num_processes=2, devices_per_process=1, env=_env(fixtures_dir),
+                         timeout=300)
+  for r in results:
+    assert r.returncode == 0, r.stderr[-4000:]
+  assert "mesh {'data': 2, 'model': 1}" in results[0].stdout
+  one, two = _final_params(tmp_path / 'one'), _final_params(tmp_path / 'two')
+  for p in one:
+    np.testing.assert_allclose(two[p], one[p], rtol=1e-5, atol=1e-7, err_msg=p)
+  assert any(not np.allclose(one[p], 0) for p in one)
+
+
+def test_readme_user_task_runs_both_stages_by_overrides(tmp_path, fixtures_dir):
+  """The README's example: a user's TSV task (tests/testdata/copy_tasks.py) and ProMoT."""
+  tsv = tmp_path / 'data.tsv'
+  rows = [('the cat sat', 'the cat sat', 'True'), ('a dog ran', 'nobody ran', 'False')] * 16
+  tsv.write_text(''.join('\t'.join(r) + '\n' for r in rows))
+  env = _env(fixtures_dir, PROMOT_TEST_TSV=str(tsv))
+  spm = f"--gin.SPM_PATH='{fixtures_dir / 'sentencepiece.model'}'"
+  common = ['--gin_file=tests/testdata/tiny_model.gin', spm,
+            '--gin.MIXTURE_OR_TASK_NAME=user_tsv_task', '--gin.MIXTURE_OR_TASK_MODULE=copy_tasks',
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}", '--gin.BATCH_SIZE=8']
+  # A "pretrained" model to start from (in real use: a released checkpoint).
+  _run(_cmd(*common, '--gin_file=runs/finetune.gin', f'--gin.MODEL_DIR={tmp_path / "base"}',
+            '--gin.TRAIN_STEPS=2'), env)
+  r = _run(_cmd(*common, '--gin_file=promot/promot.gin', f'--gin.MODEL_DIR={tmp_path / "promot"}',
+                f'--gin.INITIAL_CHECKPOINT_PATH={tmp_path / "base"}', '--gin.PROMPT_LENGTH=5',
+                '--gin.STAGE1_STEPS=4', '--gin.STAGE2_STEPS=3', '--gin.STAGE1_CHECKPOINT_PERIOD=2',
+                '--gin.STAGE2_CHECKPOINT_PERIOD=3'), env)
+  assert "initialized (not in checkpoint or mapped to None): ['prompt/task']" in r.stdout
+  base = _final_params(tmp_path / 'base')
+  s1 = _final_params(tmp_path / 'promot' / 'stage1')
+  s2 = _final_params(tmp_path / 'promot' / 'stage2')
+  assert all(np.array_equal(s1[p], base[p]) for p in base)  # stage 1: model frozen
+  assert np.array_equal(s2['prompt/task'], s1['prompt/task'])  # stage 2: prompt frozen
+  assert not np.array_equal(s2['decoder/logits_dense/kernel'], s1['decoder/logits_dense/kernel'])
+  for stage in ('stage1', 'stage2'):
+    run_dir = tmp_path / 'promot' / stage
+    assert (run_dir / 'config.gin').read_text().count('MIXTURE_OR_TASK_NAME') >= 1
+    assert 'prompt/task' in (run_dir / 'model-info.txt').read_text()
+    assert (run_dir / 'metrics.jsonl').read_text().strip()
+    assert list((run_dir / 'tensorboard').iterdir())
+
+
+# -----------------------------------------------------------------------------
+# Errors a user meets, with messages that name the problem and the fix.
+# -----------------------------------------------------------------------------
+def test_unknown_task_lists_the_registered_names(tmp_path, fixtures_dir):
+  r = _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'x'), '--gin_file=runs/finetune.gin',
+                '--gin.TRAIN_STEPS=1', '--gin.MIXTURE_OR_TASK_NAME=toy_cpoy'),
+           _env(fixtures_dir), check=False)
+  assert r.returncode != 0
+  assert "Unknown task or mixture 'toy_cpoy'" in r.stderr
+  assert "'toy_copy'" in r.stderr and 'MIXTURE_OR_TASK_MODULE' in r.stderr
+
+
+def test_gin_typo_names_the_file_line_and_binding(tmp_path, fixtures_dir):
+  bad = tmp_path / 'bad.gin'
+  bad.write_text("include 'runs/finetune.gin'\n\ntrain.train.trian_steps = 3\n")
+  r = _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'x'), f'--gin_file={bad}'),
+           _env(fixtures_dir), check=False)
+  assert r.returncode == 2
+  assert 'gin config error' in r.stderr and 'trian_steps' in r.stderr
+  assert str(bad) in r.stderr and 'line 3' in r.stderr
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, fixtures_dir):
+  env = _env(fixtures_dir)
+  run_dir = tmp_path / 'nan'
+  common = ['--gin_file=runs/finetune.gin', '--gin.CHECKPOINT_PERIOD=2']
+  _run(_cmd(*_toy_args(fixtures_dir, run_dir), *common, '--gin.TRAIN_STEPS=4'), env)
+  good = _final_params(run_dir)
+  # Resume with a learning rate that turns the parameters to NaN.
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), *common, '--gin.TRAIN_STEPS=8',
+                '--gin.LEARNING_RATE=nan'), env, check=False)
+  assert r.returncode != 0
+  assert 'NonFiniteLossError' in r.stderr and 'at step 5' in r.stderr
+  assert 'last good checkpoint (step 4) is intact' in r.stderr
+  assert ckpt_manager._steps(str(run_dir / 'checkpoints'))[-1] == 4
+  after = _final_params(run_dir)
+  assert all(np.array_equal(good[p], after[p]) for p in good)
+
+
+def test_incompatible_initial_checkpoint_names_parameter_and_shapes(tmp_path, fixtures_dir):
+  env = _env(fixtures_dir)
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'small'), '--gin_file=runs/finetune.gin',
+            '--gin.TRAIN_STEPS=1'), env)
+  r = _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'wide'), '--gin_file=runs/finetune.gin',
+                '--gin.TRAIN_STEPS=1', '--gin.t5.T5Config.mlp_dim=48',
+                f'--gin.INITIAL_CHECKPOINT_PATH={tmp_path / "small"}'), env, check=False)
+  assert r.returncode != 0
+  assert 'encoder/layers_0/mlp/wi_0/kernel: checkpoint (16, 32) vs model (16, 48)' in r.stderr
