@@ -229,6 +229,20 @@ def load_run_params(path: str, step: int | str = 'latest') -> dict[str, Any]:
   return ckpt_lib.load_params(path)
 
 
+_EMPTY = {'_empty': np.zeros((), np.int32)}
+
+
+def _is_empty(tree: Any) -> bool:
+  return not jax.tree_util.tree_leaves(tree)
+
+
+def _non_empty(tree: Any) -> Any:
+  """orbax refuses empty items (an optimizer with no state): store a marker."""
+  if not _is_empty(tree):
+    return tree
+  return _EMPTY
+
+
 class TrainCheckpointManager:
   """orbax CheckpointManager for a run: periodic saves, keep-N, keep-best."""
 
@@ -262,7 +276,7 @@ class TrainCheckpointManager:
                        f'{sorted(metrics)}; fix CHECKPOINT_BEST_METRIC.')
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(params),
-        opt_state=ocp.args.StandardSave(opt_state),
+        opt_state=ocp.args.StandardSave(_non_empty(opt_state)),
         meta=ocp.args.JsonSave(dict(meta)))
     self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None, force=True)
     self._manager.wait_until_finished()
@@ -288,7 +302,7 @@ class TrainCheckpointManager:
     """Restores onto the shardings carried by the abstract trees' ShapeDtypeStructs."""
     args = ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params),
-        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        opt_state=ocp.args.StandardRestore(_non_empty(abstract_opt_state)),
         meta=ocp.args.JsonRestore())
     try:
       out = self._manager.restore(step, args=args)
@@ -297,7 +311,8 @@ class TrainCheckpointManager:
           f'Could not resume from {self.directory}/{step}: {e}. The run folder holds a '
           'checkpoint of another model or stage; use a fresh MODEL_DIR or the matching gin.'
       ) from e
-    return out['params'], out['opt_state'], dict(out['meta'])
+    opt_state = abstract_opt_state if _is_empty(abstract_opt_state) else out['opt_state']
+    return out['params'], opt_state, dict(out['meta'])
 
   def close(self) -> None:
     self._manager.close()
