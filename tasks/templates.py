@@ -65,3 +65,12 @@ def with_demonstrations(query_input: str, demonstrations: Sequence[tuple[str, st
   parts = [f'{inp} {tgt}' for inp, tgt in demonstrations]
   parts.append(query_input)
   return separator.join(parts)
+
+
+def multiple_choice_question(stem: str, choices: Sequence[str]) -> str:
+  """OpenbookQA's question text (goes into `question_answering`); the target is a choice.
+
+  `[stem] Options: [choice 1]; [choice 2]; ...`. Choices are joined by semicolons
+  because OpenbookQA choices often contain commas.
+  """
+  return f'{stem} Options: ' + '; '.join(choices)
