@@ -343,7 +343,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'promot-train: {e}', file=sys.stderr)
     return 2
   entry = args.entry or _gin_macro_or('RUN_ENTRY', 'promot_t5x.train.train')
-  result = run(entry)
+  try:
+    result = run(entry)
+  except (NonFiniteLossError, ckpt_manager.CheckpointError, ValueError, ImportError) as e:
+    # Configuration and data problems get their message, not a traceback
+    # (PROMOT_DEBUG=1 shows it).
+    if os.environ.get('PROMOT_DEBUG'):
+      raise
+    print(f'promot-train: {type(e).__name__}: {e}\n(set PROMOT_DEBUG=1 for the traceback)',
+          file=sys.stderr)
+    return 1
   _log(f'done: {result}')
   return 0
 

@@ -10,6 +10,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TFDS_DATA_DIR', '/nonexistent-no-downloads')
+# Persistent XLA compilation cache shared by the test process and the runs it
+# starts: the same tiny programs are compiled by many subprocess tests.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join('/tmp', f'promot-t5x-jax-cache-{os.getuid()}'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import pathlib  # noqa: E402
 
