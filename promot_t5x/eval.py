@@ -1,0 +1,265 @@
+r"""`promot-eval`: evaluate a checkpoint on few-shot suites, or merge results into one table.
+
+  promot-eval --gin_file=models/mt5_xxl.gin --gin_file=eval/fewshot_paper.gin \
+    --gin.CHECKPOINT_PATH=/runs/promot_rte/stage2 --gin.CHECKPOINT_STEP=best \
+    --gin.MIXTURE_OR_TASK_NAME=promot_rte --gin.EVAL_OUTPUT_DIR=/evals/promot_rte
+
+  promot-eval --merge /evals/pretrained /evals/finetune /evals/promot_rte \
+    --names pretrained,finetune,promot --output /evals/table.md --plot /evals/norm_avg.png
+
+Evaluating, a run is:
+  1. read the parameters (a run folder at CHECKPOINT_STEP = latest / best / a
+     step, a step or params folder, a legacy T5X checkpoint, a Hugging Face
+     folder); the soft prompt(s) are taken from the checkpoint as they are;
+  2. score the fine-tuned task(s) MIXTURE_OR_TASK_NAME with the prompt
+     (PROMPT_NAME = 'auto': the checkpoint's prompt if it has one) and every
+     task of EVAL_SUITE (one or more mixtures) without it;
+  3. write EVAL_OUTPUT_DIR/results.json, table.md, predictions/<suite>/<task>.jsonl
+     and config.gin.
+
+Merging reads results.json files (or folders holding one) into the paper's
+table: tasks as rows, runs as columns, deltas against the run named by
+--baseline (default 'pretrained'); repeated --names group seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from promot_t5x import evaluation, gin_utils, param_sets, partitioning, reports
+from promot_t5x.checkpoints import manager as ckpt_manager
+from promot_t5x.models import encoder_decoder, prompts as prompts_lib
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def resolve_step(checkpoint_path: str, checkpoint_step: int | str) -> int | None:
+  """The step number a run folder's 'latest' / 'best' designates (None for other formats)."""
+  from promot_t5x import checkpoints as ckpt_lib
+
+  if not os.path.isdir(ckpt_manager.checkpoint_dir(checkpoint_path)):
+    return int(checkpoint_step) if isinstance(checkpoint_step, int) else None
+  if checkpoint_step == 'latest':
+    return ckpt_lib.latest_step(ckpt_manager.checkpoint_dir(checkpoint_path))
+  if checkpoint_step == 'best':
+    return ckpt_manager.best_step(checkpoint_path)
+  return int(checkpoint_step)
+
+
+def load_params(model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str,
+                checkpoint_step: int | str = 'latest'
+                ) -> tuple[encoder_decoder.EncoderDecoderModel, dict[str, Any]]:
+  """(model fitted to the checkpoint's prompts, float32 parameters) of any checkpoint format.
+
+  The checkpoint decides the soft prompts: `prompt/<name>` arrays `[P, E]`
+  give the model a prompt config with those names and length P (keeping the
+  model gin's other prompt settings); no prompt arrays, no prompt. Everything
+  else must match the model gin exactly (a clear error names each mismatch).
+  """
+  flat = ckpt_manager.read_params(checkpoint_path, model.module, checkpoint_step)
+  prefix = param_sets.PROMPT_ROOT + '/'
+  prompt_arrays = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  config = model.config
+  if prompt_arrays:
+    lengths = {int(v.shape[0]) for v in prompt_arrays.values()}
+    if len(lengths) != 1:
+      raise ckpt_manager.CheckpointError(
+          f'The prompts of {checkpoint_path} have different lengths {sorted(lengths)}.')
+    names = tuple(sorted(prompt_arrays))
+    base = config.prompt or prompts_lib.PromptConfig()
+    prompt = dataclasses.replace(base, length=lengths.pop(), names=names, init='uniform',
+                                 init_file=None, class_label_ids=())
+  else:
+    prompt = None
+  if prompt != config.prompt:
+    model = dataclasses.replace(model, module=model.module.clone(config=config.replace(
+        prompt=prompt)))
+  want = param_sets.flatten(_unboxed_abstract(model))
+  missing = sorted(set(want) - set(flat))
+  extra = sorted(set(flat) - set(want))
+  wrong = [f'{p}: checkpoint {tuple(flat[p].shape)} vs model {tuple(want[p].shape)}'
+           for p in sorted(set(want) & set(flat)) if tuple(flat[p].shape) != tuple(want[p].shape)]
+  if missing or extra or wrong:
+    raise ckpt_manager.CheckpointError(
+        f'Checkpoint {checkpoint_path} does not fit the model gin: missing {missing[:10]}, '
+        f'unexpected {extra[:10]}, wrong shape {wrong[:10]}. Use the model gin the run was '
+        'trained with (sizes, vocabulary).')
+  params = param_sets.unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
+  return model, params
+
+
+def _unboxed_abstract(model: encoder_decoder.EncoderDecoderModel) -> Any:
+  import flax.linen as nn
+
+  return nn.unbox(model.abstract_params())
+
+
+def make_suites(mixture_or_task_names: str | Sequence[str] | None,
+                names: str | Sequence[str] | None = None,
+                **suite_kwargs: Any) -> list[evaluation.Suite]:
+  """One averaged suite per mixture (gin: EVAL_SUITE may be a name or a list).
+
+  Args:
+    mixture_or_task_names: mixture name(s); each becomes its own suite.
+    names: the suites' names (default: the mixture names).
+    **suite_kwargs: passed to `evaluation.make_suite` (split, feature
+      lengths, format_labels, module, ...).
+  """
+  if mixture_or_task_names is None:
+    return []
+  mixtures = ([mixture_or_task_names] if isinstance(mixture_or_task_names, str)
+              else list(mixture_or_task_names))
+  names = ([names] if isinstance(names, str) else list(names)) if names else list(mixtures)
+  if len(names) != len(mixtures):
+    raise ValueError(f'EVAL_SUITE_NAMES has {len(names)} names for {len(mixtures)} suites.')
+  return [evaluation.make_suite(m, name=n, role=evaluation.SUITE, **suite_kwargs)
+          for m, n in zip(mixtures, names)]
+
+
+def evaluate(*, model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str,
+             output_dir: str, suites: Sequence[evaluation.Suite] = (),
+             target: evaluation.Suite | None = None,
+             checkpoint_step: int | str = 'latest',
+             settings: evaluation.EvalSettings | None = None,
+             partitioner: partitioning.Partitioner | None = None,
+             run_name: str | None = None) -> evaluation.EvalResult:
+  """Evaluates one checkpoint and writes its results (the gin entry point of promot-eval).
+
+  Args:
+    model: the model gin's MODEL (its prompt settings follow the checkpoint).
+    checkpoint_path: CHECKPOINT_PATH. checkpoint_step: 'latest', 'best' or an int.
+    output_dir: EVAL_OUTPUT_DIR.
+    suites: averaged few-shot suites (prompt removed).
+    target: the fine-tuned task(s), usually with the prompt (None: none).
+    settings: decoding, batch size, max examples.
+    partitioner: places parameters and batches on a mesh (None: default device).
+    run_name: the run's column name in merged tables (default: output_dir's name).
+
+  Returns:
+    The `EvalResult` (also written to output_dir).
+  """
+  all_suites = ([target] if target is not None else []) + [s for s in suites if s is not None]
+  if not all_suites:
+    raise ValueError('Nothing to evaluate: set EVAL_SUITE and/or MIXTURE_OR_TASK_NAME.')
+  settings = settings or evaluation.EvalSettings()
+  run_name = run_name or os.path.basename(os.path.normpath(output_dir))
+  model, params = load_params(model, checkpoint_path, checkpoint_step)
+  step = resolve_step(checkpoint_path, checkpoint_step)
+  prompts = model.config.prompt.names if model.config.prompt else ()
+  _log(f'evaluating {checkpoint_path} (step {step}, prompts {list(prompts) or "none"}) on '
+       + ', '.join(f'{s.name} ({len(s.tasks)} tasks)' for s in all_suites))
+  result = evaluation.Evaluator(all_suites, settings, partitioner).evaluate(
+      model, params, step=step, run=run_name, checkpoint=os.path.abspath(checkpoint_path))
+  if jax.process_index() == 0:
+    write_outputs(result, output_dir)
+  _log(reports.run_table(result))
+  _log(f'wrote {output_dir}/results.json, table.md and predictions/ '
+       f'({result.seconds:.0f}s)')
+  return result
+
+
+def write_outputs(result: evaluation.EvalResult, output_dir: str) -> None:
+  """results.json, table.md, predictions/<suite>/<task>.jsonl and config.gin."""
+  os.makedirs(output_dir, exist_ok=True)
+  reports.write_results(result, os.path.join(output_dir, 'results.json'))
+  reports.write_predictions(result, os.path.join(output_dir, 'predictions'))
+  table = reports.run_table(result)
+  if any(s.role == evaluation.SUITE for s in result.suites.values()):
+    table += '\n' + reports.report_markdown({result.run or 'model': result}, baseline=None)
+  with open(os.path.join(output_dir, 'table.md'), 'w') as f:
+    f.write(table)
+  try:
+    config = gin_utils.config_str()
+  except Exception:  # evaluate() called from Python without gin
+    config = '# evaluate() was called without gin.\n'
+  with open(os.path.join(output_dir, 'config.gin'), 'w') as f:
+    f.write(config)
+
+
+def merge(paths: Sequence[str], output: str | None = None, names: Sequence[str] | None = None,
+          baseline: str | None = reports.DEFAULT_BASELINE, plot: str | None = None,
+          suite: str | None = None) -> str:
+  """Merges results files into the paper's table(s); writes `output` and `plot` if given.
+
+  Returns the markdown.
+  """
+  runs = reports.merge_results(paths, names)
+  if suite:
+    text = reports.paper_table(runs, suite, baseline)
+    fs = reports.format_specialization_table(runs, suite)
+    text += ('\n' + fs) if fs else ''
+  else:
+    text = reports.report_markdown(runs, baseline)
+  if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, 'w') as f:
+      f.write(text)
+  if plot:
+    reports.plot_norm_avg(reports.norm_avg_values(runs, suite), plot, baseline=baseline)
+  return text
+
+
+def _run_gin() -> evaluation.EvalResult:
+  return gin_utils.bind_and_call('promot_t5x.eval.evaluate', '')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = gin_utils.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv))
+  parser = argparse.ArgumentParser(prog='promot-eval', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  gin_utils.add_gin_flags(parser)
+  parser.add_argument('--merge', nargs='+', metavar='RESULTS',
+                      help='merge results.json files (or their folders) into one table')
+  parser.add_argument('--names', default=None,
+                      help='comma-separated column names, one per merged file (repeat a name '
+                           'to group seeds)')
+  parser.add_argument('--output', default=None, help='markdown file for the merged table')
+  parser.add_argument('--baseline', default=reports.DEFAULT_BASELINE,
+                      help="column that deltas are taken against ('' for none)")
+  parser.add_argument('--plot', default=None, help='PNG bar plot of Norm. Avg. per run')
+  parser.add_argument('--suite', default=None, help='only this suite (default: every suite)')
+  args = parser.parse_args(argv)
+  if args.merge:
+    if args.gin_file or args.gin_bindings:
+      parser.error('--merge reads results files; it takes no gin flags.')
+    names = [n.strip() for n in args.names.split(',')] if args.names else None
+    try:
+      text = merge(args.merge, args.output, names, args.baseline or None, args.plot, args.suite)
+    except (ValueError, OSError) as e:
+      print(f'promot-eval: {e}', file=sys.stderr)
+      return 2
+    print(text)
+    return 0
+  if not args.gin_file:
+    parser.error('--gin_file is required (a model gin and an eval gin, e.g. '
+                 'eval/fewshot_paper.gin), or --merge.')
+  try:
+    gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths)
+  except gin_utils.GinConfigError as e:
+    print(f'promot-eval: {e}', file=sys.stderr)
+    return 2
+  _run_gin()
+  return 0
+
+
+def console_entry_point() -> None:
+  sys.exit(main())
+
+
+if __name__ == '__main__':
+  console_entry_point()
+
+
+__all__ = ['evaluate', 'load_params', 'main', 'make_suites', 'merge', 'resolve_step',
+           'write_outputs']
