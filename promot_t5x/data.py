@@ -36,6 +36,11 @@ class DatasetConfig:
   seed: int | None = 0
   pack: bool = False
   use_cached: bool = False
+  # Encoder lengths to bucket training batches by (one process only): examples
+  # are grouped by real input length and each batch is cut to the smallest
+  # bucket that holds it, so short examples do not pay for the longest one's
+  # padding (one compiled step per bucket). None: every batch at full length.
+  length_buckets: tuple[int, ...] | None = None
   # Modules to import before looking the task up (where the user registers it).
   module: str | tuple[str, ...] | None = None
 
@@ -47,6 +52,15 @@ class DatasetConfig:
       if key not in self.task_feature_lengths:
         raise ValueError(f"TASK_FEATURE_LENGTHS needs an '{key}' length, got "
                          f'{self.task_feature_lengths}.')
+    if self.length_buckets is not None:
+      buckets = tuple(sorted(int(b) for b in self.length_buckets))
+      if not buckets or buckets[0] <= 0:
+        raise ValueError(f'LENGTH_BUCKETS must be positive lengths, got {self.length_buckets}.')
+      if self.pack:
+        raise ValueError('LENGTH_BUCKETS and packing exclude each other; use one.')
+      full = self.task_feature_lengths['inputs']
+      buckets = tuple(b for b in buckets if b < full) + (full,)
+      object.__setattr__(self, 'length_buckets', buckets)
 
 
 def import_task_modules(module: str | tuple[str, ...] | list[str] | None) -> None:
@@ -136,7 +150,33 @@ def get_dataset(cfg: DatasetConfig, shard_index: int = 0, num_shards: int = 1,
     ds = converted(provider)
     if prompt_index is not None:
       ds = with_prompt(ds, prompt_index)
+  if cfg.length_buckets is not None and len(cfg.length_buckets) > 1:
+    if num_shards > 1:
+      raise ValueError('LENGTH_BUCKETS works in one process only (every process must feed '
+                       'batches of one shape); set it to None for multi-host runs.')
+    return _bucketed_batches(ds, cfg.length_buckets, batch, drop_remainder)
   return ds.batch(batch, drop_remainder=drop_remainder)
+
+
+def _bucketed_batches(ds, buckets: tuple[int, ...], batch: int, drop_remainder: bool):
+  """Groups examples by real encoder length; cuts each batch's encoder features to its bucket."""
+  import tensorflow as tf
+
+  bounds = tf.constant(buckets, tf.int64)
+
+  def key(ex):
+    length = tf.reduce_sum(tf.cast(tf.not_equal(ex['encoder_input_tokens'], 0), tf.int64))
+    return tf.reduce_sum(tf.cast(bounds < length, tf.int64))  # index of the smallest bucket >= length
+
+  def reduce(bucket, window):
+    size = bounds[bucket]
+
+    def cut(b):
+      return {k: (v[:, :size] if k.startswith('encoder_') else v) for k, v in b.items()}
+
+    return window.batch(batch, drop_remainder=drop_remainder).map(cut)
+
+  return ds.group_by_window(key_func=key, reduce_func=reduce, window_size=batch)
 
 
 def numpy_batches(ds, skip_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
