@@ -67,6 +67,8 @@ setuptools.setup(
             'promot-inspect=promot_t5x.inspect_model:console_entry_point',
             'promot-convert=promot_t5x.convert:console_entry_point',
             'promot-miniature=promot_t5x.miniature:console_entry_point',
+            'promot-memory-plan=promot_t5x.memory_plan:console_entry_point',
+            'promot-experiment=promot_t5x.experiment:console_entry_point',
         ],
     },
 )

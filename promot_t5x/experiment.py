@@ -1,6 +1,6 @@
 r"""Experiments: named variants (a recipe gin + overrides) x seeds, trained, evaluated, merged.
 
-  promot-experiment experiments/prompt_length.toml
+  promot-experiment my_experiment.toml
 
 A spec (TOML) names the shared gin files (the model, the task), the
 evaluation gins, the seeds, and one `[[variants]]` table per column of the
@@ -9,7 +9,11 @@ final table:
   name = "prompt_length"
   output_dir = "runs/prompt_length"
   model_gin_files = ["miniature/model.gin"]   # used to train and to evaluate
-  gin_files = ["miniature/rte.gin"]           # training settings shared by the variants
+  gin_files = []                              # gin files shared by the variants
+  overrides = ["--gin.MIXTURE_OR_TASK_NAME='mini_rte'",      # settings shared by the variants
+               "--gin.MIXTURE_OR_TASK_MODULE='promot_t5x_tasks.synthetic.tasks'",
+               "--gin.INITIAL_CHECKPOINT_PATH='tasks/synthetic/data/base_model'",
+               "--gin.STAGE1_STEPS=150", "--gin.STAGE2_STEPS=100"]
   eval_gin_files = ["eval/fewshot_miniature.gin"]
   eval_overrides = ["--gin.MIXTURE_OR_TASK_NAME=mini_rte"]
   seeds = [0, 1]

@@ -164,8 +164,12 @@ def train(*,
           log_period: int = 10,
           prompt_for_task: Mapping[str, str] | None = None,
           max_grad_norm: float | None = None,
-          stop_after_steps: int | None = None) -> TrainResult:
+          stop_after_steps: int | None = None,
+          run_eval_before_training: bool = False) -> TrainResult:
   """Trains `model` for `train_steps` steps of `stage` and checkpoints to `model_dir`.
+
+  run_eval_before_training: as in T5X, also evaluate the starting parameters
+  (step 0 of a fresh run) when an evaluator is given.
 
   stop_after_steps: stop (after checkpointing) once this many steps ran in this
   process; for preemption drills and tests. The run resumes on the next call.
@@ -235,6 +239,10 @@ def train(*,
   steps_this_process = 0
   step = start
   try:
+    if run_eval_before_training and evaluator is not None and latest is None:
+      eval_metrics = {k: float(v) for k, v in evaluator(model, state.params, start).items()}
+      log.write(start, {f'eval/{k}': v for k, v in eval_metrics.items()})
+      _log(f'eval at step {start}: ' + ', '.join(f'{k} {v:.2f}' for k, v in eval_metrics.items()))
     while step < train_steps:
       try:
         batch = next(batches)

@@ -1,0 +1,179 @@
+r"""Our side of the benchmarks: one measurement per process (run_all.py starts them).
+
+  python bench/bench_jax.py train --stage=prompt_tuning [--config=JSON]
+  python bench/bench_jax.py decode --decoder=beam [--config=JSON]
+  python bench/bench_jax.py peak
+  python bench/bench_jax.py export --out=DIR   # initial weights for bench_torch.py
+
+Training uses the project's `Trainer` exactly as `promot-train` does
+(stage = parameter sets, Adafactor as in the run gins, jitted train step with
+donated state) on a one-device mesh; decoding uses
+`EncoderDecoderModel.predict_batch` (key/value cache, greedy or beam 4).
+Each prints one JSON line; `peak_rss_bytes` is this process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (bench/ is not a package)
+
+
+def build_model(cfg: common.BenchConfig, with_prompt: bool):
+  from promot_t5x.models import encoder_decoder, prompts, t5
+
+  prompt = prompts.PromptConfig(length=cfg.prompt_length) if with_prompt else None
+  config = t5.T5Config(vocab_size=cfg.vocab_size, emb_dim=cfg.emb_dim,
+                       num_heads=cfg.num_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim,
+                       num_encoder_layers=cfg.num_encoder_layers,
+                       num_decoder_layers=cfg.num_decoder_layers,
+                       mlp_activations=('gelu', 'linear'), logits_via_embedding=False,
+                       dropout_rate=0.0, dtype='float32', prompt=prompt)
+  return encoder_decoder.EncoderDecoderModel(t5.Transformer(config), z_loss=0.0)
+
+
+def initial_params(model, seed: int):
+  """Deterministic float32 parameters (the torch peer loads the same values)."""
+  import jax
+
+  return jax.device_get(model.init_params(jax.random.PRNGKey(seed)))
+
+
+def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
+  import jax
+  import numpy as np
+
+  from promot_t5x import memory_plan, param_sets, partitioning, trainer as trainer_lib
+
+  stage = param_sets.stage_by_name(stage_name)
+  model = build_model(cfg, stage.use_prompt)
+  partitioner = partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1]))
+  trainer = trainer_lib.Trainer(model, stage, memory_plan.stage_optimizer(stage_name),
+                                partitioner)
+  state = trainer.create_state(initial_params(model, cfg.seed))
+  batch = common.train_batch(cfg)
+  if stage.use_prompt:
+    batch['prompt_index'] = np.zeros((cfg.batch_size,), np.int32)
+  batch = partitioner.shard_batch(batch)
+
+  t0 = time.perf_counter()
+  state, metrics = trainer.train_step(state, batch)
+  jax.block_until_ready(metrics)
+  compile_and_first = time.perf_counter() - t0
+  for _ in range(cfg.warmup_steps - 1):
+    state, metrics = trainer.train_step(state, batch)
+  jax.block_until_ready((state, metrics))
+  times = []
+  for _ in range(cfg.train_steps):
+    t0 = time.perf_counter()
+    state, metrics = trainer.train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t0)
+  return {'side': 'ours', 'kind': 'train', 'stage': stage_name,
+          'step_seconds': sorted(times)[len(times) // 2], 'step_seconds_all': times,
+          'first_step_seconds': compile_and_first, 'loss': float(metrics['loss']),
+          'tokens_per_step': common.train_tokens(cfg),
+          'model_flops_per_step': common.train_flops(cfg, stage_name)}
+
+
+def bench_decode(cfg: common.BenchConfig, decoder: str) -> dict:
+  import jax
+  import numpy as np
+
+  model = build_model(cfg, with_prompt=False)
+  params = initial_params(model, cfg.seed)
+  inputs = common.decode_inputs(cfg)
+  batch = {'encoder_input_tokens': inputs}
+
+  def run():
+    # eos_id=-1: no row stops early, so both sides generate decode_length tokens.
+    out = model.predict_batch(params, batch, decoder=decoder, num_beams=cfg.num_beams,
+                              max_decode_length=cfg.decode_length, eos_id=-1)
+    return np.asarray(jax.block_until_ready(out))
+
+  t0 = time.perf_counter()
+  tokens = run()
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(cfg.decode_repeats):
+    t0 = time.perf_counter()
+    tokens = run()
+    times.append(time.perf_counter() - t0)
+  return {'side': 'ours', 'kind': 'decode', 'decoder': decoder,
+          'seconds': sorted(times)[len(times) // 2], 'seconds_all': times,
+          'first_call_seconds': first,
+          'new_tokens': int(cfg.decode_batch * cfg.decode_length),
+          'tokens_head': tokens[0, :8].tolist()}
+
+
+def export_weights(cfg: common.BenchConfig, out_dir: str) -> dict:
+  """Writes our initial parameters as HF tensors + config for the torch peer."""
+  import json
+
+  import numpy as np
+
+  from promot_t5x.checkpoints import hf
+
+  model = build_model(cfg, with_prompt=False)
+  params = initial_params(model, cfg.seed)
+  os.makedirs(out_dir, exist_ok=True)
+  hf_cfg = dict(hf.hf_config_from_t5(model.config))
+  for key in ('architectures', 'model_type'):
+    hf_cfg.pop(key, None)
+  with open(os.path.join(out_dir, 'hf_config.json'), 'w') as f:
+    json.dump(hf_cfg, f)
+  np.savez(os.path.join(out_dir, 'hf_tensors.npz'), **hf.params_to_hf_tensors(params, model.config))
+  return {'side': 'ours', 'kind': 'export', 'out': out_dir}
+
+
+def bench_peak(size: int = 4096, repeats: int = 5) -> dict:
+  """float32 matmul peak of this machine as XLA:CPU reaches it: best of `repeats`."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(dot(a, b))
+    best = min(best, time.perf_counter() - t0)
+  return {'side': 'ours', 'kind': 'peak', 'size': size, 'seconds': best,
+          'flops_per_second': 2 * size ** 3 / best}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('what', choices=('train', 'decode', 'peak', 'export'))
+  p.add_argument('--out', default=None, help='export: folder for the torch peer\'s weights')
+  p.add_argument('--stage', choices=common.STAGES, default='finetune')
+  p.add_argument('--decoder', choices=('greedy', 'beam'), default='greedy')
+  p.add_argument('--config', default=None, help='BenchConfig as JSON')
+  args = p.parse_args(argv)
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  cfg = common.BenchConfig.from_json(args.config) if args.config else common.BenchConfig()
+  if args.what == 'train':
+    result = bench_train(cfg, args.stage)
+  elif args.what == 'decode':
+    result = bench_decode(cfg, args.decoder)
+  elif args.what == 'export':
+    if not args.out:
+      p.error('export needs --out=DIR')
+    result = export_weights(cfg, args.out)
+  else:
+    result = bench_peak()
+  common.emit(result)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

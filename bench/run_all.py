@@ -1,0 +1,290 @@
+r"""All benchmarks in one run: ours (JAX) beside the peer (HF transformers + PEFT, torch).
+
+  python bench/run_all.py                       # the measurement (make bench)
+  python bench/run_all.py --wait_for_quiet=90   # first wait (<= 90 min) for a quiet CPU
+  python bench/run_all.py --quick               # a small smoke run (results/quick.*)
+
+Every measurement runs in a fresh subprocess (bench_jax.py / bench_torch.py),
+one at a time, so each has the machine to itself and reports its own peak RSS.
+Results: bench/results/latest.json and a markdown summary latest.md.
+
+What is measured (same T5 configuration, batch and lengths on both sides;
+see common.BenchConfig):
+  a. training throughput, tokens/s (inputs + targets per step / median step
+     time) for stage 1, stage 2 and standard fine-tuning;
+  b. model FLOPs utilization: analytic model FLOPs per step (common.train_flops)
+     / step time / this machine's float32 matmul peak, measured here with a
+     4096^3 matmul (the better of jnp.dot and torch.mm);
+  c. decoding throughput (new tokens/s), greedy and beam 4, with a cache;
+  d. the stage-1 step time over a full-training step (stage 2: same inputs and
+     prompt; and plain fine-tuning);
+  e. peak RSS of the stage-1 and stage-2 training processes.
+The CPU's 1-minute load average is recorded before every measurement: numbers
+taken while other work shares the CPU are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import common  # noqa: E402
+
+GOALS = {'mfu_finetune': 0.35, 'stage1_over_full_step': 0.7}
+
+
+def load1() -> float:
+  return os.getloadavg()[0]
+
+
+def wait_for_quiet(max_load: float, minutes: float, poll_seconds: float = 120) -> dict:
+  """Polls the 1-minute load until it is below `max_load` or `minutes` pass."""
+  t0 = time.time()
+  samples = []
+  while True:
+    now = load1()
+    samples.append(round(now, 2))
+    if now < max_load:
+      return {'quiet': True, 'waited_minutes': round((time.time() - t0) / 60, 1),
+              'load_samples': samples}
+    if time.time() - t0 > minutes * 60:
+      return {'quiet': False, 'waited_minutes': round((time.time() - t0) / 60, 1),
+              'load_samples': samples}
+    print(f'  load {now:.2f} >= {max_load}; waiting ({(time.time() - t0) / 60:.0f} of '
+          f'{minutes:.0f} min)', flush=True)
+    time.sleep(poll_seconds)
+
+
+def run_child(script: str, args: list[str], cfg: common.BenchConfig, timeout: float = 1800
+              ) -> dict[str, Any]:
+  """Runs one measurement in a fresh process; returns its JSON line plus the load."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  env.pop('XLA_FLAGS', None)  # one CPU device, no fake devices
+  before = load1()
+  cmd = [sys.executable, str(HERE / script), *args, f'--config={cfg.to_json()}']
+  t0 = time.time()
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                        check=False)
+  if proc.returncode:
+    raise RuntimeError(f'{script} {" ".join(args)} failed:\n{proc.stderr[-3000:]}')
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  result.update(load_before=round(before, 2), load_after=round(load1(), 2),
+                wall_seconds=round(time.time() - t0, 1))
+  return result
+
+
+def versions() -> dict[str, str]:
+  from importlib import metadata
+
+  out = {'python': platform.python_version()}
+  for name in ('jax', 'jaxlib', 'flax', 'torch', 'transformers', 'peft'):
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = 'missing'
+  return out
+
+
+def cpu_model() -> str:
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown'
+
+
+def measure(cfg: common.BenchConfig, log=print) -> dict[str, Any]:
+  results: dict[str, Any] = {'peak': {}, 'train': {}, 'decode': {}}
+  with tempfile.TemporaryDirectory() as weights:
+    run_child('bench_jax.py', ['export', f'--out={weights}'], cfg)
+    for side, script in (('ours', 'bench_jax.py'), ('torch', 'bench_torch.py')):
+      log(f'peak matmul ({side})')
+      results['peak'][side] = run_child(script, ['peak'], cfg)
+    for stage in common.STAGES:
+      for side, script, extra in (('ours', 'bench_jax.py', []),
+                                  ('torch', 'bench_torch.py', [f'--weights={weights}'])):
+        log(f'train {stage} ({side})')
+        results['train'].setdefault(stage, {})[side] = run_child(
+            script, ['train', f'--stage={stage}', *extra], cfg)
+    for decoder in ('greedy', 'beam'):
+      for side, script, extra in (('ours', 'bench_jax.py', []),
+                                  ('torch', 'bench_torch.py', [f'--weights={weights}'])):
+        log(f'decode {decoder} ({side})')
+        results['decode'].setdefault(decoder, {})[side] = run_child(
+            script, ['decode', f'--decoder={decoder}', *extra], cfg)
+  return results
+
+
+def summarize(cfg: common.BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
+  """Derived numbers and the goals."""
+  peak = max(r['flops_per_second'] for r in raw['peak'].values())
+  train = {}
+  for stage, sides in raw['train'].items():
+    train[stage] = {}
+    for side, r in sides.items():
+      train[stage][side] = {
+          'step_seconds': r['step_seconds'],
+          'tokens_per_second': r['tokens_per_step'] / r['step_seconds'],
+          'model_tflops_per_step': r['model_flops_per_step'] / 1e12,
+          'mfu': r['model_flops_per_step'] / r['step_seconds'] / peak,
+          'peak_rss_gib': r['peak_rss_bytes'] / 2 ** 30,
+          'first_step_seconds': r['first_step_seconds'],
+      }
+  decode = {}
+  for decoder, sides in raw['decode'].items():
+    decode[decoder] = {side: {'seconds': r['seconds'],
+                              'tokens_per_second': r['new_tokens'] / r['seconds'],
+                              'tokens_head': r['tokens_head']}
+                       for side, r in sides.items()}
+  ratios = {}
+  for side in ('ours', 'torch'):
+    s1 = train['prompt_tuning'][side]['step_seconds']
+    ratios[side] = {'stage1_over_stage2': s1 / train['promot_stage2'][side]['step_seconds'],
+                    'stage1_over_finetune': s1 / train['finetune'][side]['step_seconds']}
+  speedups = {f'train/{stage}': train[stage]['ours']['tokens_per_second']
+              / train[stage]['torch']['tokens_per_second'] for stage in train}
+  speedups.update({f'decode/{d}': decode[d]['ours']['tokens_per_second']
+                   / decode[d]['torch']['tokens_per_second'] for d in decode})
+  goals = {
+      'ahead_of_peer_on_every_row': all(v > 1 for v in speedups.values()),
+      'mfu_finetune': train['finetune']['ours']['mfu'],
+      'mfu_finetune_goal_met': train['finetune']['ours']['mfu'] >= GOALS['mfu_finetune'],
+      'stage1_over_full_step': ratios['ours']['stage1_over_stage2'],
+      'stage1_goal_met': ratios['ours']['stage1_over_stage2'] <= GOALS['stage1_over_full_step'],
+  }
+  return {'machine_peak_flops_per_second': peak, 'train': train, 'decode': decode,
+          'stage1_ratios': ratios, 'speedup_over_peer': speedups, 'goals': goals,
+          'greedy_outputs_agree': (decode['greedy']['ours']['tokens_head']
+                                   == decode['greedy']['torch']['tokens_head'])}
+
+
+def markdown(report: dict[str, Any]) -> str:
+  s, cfg = report['summary'], report['config']
+  quiet = report['load']['quiet_at_start']
+  lines = [
+      f'Benchmarks ({report["date"]}, {report["machine"]["cpu"]}, '
+      f'{report["machine"]["cores"]} cores; load average before the run '
+      f'{report["load"]["at_start"]:.2f}, max during {report["load"]["max_during"]:.2f}'
+      + ('' if quiet else ' — NOT a quiet machine: preliminary numbers') + ').',
+      '',
+      f'Model and shapes: {common.BenchConfig(**cfg).describe()}. float32, no dropout, '
+      'one CPU device; steady-state median of '
+      f'{cfg["train_steps"]} steps after {cfg["warmup_steps"]} warm-up steps.',
+      f'Machine float32 matmul peak (4096^3, best of jnp.dot / torch.mm): '
+      f'{s["machine_peak_flops_per_second"] / 1e9:.1f} GFLOP/s '
+      f'(jnp.dot {report["raw"]["peak"]["ours"]["flops_per_second"] / 1e9:.1f}, torch.mm '
+      f'{report["raw"]["peak"]["torch"]["flops_per_second"] / 1e9:.1f}).',
+      '',
+      '| row | ours (promot-t5x, JAX) | peer (HF transformers + PEFT, torch) | ours / peer |',
+      '|---|---|---|---|',
+  ]
+  for stage in common.STAGES:
+    o, t = s['train'][stage]['ours'], s['train'][stage]['torch']
+    lines.append(f'| train {common.STAGE_LABELS[stage]}: tokens/s | '
+                 f'{o["tokens_per_second"]:,.0f} ({o["step_seconds"]:.3f} s/step) | '
+                 f'{t["tokens_per_second"]:,.0f} ({t["step_seconds"]:.3f} s/step) | '
+                 f'{o["tokens_per_second"] / t["tokens_per_second"]:.2f}x |')
+  for stage in common.STAGES:
+    o, t = s['train'][stage]['ours'], s['train'][stage]['torch']
+    lines.append(f'| MFU {common.STAGE_LABELS[stage]} ({o["model_tflops_per_step"] * 1e3:.0f} '
+                 f'GFLOP/step) | {o["mfu"]:.1%} | {t["mfu"]:.1%} | |')
+  for decoder in ('greedy', 'beam'):
+    o, t = s['decode'][decoder]['ours'], s['decode'][decoder]['torch']
+    name = 'greedy' if decoder == 'greedy' else f'beam {cfg["num_beams"]}'
+    lines.append(f'| decode {name}, cached: new tokens/s | {o["tokens_per_second"]:,.1f} | '
+                 f'{t["tokens_per_second"]:,.1f} | '
+                 f'{o["tokens_per_second"] / t["tokens_per_second"]:.2f}x |')
+  r = s['stage1_ratios']
+  lines.append(f'| stage-1 step / stage-2 step (same inputs + prompt) | '
+               f'{r["ours"]["stage1_over_stage2"]:.2f} | '
+               f'{r["torch"]["stage1_over_stage2"]:.2f} | |')
+  lines.append(f'| stage-1 step / fine-tuning step (no prompt) | '
+               f'{r["ours"]["stage1_over_finetune"]:.2f} | '
+               f'{r["torch"]["stage1_over_finetune"]:.2f} | |')
+  for stage in ('prompt_tuning', 'promot_stage2'):
+    o, t = s['train'][stage]['ours'], s['train'][stage]['torch']
+    lines.append(f'| peak RSS {common.STAGE_LABELS[stage]} (GiB) | {o["peak_rss_gib"]:.2f} | '
+                 f'{t["peak_rss_gib"]:.2f} | |')
+  g = s['goals']
+  lines += [
+      '',
+      'Goals: ahead of the peer on every throughput row: '
+      f'{"yes" if g["ahead_of_peer_on_every_row"] else "no"}; fine-tuning MFU '
+      f'{g["mfu_finetune"]:.1%} (goal >= {GOALS["mfu_finetune"]:.0%}: '
+      f'{"met" if g["mfu_finetune_goal_met"] else "missed"}); stage-1 / full step '
+      f'{g["stage1_over_full_step"]:.2f} (goal <= {GOALS["stage1_over_full_step"]}: '
+      f'{"met" if g["stage1_goal_met"] else "missed"}).',
+      f'Greedy outputs of both sides agree on the first tokens: '
+      f'{"yes" if s["greedy_outputs_agree"] else "no"} (same weights).',
+      '',
+      f'Command: `{report["command"]}`',
+  ]
+  return '\n'.join(lines) + '\n'
+
+
+QUICK = dict(num_encoder_layers=2, num_decoder_layers=2, batch_size=4, input_length=32,
+             target_length=8, prompt_length=4, decode_batch=2, decode_length=4,
+             train_steps=2, warmup_steps=1, decode_repeats=1)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--quick', action='store_true', help='small smoke run (results/quick.*)')
+  p.add_argument('--wait_for_quiet', type=float, default=0,
+                 help='minutes to wait for the 1-min load average to drop below --max_load')
+  p.add_argument('--max_load', type=float, default=2.5)
+  p.add_argument('--out', default=str(HERE / 'results'))
+  args = p.parse_args(argv)
+  cfg = common.BenchConfig(**QUICK) if args.quick else common.BenchConfig()
+  wait = {'quiet': load1() < args.max_load, 'waited_minutes': 0, 'load_samples': []}
+  if args.wait_for_quiet > 0:
+    wait = wait_for_quiet(args.max_load, args.wait_for_quiet)
+  start_load = load1()
+  print(f'benchmarks: {cfg.describe()}\nload average {start_load:.2f}', flush=True)
+  t0 = time.time()
+  raw = measure(cfg, log=lambda m: print(f'  {m}', flush=True))
+  loads = [start_load] + [r[k] for group in ('train', 'decode')
+                          for sides in raw[group].values() for r in sides.values()
+                          for k in ('load_before', 'load_after')]
+  report = {
+      'date': datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
+      'command': 'python bench/run_all.py' + (' ' + ' '.join(sys.argv[1:]) if argv is None
+                                               and sys.argv[1:] else ''),
+      'machine': {'cpu': cpu_model(), 'cores': os.cpu_count(), 'versions': versions()},
+      'load': {'at_start': start_load, 'max_during': max(loads), 'max_allowed': args.max_load,
+               'quiet_at_start': start_load < args.max_load,
+               'quiet_throughout': max(loads) < args.max_load, 'wait': wait},
+      'config': dataclasses.asdict(cfg),
+      'raw': raw,
+      'seconds': round(time.time() - t0, 1),
+  }
+  report['summary'] = summarize(cfg, raw)
+  os.makedirs(args.out, exist_ok=True)
+  stem = 'quick' if args.quick else 'latest'
+  with open(os.path.join(args.out, f'{stem}.json'), 'w') as f:
+    json.dump(report, f, indent=1)
+  text = markdown(report)
+  with open(os.path.join(args.out, f'{stem}.md'), 'w') as f:
+    f.write(text)
+  print(text)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

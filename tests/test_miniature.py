@@ -1,0 +1,64 @@
+"""The README's main command, end to end in its --quick setting (every part, a few steps)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from promot_t5x import miniature
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(miniature.BASE_MODEL),
+                                reason='the committed base model is missing')
+
+
+def _run(out, env):
+  return subprocess.run([sys.executable, '-m', 'promot_t5x.miniature', '--quick',
+                         f'--output_dir={out}'], capture_output=True, text=True, env=env,
+                        timeout=1500)
+
+
+def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
+  out = tmp_path / 'mini'
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  proc = _run(out, env)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert f'results: {out}/summary.md' in proc.stdout
+
+  # The paper's table: every variant is a column, the 8 analogues and Norm. Avg. are rows.
+  table = json.loads((out / 'rte' / 'table.json').read_text())
+  assert set(table) == {'pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot'}
+  for variant, seeds in table.items():
+    assert len(seeds) == 1, variant
+    keys = seeds[0]
+    assert any(k.endswith('norm_avg') for k in keys), (variant, sorted(keys))
+    assert any('triviaqa' in k for k in keys) and any('wikilingua' in k for k in keys)
+  assert (out / 'rte' / 'norm_avg.png').stat().st_size > 0
+  # ProMoT's model folder holds both stages; its evaluation used stage 2 with the prompt.
+  promot = out / 'rte' / 'promot' / 'seed_0'
+  results = json.loads((promot / 'eval' / 'results.json').read_text())
+  assert results['checkpoint'].endswith(os.path.join('promot', 'seed_0', 'stage2'))
+  assert (promot / 'stage1' / 'model-info.txt').exists()
+
+  # Curves: evaluated before training and every 2 steps, for both kinds.
+  curves = json.loads((out / 'curves.json').read_text())
+  for kind in ('finetune', 'promot_stage2'):
+    (seed,) = curves[kind]
+    for metric in miniature.CURVE_METRICS:
+      assert sorted(int(s) for s in seed[metric]) == [0, 2, 4], (kind, metric, seed[metric])
+    assert all(-1.0 <= v <= 1.0 for v in seed['grad_alignment'].values())
+  assert (out / 'curves.png').stat().st_size > 0
+
+  conj = json.loads((out / 'conjugate' / 'conjugate_report.json').read_text())
+  assert conj['models'] == ['pretrained', 'finetune', 'promot']
+  assert {r['transform'] for r in conj['rows']} >= {'toylang', 'cipher'}
+  summary = (out / 'summary.md').read_text()
+  for heading in ('## mini_rte', '## Format specialization', '## Conjugate prompting'):
+    assert heading in summary
+
+  # A second invocation re-runs nothing.
+  again = _run(out, env)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count('done before') == 5
+  assert 'training' not in again.stdout
