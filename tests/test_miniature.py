@@ -35,6 +35,29 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
     assert any(k.endswith('norm_avg') for k in keys), (variant, sorted(keys))
     assert any('triviaqa' in k for k in keys) and any('wikilingua' in k for k in keys)
   assert (out / 'rte' / 'norm_avg.png').stat().st_size > 0
+  # Internal consistency of every run's results: Norm. Avg. is the mean of the 8 scores; the
+  # prompt is attached to the fine-tuned task only, never to the suites.
+  results = {v: json.loads((out / 'rte' / v / 'seed_0' / 'eval' / 'results.json').read_text())
+             for v in table}
+  for variant, r in results.items():
+    for name in ('fewshot_1shot', 'fewshot_4shot'):
+      suite = r['suites'][name]
+      scores = [t['score'] for t in suite['tasks'].values()]
+      assert len(scores) == 8
+      assert suite['norm_avg'] == pytest.approx(sum(scores) / 8)
+      assert all(t['prompt'] is None for t in suite['tasks'].values())
+    (target,) = r['suites']['target']['tasks'].values()
+    has_prompt = variant in ('prompt_tuning', 'promot', 'promot_1shot')
+    assert target['prompt'] == ('task' if has_prompt else None), variant
+  # Prompt tuning leaves the model frozen, so without its prompt it *is* the pretrained
+  # model: identical suite predictions prove the prompt was removed.
+  for name in ('fewshot_1shot', 'fewshot_4shot'):
+    for task in results['pretrained']['suites'][name]['tasks']:
+      pre = (out / 'rte' / 'pretrained' / 'seed_0' / 'eval' / 'predictions' / name / f'{task}.jsonl')
+      pt = (out / 'rte' / 'prompt_tuning' / 'seed_0' / 'eval' / 'predictions' / name / f'{task}.jsonl')
+      assert [json.loads(l)['prediction'] for l in pre.read_text().splitlines()] == \
+          [json.loads(l)['prediction'] for l in pt.read_text().splitlines()], (name, task)
+
   # ProMoT's model folder holds both stages; its evaluation used stage 2 with the prompt.
   promot = out / 'rte' / 'promot' / 'seed_0'
   results = json.loads((promot / 'eval' / 'results.json').read_text())
