@@ -104,7 +104,7 @@ def rouge2(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, floa
   scorer = rouge_scorer.RougeScorer(['rouge2'])
   scores = [scorer.score(target=t, prediction=p)['rouge2'].fmeasure
             for t, p in zip(targets, predictions)]
-  return {'rouge2': 100.0 * float(np.mean(scores))}
+  return {'rouge2': min(100.0, 100.0 * float(np.mean(scores)))}
 
 
 def normalized_average(scores: Mapping[str, float] | Iterable[float]) -> float:
@@ -117,11 +117,13 @@ def normalized_average(scores: Mapping[str, float] | Iterable[float]) -> float:
   values = list(scores.values()) if isinstance(scores, Mapping) else list(scores)
   if not values:
     raise ValueError('normalized_average needs at least one score.')
-  bad = [v for v in values if not 0.0 <= v <= 100.0]
+  # A mean of per-example F-measures of 1.0 can land a rounding error above 100.
+  tolerance = 1e-6
+  bad = [v for v in values if not -tolerance <= v <= 100.0 + tolerance]
   if bad:
     raise ValueError(f'Scores must be on a 0-100 scale; got {bad}. Metrics here already '
                      'return percentages: do not multiply by 100 again.')
-  return float(np.mean(values))
+  return float(np.mean(np.clip(values, 0.0, 100.0)))
 
 
 def format_specialization_rate(outputs: Sequence[str], label_set: Iterable[str],

@@ -94,6 +94,8 @@ def test_normalized_average_is_the_plain_mean():
             'wmt16_ende': 20.0, 'wmt16_enro': 15.0, 'xsum': 5.0, 'wikilingua_en': 4.0}
   assert metrics.normalized_average(scores) == pytest.approx(sum(scores.values()) / 8)
   assert metrics.normalized_average([10.0, 30.0]) == 20.0
+  # A perfect Rouge-2 averaged in floating point can exceed 100 by a rounding error.
+  assert metrics.normalized_average([100.00000000000004, 0.0]) == 50.0
   with pytest.raises(ValueError, match='0-100'):
     metrics.normalized_average([4750.0])
 
