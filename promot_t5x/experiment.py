@@ -137,7 +137,7 @@ def train_variant(exp: Experiment, variant: Variant, seed: int) -> str:
   model_dir = exp.run_dir(variant, seed)
   gin_utils.parse(
       exp.model_gin_files + exp.gin_files + variant.gin_files,
-      bindings(exp.overrides) + bindings(variant.overrides)
+      variant_bindings(exp, variant, seed)
       + [f'SEED = {seed}', f'MODEL_DIR = {model_dir!r}'],
       exp.gin_search_paths)
   entry = gin.query_parameter('%RUN_ENTRY')
@@ -148,12 +148,25 @@ def train_variant(exp: Experiment, variant: Variant, seed: int) -> str:
   return model_dir
 
 
-def initial_checkpoint(exp: Experiment, variant: Variant) -> str:
+def variant_bindings(exp: Experiment, variant: Variant, seed: int) -> list[str]:
+  """The experiment's then the variant's overrides, with `{seed}` and `{output_dir}` filled in.
+
+  A variant can so start from another variant's run of the same seed, e.g.
+  `INITIAL_CHECKPOINT_PATH = '{output_dir}/promot/seed_{seed}/stage1'` evaluates
+  ProMoT's stage 1 as the prompt-tuning column without training it twice.
+  """
+  out = []
+  for b in bindings(exp.overrides) + bindings(variant.overrides):
+    out.append(b.replace('{seed}', str(seed)).replace('{output_dir}', exp.output_dir))
+  return out
+
+
+def initial_checkpoint(exp: Experiment, variant: Variant, seed: int = 0) -> str:
   """INITIAL_CHECKPOINT_PATH as the experiment's gin files define it (for train=False)."""
   import gin
 
   gin_utils.parse(exp.model_gin_files + exp.gin_files + variant.gin_files,
-                  bindings(exp.overrides) + bindings(variant.overrides), exp.gin_search_paths,
+                  variant_bindings(exp, variant, seed), exp.gin_search_paths,
                   finalize=False)
   path = gin.query_parameter('%INITIAL_CHECKPOINT_PATH')
   if not path:
@@ -193,7 +206,7 @@ def run(exp: Experiment, only: Sequence[str] | None = None,
       start = time.time()
       _log(f'{label}: training' if variant.train else f'{label}: evaluating the start point')
       checkpoint = (train_variant(exp, variant, seed) if variant.train
-                    else initial_checkpoint(exp, variant))
+                    else initial_checkpoint(exp, variant, seed))
       evaluate_variant(exp, variant, seed, checkpoint)
       _log(f'{label}: finished in {time.time() - start:.0f} s')
       if after_run is not None:

@@ -11,23 +11,24 @@ From the committed base model (a small T5 pretrained on the synthetic world,
 trainer, evaluator and experiment runner (`promot_t5x.experiment`):
 
   pretrained     the base model, untouched
-  prompt_tuning  stage 1 alone (runs/prompt_tuning.gin)
   finetune       standard fine-tuning (runs/finetune.gin)
   promot         ProMoT: stage 1 then stage 2 (promot/promot.gin)
+  prompt_tuning  stage 1 alone: ProMoT's stage 1 of the same seed, evaluated
+                 (it is exactly runs/prompt_tuning.gin with the same settings)
   promot_1shot   ProMoT trained on 1-shot inputs (the paper's "+ 1-shot")
   (--extras)     joint tuning (runs/joint.gin) and fine-tuning with a fixed
                  random prompt (runs/promot_stage2.gin, prompt never trained)
 
 Every run is evaluated at 1 and 4 shots on the 8 evaluation analogues with
 the prompt removed, and on its fine-tuned task with the prompt
-(gin/eval/fewshot_miniature.gin). Then, for the binary-inference analogue:
+(gin/eval/fewshot_miniature.gin). For the binary-inference analogue:
 
-  curves     the first steps of standard fine-tuning and of ProMoT stage 2,
-             evaluated every few steps (gin/miniature/curves.gin): the task's
-             accuracy, QA exact match, the share of QA outputs that are
-             True/False (format specialization), and the gradient alignment
-             (cosine between real- and shuffled-label gradients, last decoder
-             layer);
+  curves     standard fine-tuning and ProMoT stage 2 are evaluated before
+             their first step and every `curve_period` steps
+             (gin/miniature/curves.gin): the task's accuracy, QA exact match,
+             the share of QA outputs that are True/False (format
+             specialization), and the gradient alignment (cosine between
+             real- and shuffled-label gradients, last decoder layer);
   conjugate  pretrained, fine-tuned and ProMoT models on the 1-shot suite
              under the world's conjugate transforms (toylang, cipher).
 
@@ -72,14 +73,18 @@ class Settings:
   tasks: tuple[str, ...] = FINETUNE_TASKS
   seeds: tuple[int, ...] = (0, 1)
   stage1_steps: int = 150
-  stage2_steps: int = 100
-  finetune_steps: int = 100
+  stage2_steps: int = 150
+  finetune_steps: int = 150
   prompt_length: int = 20
   batch_size: int = 32
+  # The paper's prompt learning rate; the model's is 10x the paper's 1e-3 (a
+  # 2M-parameter model moves slower per step than mT5 XXL at the same rate).
+  prompt_learning_rate: float = 0.2
+  model_learning_rate: float = 0.01
   # Few-shot evaluation: examples per task and suite.
   max_examples: int = 64
-  curve_steps: int = 40
-  curve_period: int = 5
+  # The curves: evaluated every curve_period steps of fine-tuning / stage 2.
+  curve_period: int = 25
   curve_max_examples: int = 64
   conjugate: bool = True
   curves: bool = True
@@ -95,9 +100,8 @@ class Settings:
       raise ValueError('The miniature needs at least one seed.')
 
 
-QUICK = dict(tasks=('rte',), seeds=(0,), stage1_steps=4, stage2_steps=3, finetune_steps=3,
-             prompt_length=4, batch_size=8, max_examples=4, curve_steps=4, curve_period=2,
-             curve_max_examples=4)
+QUICK = dict(tasks=('rte',), seeds=(0,), stage1_steps=4, stage2_steps=4, finetune_steps=4,
+             prompt_length=4, batch_size=8, max_examples=4, curve_period=2, curve_max_examples=4)
 
 
 def _log(msg: str) -> None:
@@ -125,14 +129,27 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
       'STAGE2_CHECKPOINT_PERIOD = 100000',
       'KEEP_CHECKPOINTS = 1',
   ]
-  promot = [f'STAGE1_STEPS = {settings.stage1_steps}', f'STAGE2_STEPS = {settings.stage2_steps}']
+  promot = [f'STAGE1_STEPS = {settings.stage1_steps}', f'STAGE2_STEPS = {settings.stage2_steps}',
+            f'PROMPT_LEARNING_RATE = {settings.prompt_learning_rate}',
+            f'MODEL_LEARNING_RATE = {settings.model_learning_rate}']
+  curves = settings.curves and task == 'rte'
+  curve_overrides = (f'EVAL_PERIOD = {settings.curve_period}',
+                     f'CURVE_MAX_EXAMPLES = {settings.curve_max_examples}') if curves else ()
   variants = [
       experiment_lib.Variant('pretrained', train=False, seeds=(settings.seeds[0],)),
-      experiment_lib.Variant('prompt_tuning', gin_files=('runs/prompt_tuning.gin',),
-                             overrides=(f'TRAIN_STEPS = {settings.stage1_steps}',)),
-      experiment_lib.Variant('finetune', gin_files=('runs/finetune.gin',),
-                             overrides=(f'TRAIN_STEPS = {settings.finetune_steps}',)),
-      experiment_lib.Variant('promot', gin_files=('promot/promot.gin',), overrides=tuple(promot)),
+      # Standard fine-tuning; on mini_rte it also records the curves.
+      experiment_lib.Variant(
+          'finetune', gin_files=('runs/finetune.gin',) + (('miniature/curves.gin',) if curves else ()),
+          overrides=(f'TRAIN_STEPS = {settings.finetune_steps}',
+                     f'LEARNING_RATE = {settings.model_learning_rate}') + curve_overrides),
+      # ProMoT (stage 1 then stage 2); on mini_rte stage 2 records the curves.
+      experiment_lib.Variant(
+          'promot', gin_files=('promot/promot.gin',) + (('miniature/curves_stage2.gin',) if curves else ()),
+          overrides=tuple(promot) + curve_overrides),
+      # Prompt tuning alone is ProMoT's stage 1 (same seed, same settings): evaluated, not retrained.
+      experiment_lib.Variant(
+          'prompt_tuning', train=False,
+          overrides=("INITIAL_CHECKPOINT_PATH = '{output_dir}/promot/seed_{seed}/stage1'",)),
       experiment_lib.Variant('promot_1shot', gin_files=('promot/promot.gin',),
                              overrides=tuple(promot) + (f"MIXTURE_OR_TASK_NAME = '{name}_1shot_train'",
                                                         "TASK_FEATURE_LENGTHS = {'inputs': 192, 'targets': 16}",
@@ -141,11 +158,14 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
   if settings.extras:
     variants += [
         experiment_lib.Variant('joint', gin_files=('runs/joint.gin',),
-                               overrides=(f'TRAIN_STEPS = {settings.finetune_steps}',)),
+                               overrides=(f'TRAIN_STEPS = {settings.finetune_steps}',
+                                          f'LEARNING_RATE = {settings.model_learning_rate}',
+                                          f'PROMPT_LEARNING_RATE = {settings.prompt_learning_rate}')),
         # Fine-tuning with a fixed random prompt: ProMoT stage 2 whose prompt
         # is initialized (uniform) instead of trained.
         experiment_lib.Variant('finetune_random_prompt', gin_files=('runs/promot_stage2.gin',),
                                overrides=(f'TRAIN_STEPS = {settings.finetune_steps}',
+                                          f'LEARNING_RATE = {settings.model_learning_rate}',
                                           "manager.restore_config.fallback_to_init = ['prompt/.*']")),
     ]
   labels = FORMAT_LABELS[task]
@@ -176,42 +196,18 @@ CURVE_PANELS = {
 }
 
 
-def _curve_run(settings: Settings, kind: str, seed: int, rte: experiment_lib.Experiment) -> str:
-  """Trains the first `curve_steps` steps of `kind` with the curve evaluator; returns its dir."""
-  import gin
-
-  from promot_t5x import gin_utils
-
-  model_dir = os.path.join(settings.output_dir, 'curves', kind, f'seed_{seed}')
-  if os.path.exists(os.path.join(model_dir, 'checkpoints', str(settings.curve_steps))):
-    return model_dir
-  if kind == 'finetune':
-    recipe, start = 'runs/finetune.gin', settings.base_model
-  else:  # ProMoT stage 2 from the promot variant's stage 1 of the same seed.
-    recipe = 'runs/promot_stage2.gin'
-    start = os.path.join(rte.run_dir(next(v for v in rte.variants if v.name == 'promot'), seed),
-                         'stage1')
-  overrides = list(experiment_lib.bindings(rte.overrides)) + [
-      f'INITIAL_CHECKPOINT_PATH = {start!r}', f'TRAIN_STEPS = {settings.curve_steps}',
-      f'EVAL_PERIOD = {settings.curve_period}', f'CURVE_MAX_EXAMPLES = {settings.curve_max_examples}',
-      f'SEED = {seed}', f'MODEL_DIR = {model_dir!r}']
-  gin_utils.parse(['miniature/model.gin', recipe, 'miniature/curves.gin'], overrides, ())
-  gin_utils.bind_and_call(gin.query_parameter('%RUN_ENTRY'), '')
-  return model_dir
-
-
 def curves(settings: Settings, rte: experiment_lib.Experiment) -> dict[str, Any]:
-  """Runs the curve runs (finetune, promot stage 2) per seed; writes curves.json and .png."""
+  """Reads the curves the finetune and promot (stage 2) runs recorded; writes curves.json/png."""
   from promot_t5x import reports
 
+  by_name = {v.name: v for v in rte.variants}
+  dirs = {'finetune': lambda seed: rte.run_dir(by_name['finetune'], seed),
+          'promot_stage2': lambda seed: os.path.join(rte.run_dir(by_name['promot'], seed), 'stage2')}
   out: dict[str, Any] = {}
-  for kind in ('finetune', 'promot_stage2'):
+  for kind, run_dir in dirs.items():
     per_seed = []
     for seed in settings.seeds:
-      _log(f'curve: {kind} seed {seed}, {settings.curve_steps} steps, evaluated every '
-           f'{settings.curve_period}')
-      model_dir = _curve_run(settings, kind, seed, rte)
-      metrics = reports.read_metrics_jsonl(os.path.join(model_dir, 'metrics.jsonl'), prefix='')
+      metrics = reports.read_metrics_jsonl(os.path.join(run_dir(seed), 'metrics.jsonl'), prefix='')
       per_seed.append({key: {int(s): float(v) for s, v in metrics.get(name, {}).items()}
                        for key, name in CURVE_METRICS.items()})
     out[kind] = per_seed
