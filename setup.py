@@ -37,6 +37,7 @@ TEST = [
     # Reference checks against Hugging Face (CPU wheel of torch 2.13.0 is on disk).
     'torch==2.13.0',
     'transformers==5.23.0',
+    'ruff==0.17.6',  # make lint
 ]
 
 BENCH = TEST + ['peft==0.21.2']

@@ -49,7 +49,8 @@ def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
   import jax
   import numpy as np
 
-  from promot_t5x import memory_plan, param_sets, partitioning, trainer as trainer_lib
+  from promot_t5x import memory_plan, param_sets, partitioning
+  from promot_t5x import trainer as trainer_lib
 
   stage = param_sets.stage_by_name(stage_name)
   model = build_model(cfg, stage.use_prompt)

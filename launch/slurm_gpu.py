@@ -28,8 +28,9 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from promot_t5x import distributed
 from promot_t5x_launch import tpu_pod
+
+from promot_t5x import distributed
 
 SBATCH_SCRIPT = pathlib.Path(__file__).resolve().with_name('slurm_gpu.sbatch')
 

@@ -36,7 +36,8 @@ import numpy as np
 
 from promot_t5x import evaluation, gin_utils, param_sets, partitioning, reports
 from promot_t5x.checkpoints import manager as ckpt_manager
-from promot_t5x.models import encoder_decoder, prompts as prompts_lib
+from promot_t5x.models import encoder_decoder
+from promot_t5x.models import prompts as prompts_lib
 
 
 def _log(msg: str) -> None:

@@ -70,8 +70,7 @@ import jax
 import numpy as np
 
 from promot_t5x import metrics as metrics_lib
-from promot_t5x import param_sets
-from promot_t5x import postprocessing
+from promot_t5x import param_sets, postprocessing
 from promot_t5x.models import encoder_decoder
 
 if TYPE_CHECKING:

@@ -248,7 +248,8 @@ def plan_mesh(setting: PlanSetting, devices: Sequence[Any] | None = None) -> lis
   import jax
   import numpy as np
 
-  from promot_t5x import param_sets, partitioning, trainer as trainer_lib
+  from promot_t5x import param_sets, partitioning
+  from promot_t5x import trainer as trainer_lib
 
   if setting.compile:
     devices = list(jax.devices() if devices is None else devices)

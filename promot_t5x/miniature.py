@@ -51,9 +51,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from promot_t5x import experiment as experiment_lib
-
 import promot_t5x_tasks.synthetic as _synthetic
+
+from promot_t5x import experiment as experiment_lib
 
 BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(_synthetic.__file__)), 'data',
                           'base_model')
@@ -324,12 +324,56 @@ def run(settings: Settings) -> str:
   return path
 
 
+RUN_ORDER = ('pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot', 'joint',
+             'finetune_random_prompt')
+TARGET_METRIC = {'rte': 'rte/accuracy', 'enfr': 'enfr/bleu'}
+
+
+def _mean_std(values: Sequence[float]) -> str:
+  import numpy as np
+
+  if not values:
+    return '–'
+  if len(values) == 1:
+    return f'{values[0]:.1f}'
+  return f'{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}'
+
+
+def overview_table(output_dir: str, tasks: Sequence[str]) -> str:
+  """The paper's Table 1 layout: per fine-tuning task and run, the task's score (with its
+  prompt) and Norm. Avg. at 1 and 4 shots (prompt removed) with the change from pretrained;
+  mean ± std over seeds."""
+  import numpy as np
+
+  lines = ['| fine-tuned on | run | seeds | task score | Norm. Avg. 1-shot | Δ 1-shot | '
+           'Norm. Avg. 4-shot | Δ 4-shot |', '|---|---|---:|---:|---:|---:|---:|---:|']
+  for task in tasks:
+    with open(os.path.join(output_dir, task, 'table.json')) as f:
+      table = json.load(f)
+    base = {k: float(np.mean([r[f'fewshot_{k}shot/norm_avg'] for r in table['pretrained']]))
+            for k in (1, 4)} if 'pretrained' in table else None
+    order = [v for v in RUN_ORDER if v in table] + sorted(v for v in table if v not in RUN_ORDER)
+    for run in order:
+      seeds = table[run]
+      cells = [_mean_std([r[TARGET_METRIC[task]] for r in seeds if TARGET_METRIC[task] in r])]
+      for k in (1, 4):
+        values = [r[f'fewshot_{k}shot/norm_avg'] for r in seeds]
+        cells.append(_mean_std(values))
+        cells.append(f'{np.mean(values) - base[k]:+.1f}' if base and run != 'pretrained' else '')
+      lines.append(f'| mini_{task} | {run} | {len(seeds)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def write_summary(settings: Settings, tables: Mapping[str, str], curve_data: Any, conj: Any,
                   timings: Mapping[str, float]) -> str:
   parts = [f'# ProMoT miniature ({time.strftime("%Y-%m-%d %H:%M")})', '',
            f'Settings: {json.dumps(dataclasses.asdict(settings))}', '',
            'Wall time of this invocation (finished parts are not re-run): '
            + ', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items()), '']
+  parts += ['## Overview', '', 'Task score: accuracy (mini_rte) or BLEU (mini_enfr) on the '
+            'fine-tuned task with the run\'s prompt; Norm. Avg.: mean of the 8 analogues with '
+            'the prompt removed; Δ: change from pretrained. Mean ± std over seeds.', '',
+            overview_table(settings.output_dir, list(tables)), '']
   for task, table in tables.items():
     parts += [f'## mini_{task}', '', f'Plot: `{task}/norm_avg.png`', '',
               table.replace('\n# ', '\n### ', 1).lstrip('# ').split('\n', 1)[-1], '']

@@ -32,9 +32,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from promot_t5x import data, gin_utils, param_sets, partitioning, trainer as trainer_lib
+from promot_t5x import data, gin_utils, param_sets, partitioning
+from promot_t5x import trainer as trainer_lib
 from promot_t5x.checkpoints import manager as ckpt_manager
-from promot_t5x.models import encoder_decoder, prompts as prompts_lib
+from promot_t5x.models import encoder_decoder
+from promot_t5x.models import prompts as prompts_lib
 
 Evaluator = Callable[[encoder_decoder.EncoderDecoderModel, Any, int], Mapping[str, float]]
 

@@ -69,10 +69,10 @@ from typing import Any
 
 import seqio
 import tensorflow as tf
-
-from promot_t5x import conjugate
 from promot_t5x_tasks import templates
 from promot_t5x_tasks import vocab as vocab_lib
+
+from promot_t5x import conjugate
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent / 'data' / 'conjugate'
 LANGUAGES = ('french', 'spanish', 'dutch', 'hungarian')
@@ -162,7 +162,7 @@ class TemplateTranslation:
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_template_translation(language: str) -> TemplateTranslation:
   """`data/conjugate/templates_<language>.json` (language: 'french', ...)."""
   path = DATA_DIR / f'templates_{language}.json'
@@ -435,7 +435,7 @@ PROBE_SEED = 0
 _OPERAND_RANGE = (2, 49)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_sentence_pool() -> dict[str, tuple[str, ...]]:
   """{language: sentences}, parallel (row i is one sentence in every language)."""
   path = DATA_DIR / 'probe_sentences.tsv'
@@ -446,7 +446,7 @@ def load_sentence_pool() -> dict[str, tuple[str, ...]]:
   return {lang: tuple(r[lang] for r in rows) for lang in PROBE_LANGUAGES}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_probe_scaffolding() -> dict[str, dict[str, str]]:
   """{language: {'capitalize', 'repeat', 'input', 'output', 'arithmetic', 'blank'}}."""
   data = json.loads((DATA_DIR / 'probe.json').read_text(encoding='utf-8'))
@@ -457,7 +457,7 @@ def load_probe_scaffolding() -> dict[str, dict[str, str]]:
   return data
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_pig_latin_lexicon() -> tuple[str, ...]:
   """Lower-case words, in order of preference for `from_pig_latin`'s ties.
 
@@ -478,7 +478,7 @@ def default_pig_latin_lexicon() -> tuple[str, ...]:
   return tuple(dict.fromkeys(words))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _default_lexicon_ranks() -> dict[str, int]:
   return _lexicon_ranks(default_pig_latin_lexicon())
 
@@ -492,7 +492,7 @@ def from_pig_latin_default_lexicon(text: str) -> str:
 _NUMBER = re.compile(r'(?<![^\W_])\d+(?![^\W_])')
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ambiguous_sums() -> frozenset[int]:
   # Numbers the arithmetic query shows in some rendering besides its operands
   # (Leetspeak writes 'is' as 15): a copied query must never contain the sum,

@@ -50,9 +50,7 @@ from typing import Any
 import numpy as np
 import seqio
 import tensorflow as tf
-
-from promot_t5x_tasks import preprocessors
-from promot_t5x_tasks import templates
+from promot_t5x_tasks import preprocessors, templates
 from promot_t5x_tasks import vocab as vocab_lib
 
 DEFAULT_SEED = 1234

@@ -60,13 +60,11 @@ from collections.abc import Callable, Sequence
 
 import seqio
 import tensorflow as tf
-
-from promot_t5x import metrics
-from promot_t5x import postprocessing
 from promot_t5x_tasks import fewshot as fewshot_lib
-from promot_t5x_tasks import preprocessors
-from promot_t5x_tasks import templates
+from promot_t5x_tasks import preprocessors, templates
 from promot_t5x_tasks import vocab as vocab_lib
+
+from promot_t5x import metrics, postprocessing
 
 DEFAULT_PREFIX = 'promot_'
 EVAL_SPLIT = 'eval'

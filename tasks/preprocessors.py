@@ -36,7 +36,6 @@ from typing import Any
 
 import seqio
 import tensorflow as tf
-
 from promot_t5x_tasks import templates
 
 Render = Callable[[tf.data.Dataset], tf.data.Dataset]

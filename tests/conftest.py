@@ -17,10 +17,9 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
-
-import sys  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Test-only task modules (a user's own MIXTURE_OR_TASK_MODULE, toy tasks).

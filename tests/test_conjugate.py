@@ -8,19 +8,16 @@ gin route to a conjugate suite is exercised as a user would write it.
 
 import functools
 
-import gin
 import pytest
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
-
-from promot_t5x import conjugate
-from promot_t5x import data as data_lib
-from promot_t5x import metrics
-from promot_t5x import postprocessing
 from promot_t5x_tasks import conjugate as nl
-from promot_t5x_tasks import paper
-from promot_t5x_tasks import templates
+from promot_t5x_tasks import paper, templates
+
+import gin
+from promot_t5x import conjugate, metrics, postprocessing
+from promot_t5x import data as data_lib
 
 BYTES = seqio.ByteVocabulary()
 

@@ -7,9 +7,9 @@ on hand-made model outputs, both directly and through the seqio task.
 
 import pytest
 import seqio
+from promot_t5x_tasks import conjugate as nl
 
 from promot_t5x import conjugate
-from promot_t5x_tasks import conjugate as nl
 
 PREFIX = 'test_probe'
 

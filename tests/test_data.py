@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
-
-from promot_t5x import data
 from promot_t5x_tasks import vocab as vocab_lib
 from promot_t5x_tasks.synthetic import vocabulary as mini_vocabulary
+
+from promot_t5x import data
 
 TASK = 'test_data_varied_lengths'
 WORDS = 'the cat sat on a mat while rain fell over the old river town'.split()

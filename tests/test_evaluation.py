@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
+from promot_t5x_tasks.synthetic import vocabulary as mini_vocabulary
 
 from promot_t5x import evaluation, metrics, postprocessing
 from promot_t5x.models import encoder_decoder, prompts, t5
-from promot_t5x_tasks.synthetic import vocabulary as mini_vocabulary
 
 PREFIXES = ('Q:', 'Translate', 'Article:')
 LABELS = ('True', 'False')

@@ -15,11 +15,11 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from promot_t5x_tasks import paper, vocab
 
-from promot_t5x import checkpoints, eval as eval_script, evaluation, metrics
+from promot_t5x import checkpoints, evaluation, metrics
+from promot_t5x import eval as eval_script
 from promot_t5x.models import encoder_decoder, prompts, t5
-from promot_t5x_tasks import paper
-from promot_t5x_tasks import vocab
 
 PREFIX = 'test_eval_paper_'
 EIGHT = ('cb', 'wic', 'triviaqa', 'webquestions', 'wmt16_ende', 'wmt16_enro', 'xsum',

@@ -2,9 +2,9 @@
 
 import os
 
-import gin
 import pytest
 
+import gin
 from promot_t5x import experiment, gin_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,9 +12,9 @@ import subprocess
 import sys
 
 import pytest
+from promot_t5x_launch import slurm_gpu, tpu_pod
 
 from promot_t5x import distributed
-from promot_t5x_launch import slurm_gpu, tpu_pod
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SBATCH = REPO / 'launch' / 'slurm_gpu.sbatch'

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import sacrebleu
-from rouge_score import rouge_scorer
-from rouge_score import scoring
+from rouge_score import rouge_scorer, scoring
 
 from promot_t5x import metrics
 

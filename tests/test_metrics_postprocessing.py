@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from promot_t5x_tasks import templates
 
 from promot_t5x import postprocessing
-from promot_t5x_tasks import templates
 
 PREFIXES = templates.DEMONSTRATION_PREFIXES
 

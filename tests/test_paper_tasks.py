@@ -9,12 +9,7 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
-
-from promot_t5x_tasks import fewshot
-from promot_t5x_tasks import paper
-from promot_t5x_tasks import preprocessors
-from promot_t5x_tasks import templates
-from promot_t5x_tasks import vocab
+from promot_t5x_tasks import fewshot, paper, preprocessors, templates, vocab
 
 PREFIX = 'test_paper_'
 

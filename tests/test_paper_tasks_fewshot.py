@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
-
-from promot_t5x_tasks import fewshot
-from promot_t5x_tasks import preprocessors
-from promot_t5x_tasks import templates
+from promot_t5x_tasks import fewshot, preprocessors, templates
 
 TRAIN = [f'train premise {i}' for i in range(20)]
 # The last dev example duplicates a train example: its own text must never be a demonstration.

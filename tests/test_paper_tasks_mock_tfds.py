@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow_datasets as tfds
+from promot_t5x_tasks import paper, templates, vocab
 
 from promot_t5x import metrics
-from promot_t5x_tasks import paper
-from promot_t5x_tasks import templates
-from promot_t5x_tasks import vocab
 
 PREFIX = 'test_paper_mock_'
 

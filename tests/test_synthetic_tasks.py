@@ -2,11 +2,11 @@
 
 import pytest
 import seqio
-
-from promot_t5x import conjugate
 from promot_t5x_tasks.synthetic import tasks as mini
 from promot_t5x_tasks.synthetic import transforms as transforms_lib
 from promot_t5x_tasks.synthetic import world as world_lib
+
+from promot_t5x import conjugate
 
 W = world_lib
 LENGTHS = {'inputs': 64, 'targets': 16}

@@ -5,7 +5,6 @@ import re
 import numpy as np
 import pytest
 import sentencepiece as spm
-
 from promot_t5x_tasks import templates
 from promot_t5x_tasks.synthetic import vocabulary as vocabulary_lib
 from promot_t5x_tasks.synthetic import world as world_lib

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from promot_t5x import optimizers, param_sets, partitioning, trainer as trainer_lib
+from promot_t5x import optimizers, param_sets, partitioning
+from promot_t5x import trainer as trainer_lib
 from promot_t5x.models import encoder_decoder, prompts, t5
 
 

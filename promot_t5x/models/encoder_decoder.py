@@ -29,8 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from promot_t5x import decoding
-from promot_t5x import losses
+from promot_t5x import decoding, losses
 from promot_t5x.models import t5
 
 Batch = Mapping[str, jax.Array]

@@ -46,17 +46,14 @@ from collections.abc import Callable, Sequence
 
 import seqio
 import tensorflow as tf
-
-from promot_t5x import conjugate
-from promot_t5x import metrics
-from promot_t5x import postprocessing
 from promot_t5x_tasks import fewshot as fewshot_lib
-from promot_t5x_tasks import preprocessors
-from promot_t5x_tasks import templates
+from promot_t5x_tasks import preprocessors, templates
 from promot_t5x_tasks import vocab as vocab_lib
 from promot_t5x_tasks.synthetic import transforms as transforms_lib
 from promot_t5x_tasks.synthetic import vocabulary as vocabulary_lib
 from promot_t5x_tasks.synthetic import world as world_lib
+
+from promot_t5x import conjugate, metrics, postprocessing
 
 DEFAULT_PREFIX = 'mini_'
 SHOTS = (0, 1, 4)

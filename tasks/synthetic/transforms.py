@@ -32,8 +32,9 @@ or directly on text:
 
 from __future__ import annotations
 
-from promot_t5x import conjugate
 from promot_t5x_tasks.synthetic import world as world_lib
+
+from promot_t5x import conjugate
 
 TOYLANG = 'toylang'
 CIPHER = 'cipher'

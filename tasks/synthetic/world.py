@@ -51,7 +51,6 @@ import zlib
 from collections.abc import Callable
 
 import numpy as np
-
 from promot_t5x_tasks import templates
 
 # -----------------------------------------------------------------------------
@@ -616,7 +615,7 @@ class World:
     return next(r for r in self.relations if r.name == name)
 
   # -- splits -----------------------------------------------------------------------
-  @functools.lru_cache(maxsize=None)
+  @functools.cache
   def items(self, family: str, split: str) -> tuple[_Item, ...]:
     """Raw items of a split. Splits are disjoint (by item key)."""
     if split not in SPLITS:
@@ -625,7 +624,7 @@ class World:
       return self._qa_splits(family)[split]
     return self._random_splits(family)[split]
 
-  @functools.lru_cache(maxsize=None)
+  @functools.cache
   def _qa_splits(self, family: str) -> dict[str, tuple[_Item, ...]]:
     # Each (person, relation) fact goes to one split, stratified by relation.
     rng = self._rng('qa_splits', family)
@@ -640,7 +639,7 @@ class World:
     return {s: tuple(v[int(i)] for i in self._rng('qa_order', family, s).permutation(len(v)))
             for s, v in out.items()}
 
-  @functools.lru_cache(maxsize=None)
+  @functools.cache
   def _random_splits(self, family: str) -> dict[str, tuple[_Item, ...]]:
     c = self.config
     sizes = {'validation': c.eval_size, 'test': c.eval_size,

@@ -5,11 +5,9 @@ MIXTURE_OR_TASK_MODULE=copy_tasks (with tests/testdata on PYTHONPATH) registers
 so the same module works in every test's tmp folder.
 """
 
-import functools
 import os
 
 import seqio
-
 from promot_t5x_tasks import templates
 
 TSV = os.environ.get('PROMOT_TEST_TSV', '')
