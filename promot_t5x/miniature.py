@@ -82,10 +82,10 @@ class Settings:
   prompt_learning_rate: float = 0.2
   model_learning_rate: float = 0.01
   # Few-shot evaluation: examples per task and suite.
-  max_examples: int = 64
+  max_examples: int = 48
   # The curves: evaluated every curve_period steps of fine-tuning / stage 2.
-  curve_period: int = 25
-  curve_max_examples: int = 64
+  curve_period: int = 30
+  curve_max_examples: int = 48
   conjugate: bool = True
   curves: bool = True
   extras: bool = False
