@@ -63,21 +63,16 @@ def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
     batch['prompt_index'] = np.zeros((cfg.batch_size,), np.int32)
   batch = partitioner.shard_batch(batch)
 
-  t0 = time.perf_counter()
-  state, metrics = trainer.train_step(state, batch)
-  jax.block_until_ready(metrics)
-  compile_and_first = time.perf_counter() - t0
-  for _ in range(cfg.warmup_steps - 1):
-    state, metrics = trainer.train_step(state, batch)
-  jax.block_until_ready((state, metrics))
-  times = []
-  for _ in range(cfg.train_steps):
-    t0 = time.perf_counter()
-    state, metrics = trainer.train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t0)
+  holder = {'state': state}
+
+  def step():
+    holder['state'], metrics = trainer.train_step(holder['state'], batch)
+    return jax.block_until_ready(metrics)
+
+  metrics, compile_and_first, times = common.timed_calls(step, cfg.train_steps,
+                                                         cfg.warmup_steps - 1)
   return {'side': 'ours', 'kind': 'train', 'stage': stage_name,
-          'step_seconds': sorted(times)[len(times) // 2], 'step_seconds_all': times,
+          'step_seconds': common.median(times), 'step_seconds_all': times,
           'first_step_seconds': compile_and_first, 'loss': float(metrics['loss']),
           'tokens_per_step': common.train_tokens(cfg),
           'model_flops_per_step': common.train_flops(cfg, stage_name)}
@@ -98,16 +93,9 @@ def bench_decode(cfg: common.BenchConfig, decoder: str) -> dict:
                               max_decode_length=cfg.decode_length, eos_id=-1)
     return np.asarray(jax.block_until_ready(out))
 
-  t0 = time.perf_counter()
-  tokens = run()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(cfg.decode_repeats):
-    t0 = time.perf_counter()
-    tokens = run()
-    times.append(time.perf_counter() - t0)
+  tokens, first, times = common.timed_calls(run, cfg.decode_repeats)
   return {'side': 'ours', 'kind': 'decode', 'decoder': decoder,
-          'seconds': sorted(times)[len(times) // 2], 'seconds_all': times,
+          'seconds': common.median(times), 'seconds_all': times,
           'first_call_seconds': first,
           'new_tokens': int(cfg.decode_batch * cfg.decode_length),
           'tokens_head': tokens[0, :8].tolist()}

@@ -109,18 +109,9 @@ def bench_train(cfg: common.BenchConfig, stage: str, weights_dir: str) -> dict:
     opt.zero_grad(set_to_none=True)
     return float(loss)
 
-  t0 = time.perf_counter()
-  loss = step()
-  first = time.perf_counter() - t0
-  for _ in range(cfg.warmup_steps - 1):
-    step()
-  times = []
-  for _ in range(cfg.train_steps):
-    t0 = time.perf_counter()
-    loss = step()
-    times.append(time.perf_counter() - t0)
+  loss, first, times = common.timed_calls(step, cfg.train_steps, cfg.warmup_steps - 1)
   return {'side': 'torch', 'kind': 'train', 'stage': stage,
-          'step_seconds': sorted(times)[len(times) // 2], 'step_seconds_all': times,
+          'step_seconds': common.median(times), 'step_seconds_all': times,
           'first_step_seconds': first, 'loss': loss,
           'trainable_params': sum(p.numel() for p in trainable),
           'tokens_per_step': common.train_tokens(cfg),
@@ -140,16 +131,9 @@ def bench_decode(cfg: common.BenchConfig, decoder: str, weights_dir: str) -> dic
                             num_beams=beams, do_sample=False, use_cache=True,
                             length_penalty=0.6 if beams > 1 else 1.0)
 
-  t0 = time.perf_counter()
-  out = run()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(cfg.decode_repeats):
-    t0 = time.perf_counter()
-    out = run()
-    times.append(time.perf_counter() - t0)
+  out, first, times = common.timed_calls(run, cfg.decode_repeats)
   return {'side': 'torch', 'kind': 'decode', 'decoder': decoder,
-          'seconds': sorted(times)[len(times) // 2], 'seconds_all': times,
+          'seconds': common.median(times), 'seconds_all': times,
           'first_call_seconds': first,
           'new_tokens': int(cfg.decode_batch * cfg.decode_length),
           # generate() returns the start token first.

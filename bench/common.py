@@ -149,6 +149,31 @@ def train_flops(cfg: BenchConfig, stage: str) -> float:
           - 0.5 * f['dec0_cross_attention'])
 
 
+def timed_calls(fn, repeats: int, warmup: int = 0) -> tuple[Any, float, list[float]]:
+  """(last result, seconds of the first call, seconds of each of `repeats` timed calls).
+
+  The first call (compilation, caches) is timed alone; `warmup` more calls run
+  untimed before the timed ones. `fn` must return only once its work is done.
+  """
+  import time
+
+  t0 = time.perf_counter()
+  out = fn()
+  first = time.perf_counter() - t0
+  for _ in range(warmup):
+    out = fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = fn()
+    times.append(time.perf_counter() - t0)
+  return out, first, times
+
+
+def median(values: list[float]) -> float:
+  return sorted(values)[len(values) // 2]
+
+
 def peak_rss_bytes() -> int:
   """This process's peak resident set size (Linux reports KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
