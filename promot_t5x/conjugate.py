@@ -21,7 +21,7 @@ conjugate evaluation needs:
      from promot_t5x import conjugate
      import promot_t5x_tasks.conjugate
      MIXTURE_OR_TASK_NAME = @conjugate.register_conjugate()
-     conjugate.register_conjugate.mixture_or_task_name = 'promot_eval_1shot'
+     conjugate.register_conjugate.mixture_or_task_name = 'promot_paper_1shot_eval'
      conjugate.register_conjugate.transform_name = 'french'
 
 3. `conjugate_report(scores, output_dir)`: per transform and task, each
