@@ -28,7 +28,6 @@ import argparse
 import os
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -144,12 +143,8 @@ def bench_peak(size: int = 4096, repeats: int = 5) -> dict:
   torch = _torch()
   a = torch.randn(size, size)
   b = torch.randn(size, size)
-  torch.mm(a, b)
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    torch.mm(a, b)
-    best = min(best, time.perf_counter() - t0)
+  _, _, times = common.timed_calls(lambda: torch.mm(a, b), repeats)
+  best = min(times)
   return {'side': 'torch', 'kind': 'peak', 'size': size, 'seconds': best,
           'flops_per_second': 2 * size ** 3 / best}
 
