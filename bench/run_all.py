@@ -99,13 +99,12 @@ def versions() -> dict[str, str]:
 
 
 def cpu_model() -> str:
-  try:
-    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown'
+  cpuinfo = pathlib.Path('/proc/cpuinfo')
+  lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+  for line in lines:
+    if line.startswith('model name'):
+      return line.split(':', 1)[1].strip()
+  return platform.processor() or 'unknown'  # no /proc (macOS, ...)
 
 
 def measure(cfg: common.BenchConfig, log=print) -> dict[str, Any]:
