@@ -25,6 +25,33 @@ from typing import Any
 import gin
 
 REPO_GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / 'gin'
+
+
+def _guard_package_file_reader() -> None:
+  """Makes gin's package-path file check answer "no" instead of crashing.
+
+  gin also looks `runs/_base.gin` up as a file of a Python package `runs`; a
+  folder `runs/` in the working directory (the miniature writes its results
+  there) is a namespace package without an origin, and gin 0.5.0's check then
+  raises TypeError instead of moving on to the next search path.
+  """
+  from gin import config as gin_config
+
+  for i, (reader, exists) in enumerate(gin_config._FILE_READERS):  # pylint: disable=protected-access
+    if getattr(exists, '_promot_guarded', False) or reader is open:
+      continue
+
+    def guarded(path, _exists=exists):
+      try:
+        return _exists(path)
+      except (TypeError, ValueError, ImportError):
+        return False
+
+    guarded._promot_guarded = True
+    gin_config._FILE_READERS[i] = (reader, guarded)  # pylint: disable=protected-access
+
+
+_guard_package_file_reader()
 _GIN_FLAG = re.compile(r'^--gin\.([^=]+)=(.*)$', re.S)
 
 

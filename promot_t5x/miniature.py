@@ -108,10 +108,6 @@ def _log(msg: str) -> None:
   print(f'[miniature {time.strftime("%H:%M:%S")}] {msg}', flush=True)
 
 
-def _lit(value: Any) -> str:
-  return repr(value)
-
-
 def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
   """The (variants x seeds) experiment of one fine-tuning analogue."""
   name = f'mini_{task}'
@@ -330,13 +326,13 @@ TARGET_METRIC = {'rte': 'rte/accuracy', 'enfr': 'enfr/bleu'}
 
 
 def _mean_std(values: Sequence[float]) -> str:
-  import numpy as np
+  """'m ± s' over seeds (reports' statistics), '–' when there are none."""
+  from promot_t5x import reports
 
   if not values:
     return '–'
-  if len(values) == 1:
-    return f'{values[0]:.1f}'
-  return f'{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}'
+  mean, std = reports._mean_std(values)  # pylint: disable=protected-access
+  return f'{mean:.1f}' if std is None else f'{mean:.1f} ± {std:.1f}'
 
 
 def overview_table(output_dir: str, tasks: Sequence[str]) -> str:

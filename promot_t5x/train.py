@@ -234,6 +234,12 @@ def train(*,
           'the data, or resume from that checkpoint.')
     return loss
 
+  def evaluate(params: Any, at_step: int) -> dict[str, float]:
+    metrics = {k: float(v) for k, v in evaluator(model, params, at_step).items()}
+    log.write(at_step, {f'eval/{k}': v for k, v in metrics.items()})
+    _log(f'eval at step {at_step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in metrics.items()))
+    return metrics
+
   eval_metrics: dict[str, float] = {}
   last_loss = None
   pending: tuple[int, Any] | None = None  # (step, metrics) not yet checked on the host
@@ -242,9 +248,7 @@ def train(*,
   step = start
   try:
     if run_eval_before_training and evaluator is not None and latest is None:
-      eval_metrics = {k: float(v) for k, v in evaluator(model, state.params, start).items()}
-      log.write(start, {f'eval/{k}': v for k, v in eval_metrics.items()})
-      _log(f'eval at step {start}: ' + ', '.join(f'{k} {v:.2f}' for k, v in eval_metrics.items()))
+      eval_metrics = evaluate(state.params, start)
     while step < train_steps:
       try:
         batch = next(batches)
@@ -280,9 +284,7 @@ def train(*,
              f'{scalars["tokens_per_sec"]:,.0f} tokens/s')
         t0, tokens, t_step = now, 0, step
       if do_eval:
-        eval_metrics = {k: float(v) for k, v in evaluator(model, state.params, step).items()}
-        log.write(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
-        _log(f'eval at step {step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in eval_metrics.items()))
+        eval_metrics = evaluate(state.params, step)
       if do_ckpt:
         meta = {'step': step, 'batches_consumed': batches_consumed, 'stage': stage.name,
                 'loss': last_loss}
