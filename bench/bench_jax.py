@@ -44,7 +44,8 @@ def initial_params(model, seed: int):
   return jax.device_get(model.init_params(jax.random.PRNGKey(seed)))
 
 
-def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
+def train_step_fn(cfg: common.BenchConfig, stage_name: str):
+  """(step(): one train step on a fixed batch, blocking; the Trainer), as promot-train runs it."""
   import jax
   import numpy as np
 
@@ -68,6 +69,11 @@ def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
     holder['state'], metrics = trainer.train_step(holder['state'], batch)
     return jax.block_until_ready(metrics)
 
+  return step, trainer
+
+
+def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
+  step, _ = train_step_fn(cfg, stage_name)
   metrics, compile_and_first, times = common.timed_calls(step, cfg.train_steps,
                                                          cfg.warmup_steps - 1)
   return {'side': 'ours', 'kind': 'train', 'stage': stage_name,

@@ -189,30 +189,37 @@ def evaluate_variant(exp: Experiment, variant: Variant, seed: int, checkpoint: s
 
 
 def run(exp: Experiment, only: Sequence[str] | None = None,
-        after_run: Callable[[Variant, int, str], None] | None = None) -> dict[str, list[str]]:
+        after_run: Callable[[Variant, int, str], None] | None = None,
+        seeds: Sequence[int] | None = None, merge_table: bool = True,
+        log: Callable[[str], None] = _log) -> dict[str, list[str]]:
   """Trains and evaluates every (variant, seed) not yet done; merges the table.
 
+  only: variant names to run; seeds: the seeds to run (None: all), e.g. one
+  worker's share when several processes split an experiment (each then passes
+  merge_table=False, and a last call without filters merges what they wrote).
   Returns {variant name: [results.json paths, one per seed]}.
   """
   os.makedirs(exp.output_dir, exist_ok=True)
   done: dict[str, list[str]] = {}
-  todo = [(v, s) for v in exp.variants if not only or v.name in only for s in exp.seeds_of(v)]
+  todo = [(v, s) for v in exp.variants if not only or v.name in only
+          for s in exp.seeds_of(v) if seeds is None or s in seeds]
   for i, (variant, seed) in enumerate(todo):
     path = exp.results_path(variant, seed)
     label = f'[{i + 1}/{len(todo)}] {variant.name} seed {seed}'
     if os.path.exists(path):
-      _log(f'{label}: done before ({path})')
+      log(f'{label}: done before ({path})')
     else:
       start = time.time()
-      _log(f'{label}: training' if variant.train else f'{label}: evaluating the start point')
+      log(f'{label}: training' if variant.train else f'{label}: evaluating the start point')
       checkpoint = (train_variant(exp, variant, seed) if variant.train
                     else initial_checkpoint(exp, variant, seed))
       evaluate_variant(exp, variant, seed, checkpoint)
-      _log(f'{label}: finished in {time.time() - start:.0f} s')
+      log(f'{label}: finished in {time.time() - start:.0f} s')
       if after_run is not None:
         after_run(variant, seed, checkpoint)
     done.setdefault(variant.name, []).append(path)
-  merge(exp, done)
+  if merge_table:
+    merge(exp, done)
   return done
 
 

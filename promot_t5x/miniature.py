@@ -18,6 +18,13 @@ trainer, evaluator and experiment runner (`promot_t5x.experiment`):
   promot_1shot   ProMoT trained on 1-shot inputs (the paper's "+ 1-shot")
   (--extras)     joint tuning (runs/joint.gin) and fine-tuning with a fixed
                  random prompt (runs/promot_stage2.gin, prompt never trained)
+  (--multitask,  promot_multitask: multi-task ProMoT, one prompt per task
+   --extras)     (PROMPT_NAMES = the tasks), both stages on the mixture of
+                 the tasks (`mini_rte_enfr`, 1:1), each example with its
+                 task's prompt; trained once (in the first task's folder) and
+                 evaluated on every task with that task's prompt; and its
+                 baseline finetune_multitask (the plain model fine-tuned on
+                 the same mixture)
 
 Every run is evaluated at 1 and 4 shots on the 8 evaluation analogues with
 the prompt removed, and on its fine-tuned task with the prompt
@@ -38,6 +45,10 @@ plots' paths), `summary.json`, `<task>/table.md|json`, `<task>/norm_avg.png`,
 each run's folder (`<task>/<variant>/seed_<s>/`: checkpoints, config.gin,
 metrics.jsonl, eval/results.json, predictions). Finished runs are not re-run:
 re-running the command resumes an interrupted experiment.
+
+The seeds are split over worker processes, one CPU each (`--workers`; logs in
+`<output_dir>/logs/`): the small model's steps gain almost nothing from a
+second core, so two seeds in parallel take about the time of one.
 """
 
 from __future__ import annotations
@@ -85,10 +96,19 @@ class Settings:
   max_examples: int = 48
   # The curves: evaluated every curve_period steps of fine-tuning / stage 2.
   curve_period: int = 30
-  curve_max_examples: int = 48
+  curve_max_examples: int = 32
   conjugate: bool = True
   curves: bool = True
   extras: bool = False
+  # Processes that split the seeds, each pinned to one CPU (None: one per seed,
+  # at most one per CPU this process may use; 1: everything in this process).
+  # The small model's steps barely use a second core (a fine-tuning step takes
+  # the same time on one core as on two), so two seeds in parallel nearly halve
+  # the wall time.
+  workers: int | None = None
+  # Multi-task ProMoT (one prompt per task, stage 2 on the mixture of all
+  # `tasks`); needs two or more tasks. `extras` turns it on too.
+  multitask: bool = False
 
   def __post_init__(self):
     for name in ('tasks', 'seeds'):
@@ -98,14 +118,31 @@ class Settings:
       raise ValueError(f'Unknown fine-tuning task(s) {unknown}; choose from {FINETUNE_TASKS}.')
     if not self.seeds:
       raise ValueError('The miniature needs at least one seed.')
+    if self.workers is not None and self.workers < 1:
+      raise ValueError(f'workers must be >= 1 (or None: automatic), got {self.workers}.')
+    if self.multitask and len(self.tasks) < 2:
+      raise ValueError(f'Multi-task ProMoT needs two fine-tuning tasks, got tasks={self.tasks}; '
+                       f'run with --tasks={",".join(FINETUNE_TASKS)} or without --multitask.')
+
+  @property
+  def with_multitask(self) -> bool:
+    return self.multitask or (self.extras and len(self.tasks) > 1)
 
 
-QUICK = dict(tasks=('rte',), seeds=(0,), stage1_steps=4, stage2_steps=4, finetune_steps=4,
+QUICK = dict(tasks=('rte',), seeds=(0, 1), stage1_steps=4, stage2_steps=4, finetune_steps=4,
              prompt_length=4, batch_size=8, max_examples=4, curve_period=2, curve_max_examples=4)
 
 
 def _log(msg: str) -> None:
   print(f'[miniature {time.strftime("%H:%M:%S")}] {msg}', flush=True)
+
+
+# Training batches are cut to the smallest of these encoder lengths that holds
+# them (TRAIN_LENGTH_BUCKETS; the feature length is always the last bucket).
+# Just above the longest train input of each task, measured on 1,000 examples
+# (tokens, max): mini_rte 43, mini_rte_1shot_train 85, mini_enfr 15,
+# mini_enfr_1shot_train 39; padding to 64/128 instead cost a third of the steps.
+TRAIN_BUCKETS = {('rte', 0): (48,), ('rte', 1): (88,), ('enfr', 0): (16,), ('enfr', 1): (40,)}
 
 
 def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
@@ -119,7 +156,7 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
       f'BATCH_SIZE = {settings.batch_size}',
       f'INITIAL_CHECKPOINT_PATH = {settings.base_model!r}',
       f'PROMPT_LENGTH = {settings.prompt_length}',
-      'TRAIN_LENGTH_BUCKETS = (32, 64)',
+      f'TRAIN_LENGTH_BUCKETS = {TRAIN_BUCKETS[task, 0]!r}',
       'CHECKPOINT_PERIOD = 100000',  # the final step only (train() always saves it)
       'STAGE1_CHECKPOINT_PERIOD = 100000',
       'STAGE2_CHECKPOINT_PERIOD = 100000',
@@ -149,7 +186,7 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
       experiment_lib.Variant('promot_1shot', gin_files=('promot/promot.gin',),
                              overrides=tuple(promot) + (f"MIXTURE_OR_TASK_NAME = '{name}_1shot_train'",
                                                         "TASK_FEATURE_LENGTHS = {'inputs': 192, 'targets': 16}",
-                                                        'TRAIN_LENGTH_BUCKETS = (64, 128)')),
+                                                        f'TRAIN_LENGTH_BUCKETS = {TRAIN_BUCKETS[task, 1]!r}')),
   ]
   if settings.extras:
     variants += [
@@ -164,6 +201,8 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
                                           f'LEARNING_RATE = {settings.model_learning_rate}',
                                           "manager.restore_config.fallback_to_init = ['prompt/.*']")),
     ]
+  if settings.with_multitask:
+    variants += multitask_variants(settings, task, promot)
   labels = FORMAT_LABELS[task]
   return experiment_lib.Experiment(
       name=f'ProMoT miniature: {name}',
@@ -175,6 +214,46 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
       eval_overrides=(f'MIXTURE_OR_TASK_NAME = {name!r}', f'MAX_EXAMPLES = {settings.max_examples}',
                       f'FORMAT_LABELS = {labels!r}'),
       seeds=settings.seeds)
+
+
+MULTITASK = 'promot_multitask'
+MULTITASK_FINETUNE = 'finetune_multitask'
+
+
+def multitask_mixture(tasks: Sequence[str]) -> str:
+  """The registered mixture of the fine-tuning tasks (`mini_rte_enfr`)."""
+  return 'mini_' + '_'.join(t for t in FINETUNE_TASKS if t in tasks)
+
+
+def multitask_variants(settings: Settings, task: str, promot: Sequence[str]) -> list[experiment_lib.Variant]:
+  """Multi-task ProMoT and its baseline, multi-task fine-tuning, on the mixture of the tasks.
+
+  Both train in the first task's experiment and are evaluated from there in
+  the others. ProMoT's stage 1 trains one prompt per task (each example
+  routed to its task's prompt: `train.train.prompt_for_task`, both stages);
+  stage 2 fine-tunes the model on the mixture with those prompts frozen. The
+  evaluation attaches the prompt named like the target task (`rte`, `enfr`)
+  and removes it for the few-shot suites. Fine-tuning trains the plain model
+  on the same mixture for the same steps (the paper's multi-task baseline).
+  """
+  first = settings.tasks[0]
+  if task != first:
+    return [experiment_lib.Variant(name, train=False, overrides=(
+        f"INITIAL_CHECKPOINT_PATH = {os.path.join(settings.output_dir, first, name, 'seed_{seed}', *sub)!r}",))
+            for name, sub in ((MULTITASK_FINETUNE, ()), (MULTITASK, ('stage2',)))]
+  mixture = f'MIXTURE_OR_TASK_NAME = {multitask_mixture(settings.tasks)!r}'
+  buckets = f'TRAIN_LENGTH_BUCKETS = {tuple(sorted({TRAIN_BUCKETS[t, 0][0] for t in settings.tasks}))!r}'
+  routing = {f'mini_{t}': t for t in settings.tasks}
+  return [
+      experiment_lib.Variant(
+          MULTITASK_FINETUNE, gin_files=('runs/finetune.gin',),
+          overrides=(f'TRAIN_STEPS = {settings.finetune_steps}',
+                     f'LEARNING_RATE = {settings.model_learning_rate}', mixture, buckets)),
+      experiment_lib.Variant(
+          MULTITASK, gin_files=('promot/promot.gin',),
+          overrides=tuple(promot) + (mixture, buckets, f'PROMPT_NAMES = {tuple(settings.tasks)!r}',
+                                     f'train.train.prompt_for_task = {routing!r}')),
+  ]
 
 
 # -- curves ---------------------------------------------------------------------------
@@ -278,29 +357,109 @@ def _plain_task_scores(scores: Mapping[str, float]) -> dict[str, float]:
 
 
 # -- the whole experiment ---------------------------------------------------------------
-def run(settings: Settings) -> str:
-  """Runs every part not yet done; writes summary.md/json; returns summary.md's path."""
+def _configure_jax(settings: Settings) -> None:
   import jax
 
+  # Repeated shapes (seeds, tasks, stages) compile once across runs, workers and re-runs.
+  jax.config.update('jax_compilation_cache_dir',
+                    os.environ.get('JAX_COMPILATION_CACHE_DIR',
+                                   os.path.join(settings.output_dir, '.jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+def _cpus() -> list[int]:
+  return sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
+
+
+def worker_shares(settings: Settings) -> list[tuple[int, ...]]:
+  """The seeds of each worker process (one share: everything runs in this process)."""
+  n = settings.workers or max(1, min(len(settings.seeds), len(_cpus()) or 1))
+  n = min(n, len(settings.seeds))
+  return [tuple(settings.seeds[i::n]) for i in range(n)]
+
+
+def _worker(settings_dict: dict[str, Any], seeds: tuple[int, ...], cpu: int | None,
+            log_path: str) -> None:
+  """One worker process: its seeds of every task, pinned to one CPU, logging to a file.
+
+  The run's milestones (`[i/n] variant seed s: ...`) also go to the console.
+  """
+  if cpu is not None:
+    os.sched_setaffinity(0, {cpu})
+  console = os.fdopen(os.dup(1), 'w', buffering=1)
+  log_file = open(log_path, 'a', buffering=1)  # noqa: SIM115 (open for the process's life)
+  os.dup2(log_file.fileno(), 1)
+  os.dup2(log_file.fileno(), 2)
+  sys.stdout = sys.stderr = log_file
+  tag = f'[worker seeds {",".join(map(str, seeds))}]'
+
+  def log(msg: str) -> None:
+    print(msg, flush=True)
+    console.write(f'{tag} {msg}\n')
+
+  settings = Settings(**settings_dict)
+  _configure_jax(settings)
+  for task in settings.tasks:
+    exp = experiment(settings, task)
+    log(f'{exp.name} -> {exp.output_dir}')
+    experiment_lib.run(exp, seeds=seeds, merge_table=False, log=log)
+
+
+def _run_workers(settings: Settings, shares: Sequence[tuple[int, ...]]) -> None:
+  """Runs the shares in parallel processes; raises naming the log of a worker that failed."""
+  import multiprocessing
+
+  from promot_t5x import miniature as module  # the importable name, also under `python -m`
+
+  log_dir = os.path.join(settings.output_dir, 'logs')
+  os.makedirs(log_dir, exist_ok=True)
+  cpus = _cpus()
+  ctx = multiprocessing.get_context('spawn')
+  procs = []
+  for i, seeds in enumerate(shares):
+    log_path = os.path.join(log_dir, f'worker_{i}.log')
+    cpu = cpus[i % len(cpus)] if len(cpus) >= len(shares) else None
+    _log(f'worker {i}: seeds {list(seeds)}' + (f' on CPU {cpu}' if cpu is not None else '')
+         + f'; full log {log_path}')
+    proc = ctx.Process(target=module._worker,  # pylint: disable=protected-access
+                       args=(dataclasses.asdict(settings), tuple(seeds), cpu, log_path))
+    proc.start()
+    procs.append((proc, log_path))
+  failed = []
+  for proc, log_path in procs:
+    proc.join()
+    if proc.exitcode != 0:
+      failed.append(f'{log_path} (exit code {proc.exitcode})')
+  if failed:
+    raise RuntimeError(f'Miniature worker(s) failed; see {", ".join(failed)}. Finished runs are '
+                       'kept: re-running the command resumes.')
+
+
+def run(settings: Settings) -> str:
+  """Runs every part not yet done; writes summary.md/json; returns summary.md's path."""
   if not os.path.isdir(settings.base_model):
     raise FileNotFoundError(
         f'No base model at {settings.base_model}. It is committed with the project; to '
         'regenerate it, pretrain with gin/miniature/pretrain.gin (see that file).')
   os.makedirs(settings.output_dir, exist_ok=True)
-  # Repeated shapes (seeds, tasks, stages) compile once across runs and re-runs.
-  jax.config.update('jax_compilation_cache_dir',
-                    os.environ.get('JAX_COMPILATION_CACHE_DIR',
-                                   os.path.join(settings.output_dir, '.jax_cache')))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  _configure_jax(settings)
   start = time.time()
   timings: dict[str, float] = {}
   tables: dict[str, str] = {}
   experiments = {task: experiment(settings, task) for task in settings.tasks}
+  # Workers only for the seeds with runs left to do (a finished experiment just re-merges).
+  shares = [share for share in worker_shares(settings)
+            if any(not os.path.exists(exp.results_path(v, seed)) for exp in experiments.values()
+                   for v in exp.variants for seed in share if seed in exp.seeds_of(v))]
+  if len(shares) > 1:
+    t0 = time.time()
+    _run_workers(settings, shares)
+    timings['runs'] = time.time() - t0
   for task, exp in experiments.items():
     t0 = time.time()
     n = sum(len(exp.seeds_of(v)) for v in exp.variants)
     _log(f'{exp.name}: {len(exp.variants)} variants, {n} runs -> {exp.output_dir}')
-    experiment_lib.run(exp)
+    experiment_lib.run(exp)  # with workers: every run is done; this merges the table
     with open(os.path.join(exp.output_dir, 'table.md')) as f:
       tables[task] = f.read()
     timings[f'experiment_{task}'] = time.time() - t0
@@ -321,7 +480,7 @@ def run(settings: Settings) -> str:
 
 
 RUN_ORDER = ('pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot', 'joint',
-             'finetune_random_prompt')
+             'finetune_random_prompt', MULTITASK_FINETUNE, MULTITASK)
 TARGET_METRIC = {'rte': 'rte/accuracy', 'enfr': 'enfr/bleu'}
 
 
@@ -415,7 +574,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--seeds', default=None, help='comma-separated, default 0,1')
   parser.add_argument('--tasks', default=None, help=f'comma-separated subset of {FINETUNE_TASKS}')
   parser.add_argument('--extras', action='store_true',
-                      help='also joint tuning and fine-tuning with a fixed random prompt')
+                      help='also joint tuning, fine-tuning with a fixed random prompt and '
+                           '(with both tasks) multi-task ProMoT')
+  parser.add_argument('--multitask', action='store_true',
+                      help='also multi-task ProMoT (one prompt per task, trained on both tasks)')
+  parser.add_argument('--workers', type=int, default=None,
+                      help='processes splitting the seeds, one CPU each (default: one per '
+                           'seed up to the CPU count; 1: all in this process)')
   parser.add_argument('--no_curves', action='store_true')
   parser.add_argument('--no_conjugate', action='store_true')
   parser.add_argument('--base_model', default=None, help='a params or run folder to start from')
@@ -434,7 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs['tasks'] = tuple(args.tasks.split(','))
   if args.base_model:
     kwargs['base_model'] = os.path.abspath(args.base_model)
-  kwargs.update(extras=args.extras, curves=not args.no_curves, conjugate=not args.no_conjugate)
+  kwargs.update(extras=args.extras, multitask=args.multitask, curves=not args.no_curves,
+                conjugate=not args.no_conjugate, workers=args.workers)
   try:
     settings = Settings(**kwargs)
   except ValueError as e:

@@ -25,12 +25,18 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   proc = _run(out, env)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert f'results: {out}/summary.md' in proc.stdout
+  # The two seeds ran in two worker processes (one CPU each), logging to files; their
+  # milestones reached the console.
+  for i in (0, 1):
+    assert f'worker {i}: seeds [{i}]' in proc.stdout
+    assert 'training' in (out / 'logs' / f'worker_{i}.log').read_text()
+  assert '[worker seeds 1] [1/4] finetune seed 1: training' in proc.stdout
 
   # The paper's table: every variant is a column, the 8 analogues and Norm. Avg. are rows.
   table = json.loads((out / 'rte' / 'table.json').read_text())
   assert set(table) == {'pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot'}
   for variant, seeds in table.items():
-    assert len(seeds) == 1, variant
+    assert len(seeds) == (1 if variant == 'pretrained' else 2), variant
     keys = seeds[0]
     assert any(k.endswith('norm_avg') for k in keys), (variant, sorted(keys))
     assert any('triviaqa' in k for k in keys) and any('wikilingua' in k for k in keys)
@@ -67,10 +73,11 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   # Curves: evaluated before training and every 2 steps, for both kinds.
   curves = json.loads((out / 'curves.json').read_text())
   for kind in ('finetune', 'promot_stage2'):
-    (seed,) = curves[kind]
-    for metric in miniature.CURVE_METRICS:
-      assert sorted(int(s) for s in seed[metric]) == [0, 2, 4], (kind, metric, seed[metric])
-    assert all(-1.0 <= v <= 1.0 for v in seed['grad_alignment'].values())
+    assert len(curves[kind]) == 2
+    for seed in curves[kind]:
+      for metric in miniature.CURVE_METRICS:
+        assert sorted(int(s) for s in seed[metric]) == [0, 2, 4], (kind, metric, seed[metric])
+      assert all(-1.0 <= v <= 1.0 for v in seed['grad_alignment'].values())
   assert (out / 'curves.png').stat().st_size > 0
 
   conj = json.loads((out / 'conjugate' / 'conjugate_report.json').read_text())
@@ -83,5 +90,54 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   # A second invocation re-runs nothing.
   again = _run(out, env)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count('done before') == 5
+  assert again.stdout.count('done before') == 9
+  assert 'worker 0' not in again.stdout  # nothing left to do: no workers
   assert 'training' not in again.stdout
+
+
+def test_multitask_promot_routes_one_prompt_per_task(tmp_path):
+  """Multi-task ProMoT: trained once on the mixture with a prompt per task, evaluated per task."""
+  from promot_t5x import experiment as experiment_lib
+
+  settings = miniature.Settings(**{**miniature.QUICK, 'tasks': ('rte', 'enfr'), 'multitask': True, 'seeds': (0,),
+                                   'output_dir': str(tmp_path / 'mini'), 'curves': False})
+  exps = {t: miniature.experiment(settings, t) for t in settings.tasks}
+  for exp in exps.values():
+    experiment_lib.run(exp, only=[miniature.MULTITASK, miniature.MULTITASK_FINETUNE])
+  rte_run = tmp_path / 'mini' / 'rte' / miniature.MULTITASK / 'seed_0'
+  # Trained once, in the first task's folder; the enfr experiment only evaluates it.
+  assert (rte_run / 'stage2' / 'config.gin').exists()
+  assert not (tmp_path / 'mini' / 'enfr' / miniature.MULTITASK / 'seed_0' / 'stage2').exists()
+  config = (rte_run / 'stage1' / 'config.gin').read_text()
+  assert "'mini_rte_enfr'" in config and "('rte', 'enfr')" in config
+  results = {t: json.loads((tmp_path / 'mini' / t / miniature.MULTITASK / 'seed_0' / 'eval'
+                            / 'results.json').read_text()) for t in settings.tasks}
+  for task, r in results.items():
+    assert r['checkpoint'].endswith(os.path.join('rte', miniature.MULTITASK, 'seed_0', 'stage2'))
+    (target,) = r['suites']['target']['tasks'].values()
+    assert target['task'] == f'mini_{task}' and target['prompt'] == task
+    assert all(t['prompt'] is None for t in r['suites']['fewshot_1shot']['tasks'].values())
+  # Its baseline: the plain model fine-tuned on the same mixture, also trained once, no prompt.
+  assert "'mini_rte_enfr'" in (tmp_path / 'mini' / 'rte' / miniature.MULTITASK_FINETUNE / 'seed_0'
+                               / 'config.gin').read_text()
+  for task in settings.tasks:
+    r = json.loads((tmp_path / 'mini' / task / miniature.MULTITASK_FINETUNE / 'seed_0' / 'eval'
+                    / 'results.json').read_text())
+    assert r['checkpoint'].endswith(os.path.join('rte', miniature.MULTITASK_FINETUNE, 'seed_0'))
+    (target,) = r['suites']['target']['tasks'].values()
+    assert target['task'] == f'mini_{task}' and target['prompt'] is None
+  # Same checkpoint, prompt removed: the two evaluations' suite scores are the same numbers.
+  assert results['rte']['suites']['fewshot_1shot']['norm_avg'] == \
+      results['enfr']['suites']['fewshot_1shot']['norm_avg']
+  # Stage 1 trained both prompts (each from its own task's examples), stage 2 kept them.
+  from promot_t5x.checkpoints import manager
+  stage1 = manager.load_run_params(str(rte_run / 'stage1'), 'latest')
+  stage2 = manager.load_run_params(str(rte_run / 'stage2'), 'latest')
+  for name in ('rte', 'enfr'):
+    assert stage1['prompt'][name].shape == (settings.prompt_length, 128)
+    assert (stage1['prompt'][name] == stage2['prompt'][name]).all()
+
+
+def test_multitask_needs_two_tasks():
+  with pytest.raises(ValueError, match='two fine-tuning tasks'):
+    miniature.Settings(tasks=('rte',), multitask=True)

@@ -1,0 +1,94 @@
+r"""Where a train step's time goes on XLA:CPU: the ops of one step, by time.
+
+  python bench/profile_step.py --stage=finetune [--top=25] [--config=JSON]
+
+Runs the project's jitted train step (bench_jax.py's setup: the `Trainer`,
+Adafactor, the bench's T5 configuration) under `jax.profiler`, reads the
+trace's per-op durations, looks each op up in the optimized HLO (dumped to a
+temporary folder) and prints the costliest ops with what they compute (their
+dots' shapes, or their elementwise/transpose content), then the time per op
+kind. Durations are summed over XLA:CPU's threads (so the total can exceed
+the step's wall time) and averaged over the profiled steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import pathlib
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (bench/ is not a package)
+
+
+def _fusion_contents(hlo_text: str) -> dict[str, str]:
+  """{op name: a one-line description} for every fusion of an optimized HLO module."""
+  bodies = {m.group(1).lstrip('%'): m.group(2)
+            for m in re.finditer(r'\n(%?[\w.\-]+) \([^\n]*\) -> [^\n]*\{\n(.*?)\n\}', hlo_text, re.S)}
+  out = {}
+  for m in re.finditer(r'%([\w.\-]+) = (\S+) fusion\(.*?calls=%([\w.\-]+)', hlo_text):
+    body = bodies.get(m.group(3), '')
+    dots = re.findall(r'= (\S+) dot\([^)]*\), (lhs_batch_dims=\{[^}]*\}, )?lhs_contracting_dims=(\{[^}]*\})', body)
+    ops = collections.Counter(o for o in re.findall(r'= \S+ (\w+)\(', body)
+                              if o not in ('parameter', 'constant', 'bitcast'))
+    what = ('dot ' + '; '.join(f'{d[0].split("{")[0]} contracting {d[2]}' for d in dots) if dots
+            else ', '.join(f'{k} x{v}' for k, v in ops.most_common(4)))
+    out[m.group(1)] = f'-> {m.group(2).split("{")[0]}: {what}'
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--stage', choices=common.STAGES, default='finetune')
+  p.add_argument('--top', type=int, default=25)
+  p.add_argument('--steps', type=int, default=2, help='profiled steps (after 2 warm-up steps)')
+  p.add_argument('--config', default=None, help='BenchConfig as JSON')
+  args = p.parse_args(argv)
+  dump = tempfile.mkdtemp(prefix='profile_step_')
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + f' --xla_dump_to={dump}/hlo '
+                             '--xla_dump_hlo_as_text --xla_dump_hlo_pass_re=NONE')
+  import bench_jax
+  import jax
+
+  cfg = common.BenchConfig.from_json(args.config) if args.config else common.BenchConfig()
+  step, _ = bench_jax.train_step_fn(cfg, args.stage)
+  for _ in range(2):
+    step()
+  jax.profiler.start_trace(f'{dump}/trace', create_perfetto_trace=True)
+  for _ in range(args.steps):
+    step()
+  jax.profiler.stop_trace()
+
+  (trace,) = glob.glob(f'{dump}/trace/**/*perfetto_trace.json.gz', recursive=True)
+  with gzip.open(trace) as f:
+    events = json.load(f)
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  per_op: collections.Counter = collections.Counter()
+  for e in events:
+    a = e.get('args', {})
+    if e.get('ph') == 'X' and 'hlo_op' in a and 'train_step' in a.get('hlo_module', ''):
+      per_op[e['name']] += e.get('dur', 0) / 1e3 / args.steps
+  modules = sorted(glob.glob(f'{dump}/hlo/*train_step*after_optimizations.txt'), key=os.path.getsize)
+  contents = _fusion_contents(pathlib.Path(modules[-1]).read_text()) if modules else {}
+  total = sum(per_op.values())
+  print(f'{args.stage}: {total:.0f} ms of op time per step (summed over threads), {len(per_op)} ops')
+  for name, ms in per_op.most_common(args.top):
+    print(f'{ms:8.1f} ms  {name:28s} {contents.get(name, "")}')
+  kinds: collections.Counter = collections.Counter()
+  for name, ms in per_op.items():
+    kinds[re.sub(r'[.\d]+$', '', name)] += ms
+  print('by kind:', ', '.join(f'{k} {v:.0f} ms' for k, v in kinds.most_common(8)))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

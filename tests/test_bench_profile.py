@@ -1,0 +1,33 @@
+"""bench/profile_step.py: one profiled train step, its ops named by what they compute."""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_profile_step_names_the_costliest_ops():
+  config = json.dumps(dict(vocab_size=512, emb_dim=64, num_heads=2, head_dim=32, mlp_dim=128,
+                           num_encoder_layers=1, num_decoder_layers=1, batch_size=4,
+                           input_length=32, target_length=8, prompt_length=4))
+  proc = subprocess.run([sys.executable, str(ROOT / 'bench' / 'profile_step.py'),
+                         '--stage=promot_stage2', '--top=40', '--steps=1', f'--config={config}'],
+                        capture_output=True, text=True, timeout=600,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  header = re.match(r'promot_stage2: (\d+) ms of op time per step \(summed over threads\), (\d+) ops',
+                    lines[0])
+  assert header and int(header.group(2)) > 10, lines[0]
+  rows = [l for l in lines[1:] if re.match(r'\s*[\d.]+ ms  ', l)]
+  assert rows
+  times = [float(l.split()[0]) for l in rows]
+  assert times == sorted(times, reverse=True)
+  # The ops were found in the optimized HLO: the model's matmuls show up with their shapes,
+  # e.g. the logits [batch * targets, vocab] = [32, 512].
+  assert any(re.search(r'-> f32\[[\d,]+\]: dot f32\[32,512\]', l) for l in rows), '\n'.join(rows)
+  assert lines[-1].startswith('by kind:')
