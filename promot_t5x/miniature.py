@@ -373,8 +373,7 @@ def _cpus() -> list[int]:
 
 def worker_shares(settings: Settings) -> list[tuple[int, ...]]:
   """The seeds of each worker process (one share: everything runs in this process)."""
-  n = settings.workers or max(1, min(len(settings.seeds), len(_cpus()) or 1))
-  n = min(n, len(settings.seeds))
+  n = min(settings.workers or len(_cpus()) or 1, len(settings.seeds))
   return [tuple(settings.seeds[i::n]) for i in range(n)]
 
 
@@ -575,9 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--tasks', default=None, help=f'comma-separated subset of {FINETUNE_TASKS}')
   parser.add_argument('--extras', action='store_true',
                       help='also joint tuning, fine-tuning with a fixed random prompt and '
-                           '(with both tasks) multi-task ProMoT')
+                           '(with both tasks) what --multitask adds')
   parser.add_argument('--multitask', action='store_true',
-                      help='also multi-task ProMoT (one prompt per task, trained on both tasks)')
+                      help='also multi-task ProMoT (one prompt per task, trained on both tasks) '
+                           'and its baseline, multi-task fine-tuning')
   parser.add_argument('--workers', type=int, default=None,
                       help='processes splitting the seeds, one CPU each (default: one per '
                            'seed up to the CPU count; 1: all in this process)')
