@@ -74,13 +74,14 @@ def train_step_fn(cfg: common.BenchConfig, stage_name: str):
 
 def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
   step, _ = train_step_fn(cfg, stage_name)
+  usage = {}
   metrics, compile_and_first, times = common.timed_calls(step, cfg.train_steps,
-                                                         cfg.warmup_steps - 1)
+                                                         cfg.warmup_steps - 1, usage)
   return {'side': 'ours', 'kind': 'train', 'stage': stage_name,
           'step_seconds': common.median(times), 'step_seconds_all': times,
           'first_step_seconds': compile_and_first, 'loss': float(metrics['loss']),
           'tokens_per_step': common.train_tokens(cfg),
-          'model_flops_per_step': common.train_flops(cfg, stage_name)}
+          'model_flops_per_step': common.train_flops(cfg, stage_name), **usage}
 
 
 def bench_decode(cfg: common.BenchConfig, decoder: str) -> dict:
@@ -141,6 +142,9 @@ def bench_peak(size: int = 4096, repeats: int = 5) -> dict:
 
 
 def main(argv=None) -> int:
+  from promot_t5x import host_memory
+
+  host_memory.configure()  # as the promot-* commands do (bench/README.md, "Host allocator")
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('what', choices=('train', 'decode', 'peak', 'export'))

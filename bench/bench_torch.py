@@ -108,13 +108,14 @@ def bench_train(cfg: common.BenchConfig, stage: str, weights_dir: str) -> dict:
     opt.zero_grad(set_to_none=True)
     return float(loss)
 
-  loss, first, times = common.timed_calls(step, cfg.train_steps, cfg.warmup_steps - 1)
+  usage = {}
+  loss, first, times = common.timed_calls(step, cfg.train_steps, cfg.warmup_steps - 1, usage)
   return {'side': 'torch', 'kind': 'train', 'stage': stage,
           'step_seconds': common.median(times), 'step_seconds_all': times,
           'first_step_seconds': first, 'loss': loss,
           'trainable_params': sum(p.numel() for p in trainable),
           'tokens_per_step': common.train_tokens(cfg),
-          'model_flops_per_step': common.train_flops(cfg, stage)}
+          'model_flops_per_step': common.train_flops(cfg, stage), **usage}
 
 
 def bench_decode(cfg: common.BenchConfig, decoder: str, weights_dir: str) -> dict:

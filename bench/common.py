@@ -149,12 +149,16 @@ def train_flops(cfg: BenchConfig, stage: str) -> float:
           - 0.5 * f['dec0_cross_attention'])
 
 
-def timed_calls(fn, repeats: int, warmup: int = 0) -> tuple[Any, float, list[float]]:
+def timed_calls(fn, repeats: int, warmup: int = 0, usage: dict | None = None
+                ) -> tuple[Any, float, list[float]]:
   """(last result, seconds of the first call, seconds of each of `repeats` timed calls).
 
   The first call (compilation, caches) is timed alone; `warmup` more calls run
   untimed before the timed ones. `fn` must return only once its work is done.
+  `usage`, if given, receives the process's CPU seconds (user + system) and
+  minor page faults per timed call (getrusage, all threads).
   """
+  import resource
   import time
 
   t0 = time.perf_counter()
@@ -163,15 +167,23 @@ def timed_calls(fn, repeats: int, warmup: int = 0) -> tuple[Any, float, list[flo
   for _ in range(warmup):
     out = fn()
   times = []
+  r0 = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(repeats):
     t0 = time.perf_counter()
     out = fn()
     times.append(time.perf_counter() - t0)
+  r1 = resource.getrusage(resource.RUSAGE_SELF)
+  if usage is not None and repeats:
+    usage['cpu_seconds_per_step'] = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / repeats
+    usage['minor_faults_per_step'] = (r1.ru_minflt - r0.ru_minflt) / repeats
   return out, first, times
 
 
 def median(values: list[float]) -> float:
-  return sorted(values)[len(values) // 2]
+  """The middle value; the mean of the two middle ones for an even count."""
+  import statistics
+
+  return statistics.median(values)
 
 
 def peak_rss_bytes() -> int:

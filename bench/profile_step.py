@@ -57,6 +57,10 @@ def main(argv=None) -> int:
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + f' --xla_dump_to={dump}/hlo '
                              '--xla_dump_hlo_as_text --xla_dump_hlo_pass_re=NONE')
   import bench_jax
+
+  from promot_t5x import host_memory
+
+  host_memory.configure()
   import jax
 
   cfg = common.BenchConfig.from_json(args.config) if args.config else common.BenchConfig()

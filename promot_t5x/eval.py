@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from promot_t5x import evaluation, gin_utils, param_sets, partitioning, reports
+from promot_t5x import evaluation, gin_utils, host_memory, param_sets, partitioning, reports
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.models import encoder_decoder
 from promot_t5x.models import prompts as prompts_lib
@@ -216,6 +216,7 @@ def _run_gin() -> evaluation.EvalResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  host_memory.configure()
   argv = gin_utils.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv))
   parser = argparse.ArgumentParser(prog='promot-eval', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

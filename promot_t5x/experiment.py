@@ -46,7 +46,7 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 
-from promot_t5x import gin_utils
+from promot_t5x import gin_utils, host_memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +243,7 @@ def merge(exp: Experiment, done: dict[str, list[str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  host_memory.configure()
   parser = argparse.ArgumentParser(prog='promot-experiment', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('spec', help='experiment spec (TOML)')

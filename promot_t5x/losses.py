@@ -23,6 +23,9 @@ def cross_entropy_with_logits(logits: jax.Array, targets: jax.Array, weights: ja
     tokens. Label smoothing subtracts the entropy of the smoothed target
     distribution, so a perfect model scores 0 as in T5X.
   """
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}: it is the '
+                     'probability mass moved off the target token')
   vocab = logits.shape[-1]
   confidence = 1.0 - label_smoothing
   low = label_smoothing / (vocab - 1)

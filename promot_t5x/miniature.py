@@ -65,6 +65,7 @@ from typing import Any
 import promot_t5x_tasks.synthetic as _synthetic
 
 from promot_t5x import experiment as experiment_lib
+from promot_t5x import host_memory
 
 BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(_synthetic.__file__)), 'data',
                           'base_model')
@@ -383,6 +384,7 @@ def _worker(settings_dict: dict[str, Any], seeds: tuple[int, ...], cpu: int | No
 
   The run's milestones (`[i/n] variant seed s: ...`) also go to the console.
   """
+  host_memory.configure()
   if cpu is not None:
     os.sched_setaffinity(0, {cpu})
   console = os.fdopen(os.dup(1), 'w', buffering=1)
@@ -565,6 +567,7 @@ def export_base(run_dir: str, output: str = BASE_MODEL) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  host_memory.configure()
   parser = argparse.ArgumentParser(prog='promot-miniature', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--quick', action='store_true', help='a few steps of every part (tests)')

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from promot_t5x import data, gin_utils, param_sets, partitioning
+from promot_t5x import data, gin_utils, host_memory, param_sets, partitioning
 from promot_t5x import trainer as trainer_lib
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.models import encoder_decoder
@@ -332,6 +332,7 @@ def run(entry: str = 'promot_t5x.train.train') -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  host_memory.configure()
   argv = gin_utils.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv))
   parser = argparse.ArgumentParser(prog='promot-train', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -151,11 +151,14 @@ class Dense(nn.Module):
     kernel = self.param('kernel', _boxed(self.kernel_init, self.kernel_axes),
                         (int(np.prod(in_shape)), int(np.prod(self.features))),
                         jnp.float32)
-    kernel = jnp.asarray(kernel, self.dtype).reshape(*in_shape, *self.features)
+    kernel = jnp.asarray(kernel, self.dtype)
     x = jnp.asarray(x, self.dtype)
-    batch_axes = x.ndim - self.in_axes
-    contract = tuple(range(batch_axes, x.ndim))
-    return jax.lax.dot_general(x, kernel, ((contract, tuple(range(self.in_axes))), ((), ())))
+    batch_shape = x.shape[:x.ndim - self.in_axes]
+    # One 2-D matmul over the flattened leading axes: XLA:CPU runs the
+    # backward of 3-D dot_generals around the gated GELU about 2x slower than
+    # the same work as 2-D matmuls (bench/micro.py: 183 vs 91 ms per MLP).
+    y = jnp.dot(x.reshape(-1, kernel.shape[0]), kernel)
+    return y.reshape(*batch_shape, *self.features)
 
 
 class Embed(nn.Module):

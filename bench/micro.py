@@ -1,0 +1,87 @@
+r"""Micro-benchmarks behind the model and optimizer choices in bench/README.md.
+
+  python bench/micro.py [--repeats=15]
+
+Each line times two formulations of the same computation, interleaved call
+by call in one process (this machine drifts over minutes), and prints both
+medians:
+  mlp:      the gated-GELU MLP's forward + backward (the bench's shapes,
+            16 x 128 tokens, 512 -> 1024 -> 512) with the dense layers as
+            3-D `dot_general`s vs as 2-D matmuls over the flattened tokens
+            (what `promot_t5x.models.t5.Dense` does);
+  col_mean: Adafactor's column statistic of the [512, 32128] logits kernel,
+            `jnp.mean(g2, axis=0)` vs `ones @ g2 / 512`
+            (`promot_t5x.optimizers._mean_over`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+
+def _interleaved(fns: dict, args: tuple, repeats: int) -> dict[str, float]:
+  import jax
+
+  for f in fns.values():
+    jax.block_until_ready(f(*args))
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, f in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(*args))
+      times[name].append(time.perf_counter() - t0)
+  return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--repeats', type=int, default=15)
+  args = p.parse_args(argv)
+  import jax
+  import jax.numpy as jnp
+
+  from promot_t5x import host_memory, optimizers
+
+  host_memory.configure()
+  keys = jax.random.split(jax.random.PRNGKey(0), 8)
+  b, l, d, f, v = 16, 128, 512, 1024, 32128
+
+  x = jax.random.normal(keys[0], (b, l, d))
+  dy = jax.random.normal(keys[1], (b, l, d))
+  w = {n: jax.random.normal(k, s) * 0.03 for n, k, s in
+       (('wi_0', keys[2], (d, f)), ('wi_1', keys[3], (d, f)), ('wo', keys[4], (f, d)))}
+
+  def dot3(a, k):
+    return jax.lax.dot_general(a, k, (((a.ndim - 1,), (0,)), ((), ())))
+
+  def dot2(a, k):
+    return (a.reshape(-1, a.shape[-1]) @ k).reshape(*a.shape[:-1], k.shape[-1])
+
+  def mlp_grad(dot):
+    def loss(w, x):
+      h = jax.nn.gelu(dot(x, w['wi_0'])) * dot(x, w['wi_1'])
+      return jnp.sum(dot(h, w['wo']) * dy)
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+  rows = [('mlp', '3-D dot_general', '2-D matmul',
+           _interleaved({'a': mlp_grad(dot3), 'b': mlp_grad(dot2)}, (w, x), args.repeats))]
+
+  g2 = jnp.square(jax.random.normal(keys[5], (d, v)))
+  rows.append(('col_mean', 'jnp.mean(axis=0)', 'ones @ x',
+               _interleaved({'a': jax.jit(lambda g: jnp.mean(g, axis=0)),
+                             'b': jax.jit(lambda g: optimizers._mean_over(g, 0))},
+                            (g2,), args.repeats)))
+
+  print(f'median of {args.repeats} interleaved calls, ms')
+  for name, a_name, b_name, ms in rows:
+    print(f'{name:9s} {a_name:>18s} {ms["a"]:8.1f}   {b_name:>12s} {ms["b"]:8.1f}   '
+          f'({ms["a"] / ms["b"]:.2f}x)')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,65 @@
+"""bench/run_all.py: medians over rounds, the faster peer process, the goals."""
+
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'bench'))
+
+import common  # noqa: E402
+import run_all  # noqa: E402
+
+
+def _train(step, faults=0.0):
+  return {'step_seconds': step, 'tokens_per_step': 1000, 'model_flops_per_step': 1e11,
+          'peak_rss_bytes': 2 ** 30, 'first_step_seconds': 9.0,
+          'minor_faults_per_step': faults, 'cpu_seconds_per_step': 2 * step}
+
+
+def _raw(ours, torch, torch_same):
+  """Per stage: lists of per-round step seconds for the three sides."""
+  decode = {'seconds': 1.0, 'new_tokens': 100, 'tokens_head': [1, 2]}
+  return {
+      'peak': {'ours': {'flops_per_second': 1e11}, 'torch': {'flops_per_second': 2e11}},
+      'train': {stage: {'ours': [_train(x) for x in ours[stage]],
+                        'torch': [_train(x, 3e5) for x in torch[stage]],
+                        'torch_same_allocator': [_train(x) for x in torch_same[stage]]}
+                for stage in common.STAGES},
+      'decode': {d: {'ours': dict(decode, seconds=0.5), 'torch': dict(decode)}
+                 for d in ('greedy', 'beam')},
+  }
+
+
+def test_rows_use_the_median_round_and_the_faster_peer():
+  ours = {'prompt_tuning': [1.0, 1.2, 0.9], 'promot_stage2': [2.0, 2.4, 2.2],
+          'finetune': [2.0, 2.1, 1.9]}
+  torch = {'prompt_tuning': [1.5, 1.4, 1.6], 'promot_stage2': [3.0, 3.0, 3.0],
+           'finetune': [2.5, 2.6, 2.4]}
+  same = {'prompt_tuning': [1.3, 1.3, 1.3], 'promot_stage2': [3.1, 3.2, 3.3],
+          'finetune': [1.8, 1.8, 1.8]}   # the allocator settings make the peer faster here
+  s = run_all.summarize(common.BenchConfig(), _raw(ours, torch, same))
+  ft = s['train']['finetune']
+  assert ft['ours']['step_seconds'] == 2.0 and ft['ours']['step_seconds_per_round'] == [2.0, 2.1, 1.9]
+  assert ft['peer_best']['step_seconds'] == 1.8              # torch with our malloc settings
+  assert s['train']['promot_stage2']['peer_best']['step_seconds'] == 3.0   # torch as installed
+  assert abs(s['speedup_over_peer']['train/finetune'] - 1.8 / 2.0) < 1e-9
+  assert abs(s['speedup_over_peer']['train/prompt_tuning'] - 1.3 / 1.0) < 1e-9
+  assert not s['goals']['ahead_of_peer_on_every_row']       # fine-tuning is behind the best peer
+  assert abs(ft['ours']['mfu'] - 1e11 / 2.0 / 2e11) < 1e-9   # against the higher measured peak
+  assert ft['torch']['minor_faults_per_step'] == 3e5
+
+  report = {'summary': s, 'config': common.BenchConfig().__dict__, 'rounds': 3, 'date': 'd',
+            'command': 'c', 'machine': {'cpu': 'x', 'cores': 2},
+            'load': {'quiet_at_start': True, 'at_start': 0.1, 'max_during': 0.2},
+            'raw': _raw(ours, torch, same)}
+  text = run_all.markdown(report)
+  assert 'median over 3 rounds' in text
+  assert '| train fine-tuning: tokens/s | 500 (2.000 s/step) | 400 (2.500 s/step) (556; 1.800 s/step) | 0.90x |' in text
+  assert 'ahead of the peer on every throughput row: no' in text
+
+
+def test_ahead_when_every_row_beats_both_peer_processes():
+  ours = {k: [1.0, 1.0] for k in common.STAGES}
+  slower = {k: [1.5, 1.5] for k in common.STAGES}
+  s = run_all.summarize(common.BenchConfig(), _raw(ours, slower, slower))
+  assert s['goals']['ahead_of_peer_on_every_row']
