@@ -19,8 +19,8 @@ Measured on the bench's train steps (`python bench/bench_jax.py train
 ~240,000-310,000) and ~0 s of system time (default 0.6-0.8 s per step).
 
 The price is memory: the heap keeps its peak and fragments, so peak resident
-memory grew from 1.85 to 2.84 GiB (stage 1) and from 2.19 to 3.23 GiB
-(fine-tuning) on the bench model. Set `PROMOT_T5X_MALLOC=default` to keep
+memory grew from 1.85 to 2.84-3.74 GiB (stage 1, two runs) and from 2.19
+to 3.23 GiB (fine-tuning) on the bench model. Set `PROMOT_T5X_MALLOC=default` to keep
 glibc's defaults. The promot-* commands call `configure()` at start-up; it is
 a no-op where the C library is not glibc.
 """
