@@ -53,6 +53,8 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
+from promot_t5x import host_memory  # noqa: E402
+
 GOALS = {'mfu_finetune': 0.35, 'stage1_over_full_step': 0.7}
 
 
@@ -78,11 +80,8 @@ def wait_for_quiet(max_load: float, minutes: float, poll_seconds: float = 120) -
     time.sleep(poll_seconds)
 
 
-# The peer's process with our allocator settings (promot_t5x/host_memory.py's
-# SETTINGS, which our side applies with mallopt at start-up).
-SAME_ALLOCATOR_ENV = {'GLIBC_TUNABLES': 'glibc.malloc.mmap_max=0:'
-                                        'glibc.malloc.trim_threshold=18446744073709551615:'
-                                        'glibc.malloc.arena_max=1'}
+# The peer's process with the allocator settings our side applies with mallopt.
+SAME_ALLOCATOR_ENV = {'GLIBC_TUNABLES': host_memory.GLIBC_TUNABLES}
 TRAIN_SIDES = ('ours', 'torch', 'torch_same_allocator')
 
 

@@ -40,6 +40,10 @@ _M_ARENA_MAX = -8
 
 # M_TRIM_THRESHOLD = -1 reaches glibc as SIZE_MAX: never trim.
 SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1), (_M_ARENA_MAX, 1))
+# The same settings for a process started from outside (glibc reads this
+# environment variable at start-up); the bench gives it to the torch peer.
+GLIBC_TUNABLES = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615:'
+                  'glibc.malloc.arena_max=1')
 
 _configured: bool | None = None
 
