@@ -84,7 +84,8 @@ def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
           'model_flops_per_step': common.train_flops(cfg, stage_name), **usage}
 
 
-def bench_decode(cfg: common.BenchConfig, decoder: str) -> dict:
+def decode_fn(cfg: common.BenchConfig, decoder: str):
+  """run(): one blocking `predict_batch` call on the bench's decode batch -> tokens."""
   import jax
   import numpy as np
 
@@ -99,7 +100,11 @@ def bench_decode(cfg: common.BenchConfig, decoder: str) -> dict:
                               max_decode_length=cfg.decode_length, eos_id=-1)
     return np.asarray(jax.block_until_ready(out))
 
-  tokens, first, times = common.timed_calls(run, cfg.decode_repeats)
+  return run
+
+
+def bench_decode(cfg: common.BenchConfig, decoder: str) -> dict:
+  tokens, first, times = common.timed_calls(decode_fn(cfg, decoder), cfg.decode_repeats)
   return {'side': 'ours', 'kind': 'decode', 'decoder': decoder,
           'seconds': common.median(times), 'seconds_all': times,
           'first_call_seconds': first,

@@ -1,6 +1,7 @@
 r"""Where a train step's time goes on XLA:CPU: the ops of one step, by time.
 
   python bench/profile_step.py --stage=finetune [--top=25] [--config=JSON]
+  python bench/profile_step.py --decode=greedy     # one predict_batch call instead
 
 Runs the project's jitted train step (bench_jax.py's setup: the `Trainer`,
 Adafactor, the bench's T5 configuration) under `jax.profiler`, reads the
@@ -36,10 +37,12 @@ def _fusion_contents(hlo_text: str) -> dict[str, str]:
   out = {}
   for m in re.finditer(r'%([\w.\-]+) = (\S+) fusion\(.*?calls=%([\w.\-]+)', hlo_text):
     body = bodies.get(m.group(3), '')
-    dots = re.findall(r'= (\S+) dot\([^)]*\), (lhs_batch_dims=\{[^}]*\}, )?lhs_contracting_dims=(\{[^}]*\})', body)
+    dots = re.findall(r'= (\S+) dot\([^)]*\), (lhs_batch_dims=\{[^}]*\}, )?'
+                      r'lhs_contracting_dims=(\{[^}]*\}), (?:rhs_batch_dims=\{[^}]*\}, )?'
+                      r'rhs_contracting_dims=(\{[^}]*\})', body)
     ops = collections.Counter(o for o in re.findall(r'= \S+ (\w+)\(', body)
                               if o not in ('parameter', 'constant', 'bitcast'))
-    what = ('dot ' + '; '.join(f'{d[0].split("{")[0]} contracting {d[2]}' for d in dots) if dots
+    what = ('dot ' + '; '.join(f'{d[0].split("{")[0]} contracting {d[2]} x {d[3]}' for d in dots) if dots
             else ', '.join(f'{k} x{v}' for k, v in ops.most_common(4)))
     out[m.group(1)] = f'-> {m.group(2).split("{")[0]}: {what}'
   return out
@@ -48,6 +51,8 @@ def _fusion_contents(hlo_text: str) -> dict[str, str]:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--stage', choices=common.STAGES, default='finetune')
+  p.add_argument('--decode', choices=('greedy', 'beam'), default=None,
+                 help='profile one decoding call (bench_jax.py decode) instead of a train step')
   p.add_argument('--top', type=int, default=25)
   p.add_argument('--steps', type=int, default=2, help='profiled steps (after 2 warm-up steps)')
   p.add_argument('--config', default=None, help='BenchConfig as JSON')
@@ -64,7 +69,10 @@ def main(argv=None) -> int:
   import jax
 
   cfg = common.BenchConfig.from_json(args.config) if args.config else common.BenchConfig()
-  step, _ = bench_jax.train_step_fn(cfg, args.stage)
+  if args.decode:
+    step, module_re, label = bench_jax.decode_fn(cfg, args.decode), 'jit_run', args.decode
+  else:
+    (step, _), module_re, label = bench_jax.train_step_fn(cfg, args.stage), 'train_step', args.stage
   for _ in range(2):
     step()
   jax.profiler.start_trace(f'{dump}/trace', create_perfetto_trace=True)
@@ -79,12 +87,13 @@ def main(argv=None) -> int:
   per_op: collections.Counter = collections.Counter()
   for e in events:
     a = e.get('args', {})
-    if e.get('ph') == 'X' and 'hlo_op' in a and 'train_step' in a.get('hlo_module', ''):
+    if e.get('ph') == 'X' and 'hlo_op' in a and module_re in a.get('hlo_module', ''):
       per_op[e['name']] += e.get('dur', 0) / 1e3 / args.steps
-  modules = sorted(glob.glob(f'{dump}/hlo/*train_step*after_optimizations.txt'), key=os.path.getsize)
+  modules = sorted(glob.glob(f'{dump}/hlo/*{module_re}*after_optimizations.txt'),
+                   key=os.path.getsize)
   contents = _fusion_contents(pathlib.Path(modules[-1]).read_text()) if modules else {}
   total = sum(per_op.values())
-  print(f'{args.stage}: {total:.0f} ms of op time per step (summed over threads), {len(per_op)} ops')
+  print(f'{label}: {total:.0f} ms of op time per step (summed over threads), {len(per_op)} ops')
   for name, ms in per_op.most_common(args.top):
     print(f'{ms:8.1f} ms  {name:28s} {contents.get(name, "")}')
   kinds: collections.Counter = collections.Counter()

@@ -10,14 +10,21 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def test_profile_step_names_the_costliest_ops():
-  config = json.dumps(dict(vocab_size=512, emb_dim=64, num_heads=2, head_dim=32, mlp_dim=128,
-                           num_encoder_layers=1, num_decoder_layers=1, batch_size=4,
-                           input_length=32, target_length=8, prompt_length=4))
-  proc = subprocess.run([sys.executable, str(ROOT / 'bench' / 'profile_step.py'),
-                         '--stage=promot_stage2', '--top=40', '--steps=1', f'--config={config}'],
+CONFIG = json.dumps(dict(vocab_size=512, emb_dim=64, num_heads=2, head_dim=32, mlp_dim=128,
+                         num_encoder_layers=1, num_decoder_layers=1, batch_size=4,
+                         input_length=32, target_length=8, prompt_length=4, decode_batch=3,
+                         decode_length=5))
+
+
+def _profile(*flags):
+  return subprocess.run([sys.executable, str(ROOT / 'bench' / 'profile_step.py'), *flags,
+                         '--top=40', '--steps=1', f'--config={CONFIG}'],
                         capture_output=True, text=True, timeout=600,
                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def test_profile_step_names_the_costliest_ops():
+  proc = _profile('--stage=promot_stage2')
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   header = re.match(r'promot_stage2: (\d+) ms of op time per step \(summed over threads\), (\d+) ops',
@@ -30,4 +37,18 @@ def test_profile_step_names_the_costliest_ops():
   # The ops were found in the optimized HLO: the model's matmuls show up with their shapes,
   # e.g. the logits [batch * targets, vocab] = [32, 512].
   assert any(re.search(r'-> f32\[[\d,]+\]: dot f32\[32,512\]', l) for l in rows), '\n'.join(rows)
+  assert lines[-1].startswith('by kind:')
+
+
+def test_profile_decode_reads_the_decoding_program():
+  proc = _profile('--decode=greedy')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  assert re.match(r'greedy: \d+ ms of op time per step \(summed over threads\), \d+ ops',
+                  lines[0]), lines[0]
+  rows = [l for l in lines[1:] if re.match(r'\s*[\d.]+ ms  ', l)]
+  # Each step's logits: [decode_batch, vocab] = [3, 512], read from the
+  # transposed kernel [vocab, embed] (contracting dim 1 of both operands).
+  assert any(re.search(r'dot f32\[3,512\] contracting \{1\} x \{1\}', l) for l in rows), \
+      '\n'.join(rows)
   assert lines[-1].startswith('by kind:')

@@ -57,3 +57,22 @@ def test_bad_label_smoothing_is_named():
   logits, targets, weights = _inputs()
   with pytest.raises(ValueError, match='label_smoothing'):
     losses.cross_entropy_with_logits(logits, targets, weights, label_smoothing=1.0)
+
+
+def test_weighted_argmax_hits_is_numpy_argmax_accuracy_with_first_index_ties():
+  logits, targets, weights = _inputs(seed=3, batch=4, length=6, vocab=9)
+  # Make about half the targets the arg-max so both outcomes occur.
+  rows = np.random.default_rng(4).random(targets.shape) < 0.5
+  targets = np.where(rows, logits.argmax(-1), targets).astype(np.int32)
+  expected = float(((logits.argmax(-1) == targets) * weights).sum())
+  assert 0 < expected < weights.sum()
+  got = float(jax.jit(losses.weighted_argmax_hits)(logits, targets, weights))
+  assert got == expected
+  # Ties: numpy's arg-max takes the first maximal id, and so must we.
+  tied = np.zeros((1, 4, 5), np.float32)
+  tied[0, 1, [2, 4]] = 1.0          # position 1: ids 2 and 4 share the max
+  tie_targets = np.array([[0, 4, 3, 2]], np.int32)
+  ones = np.ones((1, 4), np.float32)
+  # position 0: all equal, target 0 wins; 1: 4 loses to 2; 2, 3: all zero, target != 0 loses.
+  assert float(losses.weighted_argmax_hits(tied, tie_targets, ones)) == \
+      float((tied.argmax(-1) == tie_targets).sum()) == 1.0

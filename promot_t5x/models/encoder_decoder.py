@@ -95,7 +95,7 @@ class EncoderDecoderModel:
       loss = total
     else:
       loss = total / self.loss_normalizing_factor
-    correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+    correct = losses.weighted_argmax_hits(logits, targets, weights)
     metrics = {'loss_sum': total, 'z_loss_sum': total_z, 'weight_sum': total_weight,
                'correct': correct}
     return loss, metrics
@@ -223,6 +223,9 @@ def _compiled_decoder(module: t5.Transformer, decoder: str, num_beams: int,
     rows = num_beams if decoder == 'beam' else 1
     shared = decoding.expand_beams(shared, rows)
     tokens_in = decoding.expand_beams(encoder_input_tokens, rows)
+    # Transposed once here, read every step (see `Transformer.decode`).
+    kernel_t = (None if module.config.logits_via_embedding
+                else params['decoder']['logits_dense']['kernel'].T)
     prompt_in = None if prompt_index is None else decoding.expand_beams(prompt_index, rows)
 
     def step_fn(last_tokens, cache):
@@ -231,7 +234,8 @@ def _compiled_decoder(module: t5.Transformer, decoder: str, num_beams: int,
       # is only consulted for shapes when a cache is created.
       logits, new_vars = decode(
           {'params': params, 'cache': full}, encoded, tokens_in, last_tokens[:, None],
-          prompt_index=prompt_in, decode_mode='step', mutable=['cache'])
+          prompt_index=prompt_in, decode_mode='step', mutable=['cache'],
+          logits_kernel_t=kernel_t)
       return logits[:, 0, :], _split_cache(new_vars['cache'])[0]
 
     if decoder == 'greedy':

@@ -282,49 +282,57 @@ class MultiHeadAttention(nn.Module):
     if mode == 'full':
       k = _constrain(key(inputs_kv), ('batch', 'length', 'heads', 'kv'))
       v = _constrain(value(inputs_kv), ('batch', 'length', 'heads', 'kv'))
-    elif self.is_cross_attention:
-      # Keys and values of the encoder output are computed once per sequence.
-      batch, length = inputs_kv.shape[:2]
-      shape = (batch, length, *features)
-      cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype)
-      cached_v = self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype)
-      if mode == 'prefill':
-        cached_k.value = key(inputs_kv)
-        cached_v.value = value(inputs_kv)
-      k, v = cached_k.value, cached_v.value
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
     else:
-      batch = inputs_q.shape[0]
-      shape = (batch, max_decode_length, *features)
-      cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype)
-      cached_v = self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype)
-      index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
-      if mode == 'prefill':
-        k, v = cached_k.value, cached_v.value
-        bias = None
-      else:  # 'step': one new token at position `index`.
-        if inputs_q.shape[1] != 1:
-          raise ValueError(f'decoding step expects length-1 queries, got {inputs_q.shape}')
-        i = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(
-            cached_k.value, key(inputs_kv).astype(self.dtype), (0, i, 0, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(
-            cached_v.value, value(inputs_kv).astype(self.dtype), (0, i, 0, 0))
-        index.value = i + 1
-        k, v = cached_k.value, cached_v.value
-        visible = (jnp.arange(max_decode_length) <= i)[None, None, None, :]
-        bias = _mask_to_bias(visible, self.dtype)
-        if bias_table is not None:
-          # bias_table: [1, heads, max_len, max_len]; take row i.
-          row = jax.lax.dynamic_slice_in_dim(bias_table, i, 1, axis=2)
-          bias = bias + row.astype(self.dtype)
+      # Decoding caches are kept in the layouts the per-step products read
+      # without a copy: keys [batch, heads, head_dim, length] and values
+      # [batch, heads, length, head_dim]. (Caching [batch, length, heads,
+      # head_dim] made XLA:CPU transpose every layer's cross-attention keys and
+      # values at every step: a quarter of greedy decoding's op time,
+      # `bench/profile_step.py --decode=greedy`.)
+      if self.is_cross_attention:
+        # Keys and values of the encoder output are computed once per sequence.
+        batch, length = inputs_kv.shape[:2]
+        cached_k = self.variable('cache', 'cached_key', jnp.zeros,
+                                 (batch, features[0], features[1], length), self.dtype)
+        cached_v = self.variable('cache', 'cached_value', jnp.zeros,
+                                 (batch, features[0], length, features[1]), self.dtype)
+        if mode == 'prefill':
+          cached_k.value = jnp.transpose(key(inputs_kv), (0, 2, 3, 1)).astype(self.dtype)
+          cached_v.value = jnp.transpose(value(inputs_kv), (0, 2, 1, 3)).astype(self.dtype)
+      else:
+        batch = inputs_q.shape[0]
+        cached_k = self.variable('cache', 'cached_key', jnp.zeros,
+                                 (batch, features[0], features[1], max_decode_length), self.dtype)
+        cached_v = self.variable('cache', 'cached_value', jnp.zeros,
+                                 (batch, features[0], max_decode_length, features[1]), self.dtype)
+        index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+        if mode == 'prefill':
+          bias = None
+        else:  # 'step': one new token at position `index`.
+          if inputs_q.shape[1] != 1:
+            raise ValueError(f'decoding step expects length-1 queries, got {inputs_q.shape}')
+          i = index.value
+          new_k = jnp.transpose(key(inputs_kv), (0, 2, 3, 1)).astype(self.dtype)
+          new_v = jnp.transpose(value(inputs_kv), (0, 2, 1, 3)).astype(self.dtype)
+          cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, new_k, (0, 0, 0, i))
+          cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, new_v, (0, 0, i, 0))
+          index.value = i + 1
+          visible = (jnp.arange(max_decode_length) <= i)[None, None, None, :]
+          bias = _mask_to_bias(visible, self.dtype)
+          if bias_table is not None:
+            # bias_table: [1, heads, max_len, max_len]; take row i.
+            row = jax.lax.dynamic_slice_in_dim(bias_table, i, 1, axis=2)
+            bias = bias + row.astype(self.dtype)
+      k_t, v = cached_k.value, cached_v.value
+      logits = jnp.einsum('bqhd,bhdk->bhqk', q, k_t)
 
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
     if bias is not None:
       logits = logits + bias.astype(logits.dtype)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    out = jnp.einsum('bhqk,bkhd->bqhd' if mode == 'full' else 'bhqk,bhkd->bqhd', weights, v)
     out = Dense(features=(inputs_q.shape[-1],), in_axes=2,
                 kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, name='out')(out)
     return _constrain(out, ('batch', 'length', 'embed'))
@@ -430,7 +438,8 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, embedded: Array, encoded: Array, query_valid: Array | None,
                encoder_valid: Array, deterministic: bool, mode: str,
-               max_decode_length: int, token_embedder: Embed) -> Array:
+               max_decode_length: int, token_embedder: Embed,
+               logits_kernel_t: Array | None = None) -> Array:
     cfg = self.config
     dtype = cfg.activation_dtype
     relpos = RelativePositionBiases(cfg.relative_attention_num_buckets,
@@ -459,6 +468,10 @@ class Decoder(nn.Module):
     if cfg.logits_via_embedding:
       # Tied embeddings (T5.1.0): rescale, as Mesh TF and HF do.
       logits = token_embedder.attend(x) / jnp.sqrt(jnp.asarray(cfg.emb_dim, dtype))
+    elif logits_kernel_t is not None:
+      # logits_dense's kernel, transposed by the caller ([vocab, embed]).
+      logits = jax.lax.dot_general(x.astype(jnp.float32), logits_kernel_t.astype(jnp.float32),
+                                   (((x.ndim - 1,), (1,)), ((), ())))
     else:
       logits = Dense(features=(cfg.vocab_size,), in_axes=1, kernel_axes=('embed', 'vocab'),
                      dtype=jnp.float32, name='logits_dense')(x)
@@ -526,12 +539,18 @@ class Transformer(nn.Module):
   def decode(self, encoded: Array, encoder_input_tokens: Array,
              decoder_input_tokens: Array, decoder_target_tokens: Array | None = None,
              enable_dropout: bool = False, prompt_index: Array | None = None,
-             decode_mode: str = 'full', max_decode_length: int = 0) -> Array:
+             decode_mode: str = 'full', max_decode_length: int = 0,
+             logits_kernel_t: Array | None = None) -> Array:
     """Decoder logits `[batch, target_length, vocab]` (float32).
 
     `decode_mode`: 'full' (teacher forcing over the whole target), 'prefill'
     (create the key/value cache; `max_decode_length` required) or 'step' (one
     token `[batch, 1]` with the cache; call with `mutable=['cache']`).
+    `logits_kernel_t`: optionally `params['decoder']['logits_dense']['kernel'].T`
+    ([vocab, embed]; untied logits only). Decoding transposes it once, outside
+    its loop: XLA:CPU reads a [vocab, embed] kernel for a few rows of
+    activations ~1.7x faster than the stored [embed, vocab] one (the greedy
+    step's largest product; bench/README.md).
     """
     if decode_mode != 'full' and max_decode_length <= 0:
       raise ValueError('Cached decoding needs max_decode_length > 0.')
@@ -545,7 +564,8 @@ class Transformer(nn.Module):
                         self.encoder_valid(encoder_input_tokens, prompt_index),
                         deterministic=not enable_dropout, mode=decode_mode,
                         max_decode_length=max_decode_length,
-                        token_embedder=self.token_embedder)
+                        token_embedder=self.token_embedder,
+                        logits_kernel_t=logits_kernel_t)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, enable_dropout: bool = False,
