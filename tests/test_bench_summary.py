@@ -63,3 +63,17 @@ def test_ahead_when_every_row_beats_both_peer_processes():
   slower = {k: [1.5, 1.5] for k in common.STAGES}
   s = run_all.summarize(common.BenchConfig(), _raw(ours, slower, slower))
   assert s['goals']['ahead_of_peer_on_every_row']
+
+
+def test_mfu_uses_the_best_peak_of_the_start_and_the_end_of_the_run():
+  steps = {stage: [2.0] for stage in common.STAGES}
+  raw = _raw(steps, steps, steps)
+  raw['peak_end'] = {'ours': {'flops_per_second': 4e11}, 'torch': {'flops_per_second': 1e11}}
+  s = run_all.summarize(common.BenchConfig(), raw)
+  assert s['machine_peak_flops_per_second'] == 4e11
+  assert abs(s['train']['finetune']['ours']['mfu'] - 1e11 / 2.0 / 4e11) < 1e-9
+  report = {'summary': s, 'config': common.BenchConfig().__dict__, 'rounds': 1, 'date': 'd',
+            'command': 'c', 'machine': {'cpu': 'x', 'cores': 2},
+            'load': {'quiet_at_start': True, 'at_start': 0.1, 'max_during': 0.2}, 'raw': raw}
+  assert ('at the start and the end of the run): 400.0 GFLOP/s (start: jnp.dot 100.0, '
+          'torch.mm 200.0; end: jnp.dot 400.0, torch.mm 100.0)') in run_all.markdown(report)

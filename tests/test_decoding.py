@@ -112,12 +112,12 @@ def _encode_and_prefill(module, params, prompt_index):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _decode_step(module, params, cache, encoded, tokens, prompt_index):
+def _decode_step(module, params, cache, encoded, tokens, prompt_index, kernel_t=None):
   """One [B, 1] token through the cached decoder -> (logits [B, 1, V], variables)."""
   return module.apply({'params': params, 'cache': cache}, encoded, INPUTS, tokens,
                       prompt_index=prompt_index, decode_mode='step',
                       max_decode_length=MAX_LEN, method=t5.Transformer.decode,
-                      mutable=['cache'])
+                      mutable=['cache'], logits_kernel_t=kernel_t)
 
 
 def test_cached_step_logits_match_full_decoder(setup):
@@ -127,12 +127,17 @@ def test_cached_step_logits_match_full_decoder(setup):
   decoder_inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0))).astype(np.int32)
   expected = _full_logits(model, params, batch, decoder_inputs)
 
-  encoded, cache = _encode_and_prefill(module, params, prompt_index)
-  for i in range(MAX_LEN):
-    logits, variables = _decode_step(module, params, cache, encoded,
-                                     decoder_inputs[:, i:i + 1], prompt_index)
-    cache = variables['cache']
-    np.testing.assert_allclose(logits[:, 0], expected[:, i], atol=1e-5, rtol=1e-5)
+  # Both ways of computing a step's logits: logits_dense as stored, and its
+  # kernel transposed once ([vocab, embed]), as predict_batch does.
+  assert not module.config.logits_via_embedding
+  kernel_t = params['decoder']['logits_dense']['kernel'].T
+  for transposed in (None, kernel_t):
+    encoded, cache = _encode_and_prefill(module, params, prompt_index)
+    for i in range(MAX_LEN):
+      logits, variables = _decode_step(module, params, cache, encoded,
+                                       decoder_inputs[:, i:i + 1], prompt_index, transposed)
+      cache = variables['cache']
+      np.testing.assert_allclose(logits[:, 0], expected[:, i], atol=1e-5, rtol=1e-5)
 
 
 def test_cached_greedy_matches_uncached_greedy(setup):
