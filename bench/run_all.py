@@ -226,7 +226,7 @@ def markdown(report: dict[str, Any]) -> str:
       f'Model and shapes: {common.BenchConfig(**cfg).describe()}. float32, no dropout, '
       'one CPU device; steady-state median of '
       f'{cfg["train_steps"]} steps after {cfg["warmup_steps"]} warm-up steps.',
-      f'Machine float32 matmul peak (4096^3, best of jnp.dot / torch.mm'
+      'Machine float32 matmul peak (4096^3, best of jnp.dot / torch.mm'
       + (', at the start and the end of the run' if 'peak_end' in report['raw'] else '')
       + f'): {s["machine_peak_flops_per_second"] / 1e9:.1f} GFLOP/s ('
       + '; '.join(f'{when}: jnp.dot {report["raw"][key]["ours"]["flops_per_second"] / 1e9:.1f}, '
