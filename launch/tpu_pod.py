@@ -6,7 +6,7 @@ r"""TPU VM pod launcher: set up the project on every worker and start one run on
       --gin_file=gin/models/mt5_xxl.gin --gin_file=gin/promot/promot.gin \
       --gin.MIXTURE_OR_TASK_NAME=promot_rte \
       --gin.MIXTURE_OR_TASK_MODULE=promot_t5x_tasks.paper \
-      --gin.MODEL_DIR=gs://my-bucket/promot/rte --gin.MESH_DATA=8 --gin.MESH_MODEL=8
+      --gin.MODEL_DIR=/mnt/gcs/promot/rte --gin.MESH_DATA=8 --gin.MESH_MODEL=8
 
 Every step is a `gcloud compute tpus tpu-vm` command run on all workers at
 once (`--worker=all`):
@@ -24,8 +24,11 @@ once (`--worker=all`):
 
 With `--dry_run` the commands are printed (copy-pasteable) instead of run.
 Everything after `--` (or every `--gin...` flag) goes to `promot-train`
-unchanged. On a multi-host slice MODEL_DIR (and TFDS data) must be on a file
-system every worker sees, e.g. `gs://`.
+unchanged. On a multi-host slice MODEL_DIR and INITIAL_CHECKPOINT_PATH must be
+on a file system every worker mounts at the same path (NFS, Filestore, a
+gcsfuse mount of a bucket): promot-train uses local file operations on them,
+so a `gs://` URL is refused (here and by promot-train). TFDS data may be a
+`gs://` URL (`--env TFDS_DATA_DIR=gs://...`): TFDS reads it itself.
 """
 
 from __future__ import annotations
@@ -318,16 +321,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                          do_setup=not args.skip_setup, do_train=not args.setup_only)
   except ValueError as e:
     parser.error(str(e))
+  overrides = gin_overrides(train_args) if not args.setup_only else {}
+  for name in ('MODEL_DIR', 'INITIAL_CHECKPOINT_PATH'):
+    value = overrides.get(name, '').strip('\'"')
+    if re.match(r'^[A-Za-z][\w+.-]*://', value):
+      parser.error(f'{name}={value} is a URL, but promot-train reads and writes it with local '
+                   'file operations. Mount the bucket on every worker (e.g. `gcsfuse my-bucket '
+                   f'/mnt/gcs`) and pass the mounted path (--gin.{name}=/mnt/gcs/...).')
   if args.accelerator_type and not args.setup_only:
     problems = check_mesh(devices_of(args.accelerator_type), train_args)
     if problems:
       parser.error(f'{args.accelerator_type} has {devices_of(args.accelerator_type)} JAX '
                    'devices: ' + ' '.join(problems))
     model_dir = gin_overrides(train_args).get('MODEL_DIR', '')
-    if hosts_of(args.accelerator_type) > 1 and model_dir and '://' not in model_dir:
-      print(f'warning: MODEL_DIR={model_dir} is a local path, but {args.accelerator_type} has '
-            'several hosts; use a shared file system (gs://...) so that all hosts write one '
-            'checkpoint.', file=sys.stderr)
+    if hosts_of(args.accelerator_type) > 1 and model_dir:
+      print(f'note: {args.accelerator_type} has {hosts_of(args.accelerator_type)} hosts; '
+            f'MODEL_DIR={model_dir} must be a file system all of them mount at that path '
+            '(NFS, Filestore, gcsfuse) so that they write one checkpoint.', file=sys.stderr)
   for i, step in enumerate(steps, 1):
     print(f'# [{i}/{len(steps)}] {step.description}', flush=True)
     print(step.shell(), flush=True)

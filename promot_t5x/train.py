@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -145,6 +146,20 @@ def _initial_params(trainer: trainer_lib.Trainer, restore: ckpt_manager.RestoreC
   return params
 
 
+def _require_file_system_path(name: str, path: str) -> None:
+  """MODEL_DIR / INITIAL_CHECKPOINT_PATH are used with local file APIs: refuse URLs.
+
+  `os.makedirs('gs://bucket/run')` would quietly create a local folder named
+  `gs:` on each host, and the run's checkpoints would vanish with the machine.
+  """
+  if re.match(r'^[A-Za-z][\w+.-]*://', str(path)):
+    raise ValueError(
+        f'{name}={path!r} is a URL, but promot-train reads and writes it with local file '
+        'operations. Mount the bucket on every host (e.g. `gcsfuse my-bucket /mnt/gcs`) and '
+        f'pass the mounted path (e.g. --gin.{name}=/mnt/gcs/...); for a gs:// T5X checkpoint, '
+        'convert it first with promot-convert --from=t5x.')
+
+
 def train(*,
           model: encoder_decoder.EncoderDecoderModel,
           stage: param_sets.Stage,
@@ -180,6 +195,9 @@ def train(*,
     raise ValueError(f'TRAIN_STEPS must be positive, got {train_steps}.')
   if checkpoint_period <= 0:
     raise ValueError(f'CHECKPOINT_PERIOD must be positive, got {checkpoint_period}.')
+  _require_file_system_path('MODEL_DIR', model_dir)
+  if initial_checkpoint is not None:
+    _require_file_system_path('INITIAL_CHECKPOINT_PATH', initial_checkpoint.path)
   partitioner = partitioner or partitioning.Partitioner(partitioning.make_mesh())
   os.makedirs(model_dir, exist_ok=True)
   prompt_index, prompt_for_task_idx = _prompt_routing(model, stage, prompt_for_task)

@@ -22,7 +22,7 @@ SBATCH = REPO / 'launch' / 'slurm_gpu.sbatch'
 TRAIN_ARGS = ['--gin_file=gin/models/mt5_xxl.gin', '--gin_file=gin/promot/promot.gin',
               '--gin.MIXTURE_OR_TASK_NAME=promot_rte',
               '--gin.MIXTURE_OR_TASK_MODULE=promot_t5x_tasks.paper',
-              '--gin.MODEL_DIR=gs://bucket/promot/rte', '--gin.BATCH_SIZE=64',
+              '--gin.MODEL_DIR=/mnt/gcs/promot/rte', '--gin.BATCH_SIZE=64',
               '--gin.MESH_DATA=4', '--gin.MESH_MODEL=8']
 
 
@@ -85,6 +85,19 @@ def test_tpu_pod_copies_a_local_checkout_when_there_is_no_git_url(capsys, tmp_pa
 def test_slice_sizes(accelerator, devices, hosts):
   assert tpu_pod.devices_of(accelerator) == devices
   assert tpu_pod.hosts_of(accelerator) == hosts
+
+
+@pytest.mark.parametrize('flag', ['--gin.MODEL_DIR=gs://bucket/promot/rte',
+                                  "--gin.INITIAL_CHECKPOINT_PATH='gs://bucket/ckpt'"])
+def test_tpu_pod_refuses_a_url_where_promot_train_needs_a_mounted_path(capsys, flag):
+  args = ['--tpu=pod1', '--zone=z', '--project=p', '--accelerator_type=v4-64',
+          '--repo_url=https://example.com/promot.git', '--dry_run', *TRAIN_ARGS, flag]
+  with pytest.raises(SystemExit) as e:
+    tpu_pod.main(args)
+  assert e.value.code == 2
+  out, err = capsys.readouterr()
+  assert 'is a URL' in err and 'gcsfuse' in err and '/mnt/gcs/' in err
+  assert 'gcloud' not in out   # nothing printed (or run) before the refusal
 
 
 def test_tpu_pod_rejects_a_mesh_that_does_not_match_the_slice(capsys):

@@ -147,6 +147,17 @@ def test_unknown_task_lists_the_registered_names(tmp_path, fixtures_dir):
   assert "'toy_copy'" in r.stderr and 'MIXTURE_OR_TASK_MODULE' in r.stderr
 
 
+def test_a_url_model_dir_is_refused_before_anything_is_written(tmp_path, fixtures_dir):
+  # os.makedirs('gs://bucket/run') would create a local folder 'gs:' and the
+  # run's checkpoints would stay on this machine.
+  assert not (REPO / 'gs:').exists()
+  r = _run(_cmd(*_toy_args(fixtures_dir, 'gs://bucket/run'), '--gin_file=runs/finetune.gin',
+                '--gin.TRAIN_STEPS=1'), _env(fixtures_dir), check=False)
+  assert r.returncode != 0
+  assert "MODEL_DIR='gs://bucket/run' is a URL" in r.stderr and 'gcsfuse' in r.stderr
+  assert not (REPO / 'gs:').exists()
+
+
 def test_gin_typo_names_the_file_line_and_binding(tmp_path, fixtures_dir):
   bad = tmp_path / 'bad.gin'
   bad.write_text("include 'runs/finetune.gin'\n\ntrain.train.trian_steps = 3\n")
