@@ -60,9 +60,10 @@ def weighted_argmax_hits(logits: jax.Array, targets: jax.Array, weights: jax.Arr
 
   Same value as `jnp.sum((jnp.argmax(logits, -1) == targets) * weights)` for
   finite logits, without the arg-max: XLA:CPU lowers an arg-max to a
-  (value, index) reduction that costs ~35 ms per step on a [16, 32, 32128]
-  bench batch (`bench/profile_step.py`), while plain max reductions are cheap
-  and the overall maximum is the one `logsumexp` already computes. The target
+  (value, index) reduction that costs 23-37 ms of op time per step on the
+  bench's [16, 32, 32128] logits (`bench/profile_step.py`), while plain max
+  reductions are cheap and the overall maximum is the one `logsumexp` already
+  computes. The target
   is the arg-max iff its logit is the maximum and every earlier id's logit is
   strictly smaller. (With NaN logits the arg-max convention differs; the
   trainer stops on a NaN loss first.)
