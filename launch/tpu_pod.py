@@ -41,6 +41,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from promot_t5x import paths
+
 JAX_VERSION = '0.10.2'
 REMOTE_TARBALL = '/tmp/promot-t5x-src.tar.gz'
 
@@ -323,11 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(str(e))
   overrides = gin_overrides(train_args) if not args.setup_only else {}
   for name in ('MODEL_DIR', 'INITIAL_CHECKPOINT_PATH'):
-    value = overrides.get(name, '').strip('\'"')
-    if re.match(r'^[A-Za-z][\w+.-]*://', value):
-      parser.error(f'{name}={value} is a URL, but promot-train reads and writes it with local '
-                   'file operations. Mount the bucket on every worker (e.g. `gcsfuse my-bucket '
-                   f'/mnt/gcs`) and pass the mounted path (--gin.{name}=/mnt/gcs/...).')
+    problem = paths.url_path_problem(name, overrides.get(name, '').strip('\'"'))
+    if problem:
+      parser.error(problem)
   if args.accelerator_type and not args.setup_only:
     problems = check_mesh(devices_of(args.accelerator_type), train_args)
     if problems:

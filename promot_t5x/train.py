@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from promot_t5x import data, gin_utils, host_memory, param_sets, partitioning
+from promot_t5x import data, gin_utils, host_memory, param_sets, partitioning, paths
 from promot_t5x import trainer as trainer_lib
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.models import encoder_decoder
@@ -147,17 +146,9 @@ def _initial_params(trainer: trainer_lib.Trainer, restore: ckpt_manager.RestoreC
 
 
 def _require_file_system_path(name: str, path: str) -> None:
-  """MODEL_DIR / INITIAL_CHECKPOINT_PATH are used with local file APIs: refuse URLs.
-
-  `os.makedirs('gs://bucket/run')` would quietly create a local folder named
-  `gs:` on each host, and the run's checkpoints would vanish with the machine.
-  """
-  if re.match(r'^[A-Za-z][\w+.-]*://', str(path)):
-    raise ValueError(
-        f'{name}={path!r} is a URL, but promot-train reads and writes it with local file '
-        'operations. Mount the bucket on every host (e.g. `gcsfuse my-bucket /mnt/gcs`) and '
-        f'pass the mounted path (e.g. --gin.{name}=/mnt/gcs/...); for a gs:// T5X checkpoint, '
-        'convert it first with promot-convert --from=t5x.')
+  problem = paths.url_path_problem(name, path)
+  if problem:
+    raise ValueError(problem)
 
 
 def train(*,
