@@ -29,22 +29,39 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (bench/ is not a package)
 
+_DOT = re.compile(r'= (\S+) dot\([^)]*\), (lhs_batch_dims=\{[^}]*\}, )?'
+                  r'lhs_contracting_dims=(\{[^}]*\}), (?:rhs_batch_dims=\{[^}]*\}, )?'
+                  r'rhs_contracting_dims=(\{[^}]*\})')
+
+
+def _dots(text: str) -> str:
+  """'dot f32[m,n] contracting {..} x {..}; ...' for the dot instructions in `text`, or ''."""
+  dots = _DOT.findall(text)
+  return ('dot ' + '; '.join(f'{d[0].split("{")[0]} contracting {d[2]} x {d[3]}' for d in dots)
+          if dots else '')
+
+
+_SHAPE = r'(\([^)]*\)|\S+)'  # an array shape, or a tuple of them (multi-output ops)
+
+
+def _shape(text: str) -> str:
+  return re.sub(r'\{[^}]*\}', '', text)  # without layouts
+
 
 def _fusion_contents(hlo_text: str) -> dict[str, str]:
-  """{op name: a one-line description} for every fusion of an optimized HLO module."""
+  """{op name: a one-line description} for every op of an optimized HLO module."""
   bodies = {m.group(1).lstrip('%'): m.group(2)
             for m in re.finditer(r'\n(%?[\w.\-]+) \([^\n]*\) -> [^\n]*\{\n(.*?)\n\}', hlo_text, re.S)}
   out = {}
-  for m in re.finditer(r'%([\w.\-]+) = (\S+) fusion\(.*?calls=%([\w.\-]+)', hlo_text):
+  for m in re.finditer(r'%([\w.\-]+) = ' + _SHAPE + r' fusion\(.*?calls=%([\w.\-]+)', hlo_text):
     body = bodies.get(m.group(3), '')
-    dots = re.findall(r'= (\S+) dot\([^)]*\), (lhs_batch_dims=\{[^}]*\}, )?'
-                      r'lhs_contracting_dims=(\{[^}]*\}), (?:rhs_batch_dims=\{[^}]*\}, )?'
-                      r'rhs_contracting_dims=(\{[^}]*\})', body)
-    ops = collections.Counter(o for o in re.findall(r'= \S+ (\w+)\(', body)
+    ops = collections.Counter(o for _, o in re.findall(r'= ' + _SHAPE + r' ([\w-]+)\(', body)
                               if o not in ('parameter', 'constant', 'bitcast'))
-    what = ('dot ' + '; '.join(f'{d[0].split("{")[0]} contracting {d[2]} x {d[3]}' for d in dots) if dots
-            else ', '.join(f'{k} x{v}' for k, v in ops.most_common(4)))
-    out[m.group(1)] = f'-> {m.group(2).split("{")[0]}: {what}'
+    what = _dots(body) or ', '.join(f'{k} x{v}' for k, v in ops.most_common(4))
+    out[m.group(1)] = f'-> {_shape(m.group(2))}: {what}'
+  # Ops XLA left unfused (dot.N, copy.N, ...) are ops of their own in the trace.
+  for m in re.finditer(r'%([\w.\-]+) = ' + _SHAPE + r' ([\w-]+)\([^\n]*', hlo_text):
+    out.setdefault(m.group(1), f'-> {_shape(m.group(2))}: {_dots(m.group(0)) or m.group(3)}')
   return out
 
 

@@ -17,8 +17,10 @@ CONFIG = json.dumps(dict(vocab_size=512, emb_dim=64, num_heads=2, head_dim=32, m
 
 
 def _profile(*flags):
+  # --top above the op count: every op is listed, so what is checked below does
+  # not depend on which tiny ops happened to be slowest in this run.
   return subprocess.run([sys.executable, str(ROOT / 'bench' / 'profile_step.py'), *flags,
-                         '--top=40', '--steps=1', f'--config={CONFIG}'],
+                         '--top=100000', '--steps=1', f'--config={CONFIG}'],
                         capture_output=True, text=True, timeout=600,
                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
 
@@ -37,6 +39,10 @@ def test_profile_step_names_the_costliest_ops():
   # The ops were found in the optimized HLO: the model's matmuls show up with their shapes,
   # e.g. the logits [batch * targets, vocab] = [32, 512].
   assert any(re.search(r'-> f32\[[\d,]+\]: dot f32\[32,512\]', l) for l in rows), '\n'.join(rows)
+  # Every op is found, unfused dots (named dot.N) included: none is listed bare.
+  assert len(rows) == int(header.group(2))
+  bare = [l for l in rows if not re.search(r'-> \S+: \S', l)]
+  assert not bare, '\n'.join(bare)
   assert lines[-1].startswith('by kind:')
 
 
@@ -52,3 +58,26 @@ def test_profile_decode_reads_the_decoding_program():
   assert any(re.search(r'dot f32\[3,512\] contracting \{1\} x \{1\}', l) for l in rows), \
       '\n'.join(rows)
   assert lines[-1].startswith('by kind:')
+
+
+def test_ops_described_whether_fused_unfused_or_multi_output():
+  sys.path.insert(0, str(ROOT / 'bench'))
+  import profile_step
+
+  hlo = '\n'.join([
+      '',
+      '%fused_computation.1 (param_0: f32[4]) -> (f32[4], f32[]) {',
+      '  %param_0 = f32[4]{0} parameter(0)',
+      '  %negate.1 = f32[4]{0} negate(%param_0)',
+      '  ROOT %tuple.1 = (f32[4]{0}, f32[]) tuple(%negate.1, %param_0)',
+      '}',
+      '',
+      'ENTRY %main (a: f32[4], x: f32[2,5], y: f32[5,3]) -> f32[4] {',
+      '  %fusion.3 = (f32[4]{0}, f32[]) fusion(%a), kind=kLoop, calls=%fused_computation.1',
+      '  %copy.2 = f32[4]{0} copy(%a)',
+      '  %dot.1 = f32[2,3]{1,0} dot(%x, %y), lhs_contracting_dims={1}, rhs_contracting_dims={0}',
+      '}'])
+  got = profile_step._fusion_contents(hlo)
+  assert got['fusion.3'] == '-> (f32[4], f32[]): negate x1, tuple x1'
+  assert got['copy.2'] == '-> f32[4]: copy'
+  assert got['dot.1'] == '-> f32[2,3]: dot f32[2,3] contracting {1} x {0}'
