@@ -1,6 +1,6 @@
 r"""Our side of the benchmarks: one measurement per process (run_all.py starts them).
 
-  python bench/bench_jax.py train --stage=prompt_tuning [--config=JSON]
+  python bench/bench_jax.py train --stage=prompt_tuning [--config=JSON] [--async_dispatch]
   python bench/bench_jax.py decode --decoder=beam [--config=JSON]
   python bench/bench_jax.py peak
   python bench/bench_jax.py export --out=DIR   # initial weights for bench_torch.py
@@ -149,7 +149,6 @@ def bench_peak(size: int = 4096, repeats: int = 5) -> dict:
 def main(argv=None) -> int:
   from promot_t5x import host_memory
 
-  host_memory.configure()  # as the promot-* commands do (bench/README.md, "Host allocator")
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('what', choices=('train', 'decode', 'peak', 'export'))
@@ -157,7 +156,12 @@ def main(argv=None) -> int:
   p.add_argument('--stage', choices=common.STAGES, default='finetune')
   p.add_argument('--decoder', choices=('greedy', 'beam'), default='greedy')
   p.add_argument('--config', default=None, help='BenchConfig as JSON')
+  p.add_argument('--async_dispatch', action='store_true',
+                 help='keep JAX\'s asynchronous CPU dispatch (host_memory.configure turns '
+                      'it off; for comparisons)')
   args = p.parse_args(argv)
+  # As the promot-* commands do (bench/README.md, "Host allocator").
+  host_memory.configure(inline_cpu_dispatch=not args.async_dispatch)
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   cfg = common.BenchConfig.from_json(args.config) if args.config else common.BenchConfig()
   if args.what == 'train':

@@ -18,11 +18,23 @@ Measured on the bench's train steps (`python bench/bench_jax.py train
 --stage=...`): 0 minor page faults per step after the first (glibc's default:
 ~240,000-310,000) and ~0 s of system time (default 0.6-0.8 s per step).
 
-The price is memory: the heap keeps its peak and fragments, so peak resident
-memory grew from 1.85 to 2.84-3.74 GiB (stage 1, two runs) and from 2.19
-to 3.23 GiB (fine-tuning) on the bench model. Set `PROMOT_T5X_MALLOC=default` to keep
-glibc's defaults. The promot-* commands call `configure()` at start-up; it is
-a no-op where the C library is not glibc.
+The heap keeps its peak, so what sets the peak matters: with JAX's
+asynchronous CPU dispatch, the next step starts allocating while the last
+one's temporaries are still being released, the heap grows by a whole step's
+temporaries each time that happens (at random steps), and glibc never gives
+the memory back: peak RSS 3.7-4.7 GiB instead of 1.9 on the bench's stage 1,
+with a slow, page-faulting step at each growth (bench/README.md, "Host
+allocator"). `configure()` therefore also runs single-device CPU computations
+inline (`jax_cpu_enable_async_dispatch=False`: a call returns when its result
+and its temporaries are done), which keeps the heap at one step's peak:
+1.9 GiB (stage 1), 2.1 (fine-tuning), 2.3 (stage 2), against 1.85 and 2.19
+with glibc's defaults. It must run before JAX creates its CPU backend (the
+promot-* commands call it first thing); `inline_cpu_dispatch=False` keeps
+asynchronous dispatch (the miniature does: its steps take milliseconds, so
+overlapping the host's work with them pays, and its heap is small).
+
+Set `PROMOT_T5X_MALLOC=default` to keep glibc's defaults and JAX's dispatch.
+`configure()` is a no-op where the C library is not glibc.
 """
 
 from __future__ import annotations
@@ -61,10 +73,13 @@ def _glibc() -> ctypes.CDLL | None:
   return libc
 
 
-def configure() -> bool:
+def configure(inline_cpu_dispatch: bool = True) -> bool:
   """Applies `SETTINGS` once per process; True if they are in effect.
 
   False where the C library is not glibc or `PROMOT_T5X_MALLOC=default`.
+  Where they are in effect and `inline_cpu_dispatch`, JAX's single-device CPU
+  computations also run inline (see the module docstring); call this before
+  the first JAX computation. Later calls change nothing.
   """
   global _configured
   if _configured is not None:
@@ -79,4 +94,8 @@ def configure() -> bool:
     return False
   libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   _configured = all(libc.mallopt(param, value) == 1 for param, value in SETTINGS)
+  if _configured and inline_cpu_dispatch:
+    import jax
+
+    jax.config.update('jax_cpu_enable_async_dispatch', False)
   return _configured

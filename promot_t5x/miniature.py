@@ -384,7 +384,7 @@ def _worker(settings_dict: dict[str, Any], seeds: tuple[int, ...], cpu: int | No
 
   The run's milestones (`[i/n] variant seed s: ...`) also go to the console.
   """
-  host_memory.configure()
+  host_memory.configure(inline_cpu_dispatch=False)  # millisecond steps: keep async dispatch
   if cpu is not None:
     os.sched_setaffinity(0, {cpu})
   console = os.fdopen(os.dup(1), 'w', buffering=1)
@@ -567,7 +567,7 @@ def export_base(run_dir: str, output: str = BASE_MODEL) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  host_memory.configure()
+  host_memory.configure(inline_cpu_dispatch=False)  # millisecond steps: keep async dispatch
   parser = argparse.ArgumentParser(prog='promot-miniature', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--quick', action='store_true', help='a few steps of every part (tests)')

@@ -57,3 +57,34 @@ def test_bad_setting_names_the_variable(monkeypatch):
   monkeypatch.setenv(host_memory.ENV_VAR, 'fast')
   with pytest.raises(ValueError, match='PROMOT_T5X_MALLOC'):
     host_memory.configure()
+
+
+# A ~0.1-0.5 s computation: dispatched asynchronously its result is not ready
+# when the call returns; run inline it is.
+_DISPATCH_PROBE = r'''
+import sys
+from promot_t5x import host_memory
+print(host_memory.configure(inline_cpu_dispatch=sys.argv[1] == 'inline'))
+import jax, jax.numpy as jnp
+x = jnp.ones((2048, 2048), jnp.float32)
+f = jax.jit(lambda a: jnp.tanh(a @ a @ a @ a).sum())
+f(x).block_until_ready()
+print(all(f(x).is_ready() for _ in range(3)))
+'''
+
+
+def _dispatch_probe(setting, dispatch):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', **{host_memory.ENV_VAR: setting})
+  out = subprocess.run([sys.executable, '-c', _DISPATCH_PROBE, dispatch], env=env,
+                       capture_output=True, text=True, check=True).stdout.split()
+  return out[0] == 'True', out[1] == 'True'
+
+
+@pytest.mark.skipif(host_memory._glibc() is None, reason='glibc only')
+def test_configured_cpu_computations_run_inline():
+  # The reused heap keeps its peak; inline dispatch keeps one step's
+  # temporaries alive at a time (module docstring).
+  assert _dispatch_probe('reuse', 'inline') == (True, True)
+  # Kept asynchronous on request (the miniature) and with glibc's defaults.
+  assert _dispatch_probe('reuse', 'async') == (True, False)
+  assert _dispatch_probe('default', 'inline') == (False, False)
