@@ -270,7 +270,8 @@ def train(*,
       step += 1
       steps_this_process += 1
       batches_consumed += 1
-      # Check the previous step's loss while this one runs (keeps the device busy).
+      # Check the previous step's loss while this one runs (keeps an accelerator busy; on
+      # one CPU device computations run inline, see host_memory).
       if pending is not None:
         last_loss = check_finite(*pending)
       pending = (step, metrics)
