@@ -48,7 +48,7 @@ def _shape(text: str) -> str:
   return re.sub(r'\{[^}]*\}', '', text)  # without layouts
 
 
-def _fusion_contents(hlo_text: str) -> dict[str, str]:
+def _op_descriptions(hlo_text: str) -> dict[str, str]:
   """{op name: a one-line description} for every op of an optimized HLO module."""
   bodies = {m.group(1).lstrip('%'): m.group(2)
             for m in re.finditer(r'\n(%?[\w.\-]+) \([^\n]*\) -> [^\n]*\{\n(.*?)\n\}', hlo_text, re.S)}
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
       per_op[e['name']] += e.get('dur', 0) / 1e3 / args.steps
   modules = sorted(glob.glob(f'{dump}/hlo/*{module_re}*after_optimizations.txt'),
                    key=os.path.getsize)
-  contents = _fusion_contents(pathlib.Path(modules[-1]).read_text()) if modules else {}
+  contents = _op_descriptions(pathlib.Path(modules[-1]).read_text()) if modules else {}
   total = sum(per_op.values())
   print(f'{label}: {total:.0f} ms of op time per step (summed over threads), {len(per_op)} ops')
   for name, ms in per_op.most_common(args.top):

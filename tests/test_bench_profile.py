@@ -77,7 +77,7 @@ def test_ops_described_whether_fused_unfused_or_multi_output():
       '  %copy.2 = f32[4]{0} copy(%a)',
       '  %dot.1 = f32[2,3]{1,0} dot(%x, %y), lhs_contracting_dims={1}, rhs_contracting_dims={0}',
       '}'])
-  got = profile_step._fusion_contents(hlo)
+  got = profile_step._op_descriptions(hlo)
   assert got['fusion.3'] == '-> (f32[4], f32[]): negate x1, tuple x1'
   assert got['copy.2'] == '-> f32[4]: copy'
   assert got['dot.1'] == '-> f32[2,3]: dot f32[2,3] contracting {1} x {0}'
