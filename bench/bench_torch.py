@@ -38,8 +38,6 @@ def _torch():
   import torch
 
   torch.set_num_threads(os.cpu_count() or 1)
-  if os.environ.get("FTZ"):
-    torch.set_flush_denormal(True)
   return torch
 
 

@@ -149,6 +149,44 @@ def train_flops(cfg: BenchConfig, stage: str) -> float:
           - 0.5 * f['dec0_cross_attention'])
 
 
+def dense_gemms(cfg: BenchConfig, stage: str) -> list[dict[str, Any]]:
+  """The weight matmuls of one training step, grouped by shape.
+
+  Each entry: `m` rows (tokens), `k` in, `n` out features, `count` layers of
+  that shape, and the `passes` the step runs for them: 'fwd' (y = x W),
+  'dx' (dy W^T) and 'dw' (x^T dy), each 2*m*k*n FLOPs. What `train_flops`
+  counts for the weights, matmul by matmul: stage 1 has no 'dw', and decoder
+  layer 0's self-attention and cross-attention query, which do not depend on
+  the prompt, no 'dx' either. Attention's activation x activation matmuls are
+  not included.
+  """
+  d, hd, ff, v = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
+  enc = cfg.batch_size * (cfg.input_length + (cfg.prompt_length if uses_prompt(stage) else 0))
+  dec = cfg.batch_size * cfg.target_length
+  backward = ('fwd', 'dx') if stage == 'prompt_tuning' else ('fwd', 'dx', 'dw')
+  le, ld = cfg.num_encoder_layers, cfg.num_decoder_layers
+  layers = [  # (what, m, k, n, count, passes)
+      ('encoder q, k, v', enc, d, hd, 3 * le, backward),
+      ('encoder attention out', enc, hd, d, le, backward),
+      ('encoder wi_0, wi_1', enc, d, ff, 2 * le, backward),
+      ('encoder wo', enc, ff, d, le, backward),
+      ('decoder cross-attention k, v', enc, d, hd, 2 * ld, backward),
+      ('decoder self-attention q, k, v, cross-attention q', dec, d, hd, 4 * ld, backward),
+      ('decoder self- and cross-attention out', dec, hd, d, 2 * ld, backward),
+      ('decoder wi_0, wi_1', dec, d, ff, 2 * ld, backward),
+      ('decoder wo', dec, ff, d, ld, backward),
+      ('logits', dec, d, v, 1, backward),
+  ]
+  if stage == 'prompt_tuning':
+    # Decoder layer 0: self q, k, v, o and cross q run forward only.
+    layers[5] = layers[5][:4] + (4 * ld - 4,) + layers[5][5:]
+    layers[6] = layers[6][:4] + (2 * ld - 1,) + layers[6][5:]
+    layers += [('decoder layer 0 self-attention q, k, v, cross-attention q', dec, d, hd, 4,
+                ('fwd',)),
+               ('decoder layer 0 self-attention out', dec, hd, d, 1, ('fwd',))]
+  return [dict(what=w, m=m, k=k, n=n, count=c, passes=p) for w, m, k, n, c, p in layers if c]
+
+
 def timed_calls(fn, repeats: int, warmup: int = 0, usage: dict | None = None
                 ) -> tuple[Any, float, list[float]]:
   """(last result, seconds of the first call, seconds of each of `repeats` timed calls).

@@ -5,7 +5,7 @@ r"""All benchmarks in one run: ours (JAX) beside the peer (HF transformers + PEF
   python bench/run_all.py --quick               # a small smoke run (results/quick.*)
   python bench/run_all.py --from_json=bench/results/latest.json   # re-derive the tables
 
-Every measurement runs in a fresh subprocess (bench_jax.py / bench_torch.py),
+Every measurement runs in a fresh subprocess (bench_jax.py / bench_torch.py / gemm.py),
 one at a time, so each has the machine to itself and reports its own peak RSS.
 Results: bench/results/latest.json and a markdown summary latest.md.
 
@@ -20,7 +20,9 @@ see common.BenchConfig):
   c. decoding throughput (new tokens/s), greedy and beam 4, with a cache;
   d. the stage-1 step time over a full-training step (stage 2: same inputs and
      prompt; and plain fine-tuning);
-  e. peak RSS of the stage-1 and stage-2 training processes.
+  e. peak RSS of the stage-1 and stage-2 training processes;
+  f. the training steps' weight matmuls alone, ours and torch's in one
+     process (gemm.py): how much of each step they take at each side's rate.
 The CPU's 1-minute load average is recorded before every measurement: numbers
 taken while other work shares the CPU are not comparable.
 
@@ -133,6 +135,8 @@ def measure(cfg: common.BenchConfig, rounds: int = 2, log=print) -> dict[str, An
     for side, script in (('ours', 'bench_jax.py'), ('torch', 'bench_torch.py')):
       log(f'peak matmul ({side})')
       results['peak'][side] = run_child(script, ['peak'], cfg)
+    log('weight matmuls alone, both sides in one process (gemm.py)')
+    results['gemm'] = run_child('gemm.py', [], cfg)
     sides = {'ours': ('bench_jax.py', [], None),
              'torch': ('bench_torch.py', [f'--weights={weights}'], None),
              'torch_same_allocator': ('bench_torch.py', [f'--weights={weights}'],
@@ -208,7 +212,19 @@ def summarize(cfg: common.BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
       'stage1_over_full_step': ratios['ours']['stage1_over_stage2'],
       'stage1_goal_met': ratios['ours']['stage1_over_stage2'] <= GOALS['stage1_over_full_step'],
   }
+  matmuls = {}
+  if 'gemm' in raw:
+    # The step's weight matmuls at each side's measured rate, and what is left
+    # of the step (attention, elementwise work, the optimizer, overheads).
+    for stage, g in raw['gemm']['steps'].items():
+      ours, peer = train[stage]['ours'], train[stage]['peer_best']
+      matmuls[stage] = {'gflop': g['flops'] / 1e9,
+                        'ours_seconds': g['ours'], 'peer_seconds': g['peer'],
+                        'ours_over_peer_rate': g['ours_over_peer_rate'],
+                        'ours_rest_seconds': ours['step_seconds'] - g['ours'],
+                        'peer_rest_seconds': peer['step_seconds'] - g['peer']}
   return {'machine_peak_flops_per_second': peak, 'train': train, 'decode': decode,
+          'weight_matmuls': matmuls,
           'stage1_ratios': ratios, 'speedup_over_peer': speedups, 'goals': goals,
           'greedy_outputs_agree': (decode['greedy']['ours']['tokens_head']
                                    == decode['greedy']['torch']['tokens_head'])}
@@ -276,6 +292,25 @@ def markdown(report: dict[str, Any]) -> str:
     o, t = s['train'][stage]['ours'], s['train'][stage]['torch']
     lines.append(f'| peak RSS {common.STAGE_LABELS[stage]} (GiB) | {o["peak_rss_gib"]:.2f} | '
                  f'{t["peak_rss_gib"]:.2f} | |')
+  if s.get('weight_matmuls'):
+    lines += [
+        '',
+        'The steps\' weight matmuls alone (`bench/gemm.py`: projections, MLP and logits, '
+        'each pass in its model\'s weight layout, jitted `jnp` and torch interleaved in one '
+        'process): seconds per step at each side\'s measured rates, and the rest of the step '
+        '(its time minus those seconds: attention, elementwise work, the optimizer); the peer '
+        'is the faster process above.',
+        '',
+        '| stage | weight-matmul GFLOP | ours: matmuls / rest (s) | peer: matmuls / rest (s) '
+        '| XLA:CPU rate / torch rate |',
+        '|---|---|---|---|---|',
+    ]
+    for stage in common.STAGES:
+      m = s['weight_matmuls'][stage]
+      lines.append(f'| {common.STAGE_LABELS[stage]} | {m["gflop"]:.0f} | '
+                   f'{m["ours_seconds"]:.2f} / {m["ours_rest_seconds"]:.2f} | '
+                   f'{m["peer_seconds"]:.2f} / {m["peer_rest_seconds"]:.2f} | '
+                   f'{m["ours_over_peer_rate"]:.2f} |')
   g = s['goals']
   lines += [
       '',
