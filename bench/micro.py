@@ -11,7 +11,15 @@ medians:
             (what `promot_t5x.models.t5.Dense` does);
   col_mean: Adafactor's column statistic of the [512, 32128] logits kernel,
             `jnp.mean(g2, axis=0)` vs `ones @ g2 / 512`
-            (`promot_t5x.optimizers._mean_over`).
+            (`promot_t5x.optimizers._mean_over`);
+  attention: an encoder self-attention core (queries, keys, values
+            [16, 128, 8 heads, 64] -> scores + position bias + mask, softmax,
+            context), forward + backward to the four inputs: ours (the
+            einsums of `promot_t5x.models.t5.MultiHeadAttention`, jitted
+            `jax.grad`) vs torch (Hugging Face T5's transposes and `matmul`s,
+            autograd);
+  bmm:      one of its batched products alone, 128 x ([128, 64] @ [64, 128]):
+            `jnp.matmul` vs `torch.bmm`.
 """
 
 from __future__ import annotations
@@ -76,11 +84,59 @@ def main(argv=None) -> int:
                              'b': jax.jit(lambda g: optimizers._mean_over(g, 0))},
                             (g2,), args.repeats)))
 
+  rows += _attention_rows(args.repeats)
+
   print(f'median of {args.repeats} interleaved calls, ms')
   for name, a_name, b_name, ms in rows:
     print(f'{name:9s} {a_name:>18s} {ms["a"]:8.1f}   {b_name:>12s} {ms["b"]:8.1f}   '
           f'({ms["a"] / ms["b"]:.2f}x)')
   return 0
+
+
+def _attention_rows(repeats: int) -> list[tuple[str, str, str, dict[str, float]]]:
+  import os
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  b, l, h, hd = 16, 128, 8, 64
+  rng = np.random.default_rng(0)
+  q, k, v, dout = (rng.standard_normal((b, l, h, hd), dtype=np.float32) * 0.3 for _ in range(4))
+  bias = rng.standard_normal((1, h, l, l), dtype=np.float32)
+  mask = np.zeros((b, 1, 1, l), np.float32)
+  mask[:, :, :, -8:] = -1e10  # a few padded keys
+
+  def ours(q, k, v, bias):  # MultiHeadAttention, mode 'full'
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) + bias + mask
+    weights = jax.nn.softmax(logits, axis=-1)
+    return jnp.sum(jnp.einsum('bhqk,bkhd->bqhd', weights, v) * dout)
+
+  ours_grad = jax.jit(jax.grad(ours, argnums=(0, 1, 2, 3)))
+  jargs = tuple(jnp.asarray(x) for x in (q, k, v, bias))
+  tq, tk, tv, tbias = (torch.from_numpy(x).requires_grad_() for x in (q, k, v, bias))
+  tmask, tdout = torch.from_numpy(mask), torch.from_numpy(dout)
+
+  def peer():  # transformers' T5Attention: heads moved next to the batch
+    for t in (tq, tk, tv, tbias):
+      t.grad = None
+    scores = torch.matmul(tq.transpose(1, 2), tk.transpose(1, 2).transpose(3, 2)) + tbias + tmask
+    weights = torch.softmax(scores, dim=-1)
+    out = torch.matmul(weights, tv.transpose(1, 2)).transpose(1, 2).contiguous()
+    (out * tdout).sum().backward()
+
+  rows = [('attention', 'ours (XLA:CPU)', 'torch',
+           _interleaved({'a': lambda: ours_grad(*jargs), 'b': peer}, (), repeats))]
+  x = rng.standard_normal((b * h, l, hd), dtype=np.float32)
+  y = rng.standard_normal((b * h, hd, l), dtype=np.float32)
+  jx, jy, tx, ty = jnp.asarray(x), jnp.asarray(y), torch.from_numpy(x), torch.from_numpy(y)
+  bmm = jax.jit(jnp.matmul)
+  rows.append(('bmm', 'jnp.matmul', 'torch.bmm',
+               _interleaved({'a': lambda: bmm(jx, jy), 'b': lambda: torch.bmm(tx, ty)}, (),
+                            repeats)))
+  return rows
 
 
 if __name__ == '__main__':

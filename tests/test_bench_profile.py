@@ -39,6 +39,10 @@ def test_profile_step_names_the_costliest_ops():
   # The ops were found in the optimized HLO: the model's matmuls show up with their shapes,
   # e.g. the logits [batch * targets, vocab] = [32, 512].
   assert any(re.search(r'-> f32\[[\d,]+\]: dot f32\[32,512\]', l) for l in rows), '\n'.join(rows)
+  # The encoder's position-bias gradient (its 2 heads x 36 x 36 scores summed
+  # over the batch) is a ones @ g product, not a leading-axis reduction.
+  assert any(re.search(r'dot f32\[1,2592\]', l) for l in rows), '\n'.join(rows)
+  assert not any(re.search(r'-> f32\[2,36,36\]: reduce', l) for l in rows)
   # Every op is found, unfused dots (named dot.N) included: none is listed bare.
   assert len(rows) == int(header.group(2))
   bare = [l for l in rows if not re.search(r'-> \S+: \S', l)]

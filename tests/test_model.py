@@ -226,3 +226,23 @@ def test_partitioning_places_real_arrays_on_8_fake_devices():
   assert {s.data.shape for s in q.addressable_shards} == {(16, 4)}
   with pytest.raises(ValueError, match='needs 12 devices; 8 are available'):
     partitioning.make_mesh(3, 4)
+
+
+@pytest.mark.parametrize('mask_shape', [(3, 1, 6, 6), (3, 1, 1, 6), (1, 1, 6, 6)])
+def test_position_bias_sum_has_the_gradient_of_a_plain_sum(mask_shape):
+  rng = np.random.default_rng(0)
+  position = jnp.asarray(rng.standard_normal((1, 4, 6, 6)), jnp.float32)
+  mask = jnp.asarray(rng.standard_normal(mask_shape), jnp.float32)
+  weights = jnp.asarray(rng.standard_normal((mask_shape[0], 4, 6, 6)), jnp.float32)
+
+  def loss(add):
+    return lambda p, m: jnp.sum(jnp.tanh(add(p, m)) * weights)
+
+  ours = jax.grad(loss(t5._add_position_bias), argnums=(0, 1))(position, mask)
+  plain = jax.grad(loss(jnp.add), argnums=(0, 1))(position, mask)
+  for a, b in zip(ours, plain, strict=True):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(t5._add_position_bias(position, mask), position + mask)
+  with pytest.raises(ValueError, match='batch dimension 1'):
+    t5._add_position_bias(jnp.zeros((2, 4, 6, 6)), mask)
