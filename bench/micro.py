@@ -15,9 +15,9 @@ medians:
   attention: an encoder self-attention core (queries, keys, values
             [16, 128, 8 heads, 64] -> scores + position bias + mask, softmax,
             context), forward + backward to the four inputs: ours (the
-            einsums of `promot_t5x.models.t5.MultiHeadAttention`, jitted
-            `jax.grad`) vs torch (Hugging Face T5's transposes and `matmul`s,
-            autograd);
+            einsums of `promot_t5x.models.t5.MultiHeadAttention` and the
+            encoder's `_add_position_bias`, jitted `jax.grad`) vs torch
+            (Hugging Face T5's transposes and `matmul`s, autograd);
   bmm:      one of its batched products alone, 128 x ([128, 64] @ [64, 128]):
             `jnp.matmul` vs `torch.bmm`.
 """
@@ -101,6 +101,8 @@ def _attention_rows(repeats: int) -> list[tuple[str, str, str, dict[str, float]]
   import numpy as np
   import torch
 
+  from promot_t5x.models import t5
+
   torch.set_num_threads(os.cpu_count() or 1)
   b, l, h, hd = 16, 128, 8, 64
   rng = np.random.default_rng(0)
@@ -109,8 +111,8 @@ def _attention_rows(repeats: int) -> list[tuple[str, str, str, dict[str, float]]
   mask = np.zeros((b, 1, 1, l), np.float32)
   mask[:, :, :, -8:] = -1e10  # a few padded keys
 
-  def ours(q, k, v, bias):  # MultiHeadAttention, mode 'full'
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) + bias + mask
+  def ours(q, k, v, bias):  # Encoder's bias + MultiHeadAttention, mode 'full'
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) + t5._add_position_bias(bias, mask)
     weights = jax.nn.softmax(logits, axis=-1)
     return jnp.sum(jnp.einsum('bhqk,bkhd->bqhd', weights, v) * dout)
 
