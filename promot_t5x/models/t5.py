@@ -241,9 +241,10 @@ def _add_position_bias(position_bias: Array, mask_bias: Array) -> Array:
   The same sum as `+`; only the gradient of the position bias is computed
   differently: its sum over the batch is a `ones @ g` product instead of a
   reduction over the leading axis, which XLA:CPU runs about 25x slower
-  (bench/README.md, "Train step": in the bench's fine-tuning step, the
-  encoder's summed score gradients [16, 8, 128, 128] took 39 ms of op time
-  reduced, 2.7 ms as a product).
+  (bench/README.md, "Where the gap to the peer is": in the bench's
+  fine-tuning step, the encoder's summed score gradients [16, 8, 128, 128]
+  took 39 ms of op time reduced, 2.7 ms as a product). The sharding of the
+  sum is left to the compiler, as for `+`.
   """
   if position_bias.shape[0] != 1:
     raise ValueError(f'position bias must have batch dimension 1, got {position_bias.shape}.')
