@@ -165,25 +165,24 @@ def dense_gemms(cfg: BenchConfig, stage: str) -> list[dict[str, Any]]:
   dec = cfg.batch_size * cfg.target_length
   backward = ('fwd', 'dx') if stage == 'prompt_tuning' else ('fwd', 'dx', 'dw')
   le, ld = cfg.num_encoder_layers, cfg.num_decoder_layers
+  # Stage 1: decoder layer 0's self q, k, v, o and cross q run forward only.
+  fwd_only = 1 if stage == 'prompt_tuning' else 0
   layers = [  # (what, m, k, n, count, passes)
       ('encoder q, k, v', enc, d, hd, 3 * le, backward),
       ('encoder attention out', enc, hd, d, le, backward),
       ('encoder wi_0, wi_1', enc, d, ff, 2 * le, backward),
       ('encoder wo', enc, ff, d, le, backward),
       ('decoder cross-attention k, v', enc, d, hd, 2 * ld, backward),
-      ('decoder self-attention q, k, v, cross-attention q', dec, d, hd, 4 * ld, backward),
-      ('decoder self- and cross-attention out', dec, hd, d, 2 * ld, backward),
+      ('decoder self-attention q, k, v, cross-attention q', dec, d, hd,
+       4 * (ld - fwd_only), backward),
+      ('decoder self- and cross-attention out', dec, hd, d, 2 * ld - fwd_only, backward),
       ('decoder wi_0, wi_1', dec, d, ff, 2 * ld, backward),
       ('decoder wo', dec, ff, d, ld, backward),
       ('logits', dec, d, v, 1, backward),
+      ('decoder layer 0 self-attention q, k, v, cross-attention q', dec, d, hd, 4 * fwd_only,
+       ('fwd',)),
+      ('decoder layer 0 self-attention out', dec, hd, d, fwd_only, ('fwd',)),
   ]
-  if stage == 'prompt_tuning':
-    # Decoder layer 0: self q, k, v, o and cross q run forward only.
-    layers[5] = layers[5][:4] + (4 * ld - 4,) + layers[5][5:]
-    layers[6] = layers[6][:4] + (2 * ld - 1,) + layers[6][5:]
-    layers += [('decoder layer 0 self-attention q, k, v, cross-attention q', dec, d, hd, 4,
-                ('fwd',)),
-               ('decoder layer 0 self-attention out', dec, hd, d, 1, ('fwd',))]
   return [dict(what=w, m=m, k=k, n=n, count=c, passes=p) for w, m, k, n, c, p in layers if c]
 
 
