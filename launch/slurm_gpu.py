@@ -6,6 +6,10 @@ Submit (prints the `sbatch` command; drop `--dry_run` to submit it):
       --gin_file=gin/models/mt5_xxl.gin --gin_file=gin/promot/promot.gin \
       --gin.MIXTURE_OR_TASK_NAME=promot_rte --gin.MESH_DATA=8 --gin.MESH_MODEL=8 ...
 
+`submit --program=eval` runs promot-eval in every task instead (the script
+reads PROMOT_PROGRAM=eval), e.g. with --gin_file=gin/eval/fewshot_paper.gin
+and --gin.CHECKPOINT_PATH / --gin.EVAL_OUTPUT_DIR.
+
 Inside the job (used by the batch script):
 
   python -m promot_t5x_launch.slurm_gpu coordinator --port=PORT   # -> gpu01:PORT
@@ -50,13 +54,17 @@ def coordinator_address(env: Mapping[str, str], port: int | None = None) -> str:
 
 
 def sbatch_command(nodes: int, gpus_per_node: int, train_args: Sequence[str],
-                   sbatch_flags: Sequence[str] = (), script: str | os.PathLike = SBATCH_SCRIPT
-                   ) -> list[str]:
-  """argv of `sbatch` for `nodes` x `gpus_per_node` processes (one per GPU)."""
+                   sbatch_flags: Sequence[str] = (), script: str | os.PathLike = SBATCH_SCRIPT,
+                   program: str = 'train') -> list[str]:
+  """argv of `sbatch` for `nodes` x `gpus_per_node` processes (one per GPU) of
+  promot-train, or of promot-eval (`program='eval'`, passed as PROMOT_PROGRAM)."""
   if nodes <= 0 or gpus_per_node <= 0:
     raise ValueError(f'nodes and gpus_per_node must be positive, got {nodes}, {gpus_per_node}.')
+  if program not in tpu_pod.PROGRAMS:
+    raise ValueError(f'program {program!r}: expected one of {tpu_pod.PROGRAMS}.')
+  export = [] if program == 'train' else [f'--export=ALL,PROMOT_PROGRAM={program}']
   return ['sbatch', f'--nodes={nodes}', f'--ntasks-per-node={gpus_per_node}',
-          '--gpus-per-task=1', *sbatch_flags, str(script), *train_args]
+          '--gpus-per-task=1', *export, *sbatch_flags, str(script), *train_args]
 
 
 def _submit(argv: Sequence[str]) -> int:
@@ -67,15 +75,19 @@ def _submit(argv: Sequence[str]) -> int:
   p.add_argument('--gpus_per_node', type=int, default=8)
   p.add_argument('--sbatch_flag', action='append', default=[],
                  help='extra sbatch flag, e.g. --sbatch_flag=--partition=a100 (repeatable)')
+  p.add_argument('--program', choices=tpu_pod.PROGRAMS, default='train',
+                 help='run promot-train (default) or promot-eval in every task')
   p.add_argument('--dry_run', action='store_true')
   args = p.parse_args(ours)
   if not any(a.startswith('--gin_file') for a in train_args):
-    p.error('give the training command: at least one --gin_file and --gin.NAME=VALUE flags.')
+    p.error(f'give the promot-{args.program} command: at least one --gin_file and '
+            '--gin.NAME=VALUE flags.')
   problems = tpu_pod.check_mesh(args.nodes * args.gpus_per_node, train_args)
   if problems:
     p.error(f'{args.nodes} nodes x {args.gpus_per_node} GPUs: ' + ' '.join(problems))
   try:
-    cmd = sbatch_command(args.nodes, args.gpus_per_node, train_args, args.sbatch_flag)
+    cmd = sbatch_command(args.nodes, args.gpus_per_node, train_args, args.sbatch_flag,
+                         program=args.program)
   except ValueError as e:
     p.error(str(e))
   print(shlex.join(cmd), flush=True)

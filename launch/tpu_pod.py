@@ -18,13 +18,27 @@ once (`--worker=all`):
      `-f libtpu_releases.html` is needed any more). The project needs Python
      3.11; `--install_python` installs it with apt first (TPU VM images ship
      3.10);
-  3. start the same `promot-train` command on every worker. JAX finds the other
-     hosts of the slice by itself (TPU auto-discovery), so no coordinator flags
-     are passed; each host reads its own data shard.
+  3. start the same `promot-train` command on every worker. No coordinator
+     flags are passed: on a TPU VM promot-train calls `jax.distributed.initialize()`
+     without arguments and JAX finds the slice's hosts itself (TPU
+     auto-discovery); each host reads its own data shard.
+
+`--program=eval` starts `promot-eval` instead (step 3), for example on the
+trained checkpoint, sharded over the slice as in training:
+
+  python -m promot_t5x_launch.tpu_pod --tpu=my-v4-128 --zone=us-central2-b \
+      --project=my-project --accelerator_type=v4-128 --skip_setup --program=eval -- \
+      --gin_file=gin/models/mt5_xxl.gin --gin_file=gin/eval/fewshot_paper.gin \
+      --gin.CHECKPOINT_PATH=/mnt/gcs/promot/rte/stage2 --gin.CHECKPOINT_STEP=best \
+      --gin.MIXTURE_OR_TASK_NAME=promot_rte --gin.EVAL_OUTPUT_DIR=/mnt/gcs/evals/promot_rte \
+      --gin.MESH_DATA=8 --gin.MESH_MODEL=8 --gin.BATCH_SIZE=64
+
+Every host reads the checkpoint and the suites' data and feeds its devices'
+part of each batch; process 0 writes the results.
 
 With `--dry_run` the commands are printed (copy-pasteable) instead of run.
-Everything after `--` (or every `--gin...` flag) goes to `promot-train`
-unchanged. On a multi-host slice MODEL_DIR and INITIAL_CHECKPOINT_PATH must be
+Everything after `--` (or every `--gin...` flag) goes to `promot-train` (or
+`promot-eval`) unchanged. On a multi-host slice MODEL_DIR and INITIAL_CHECKPOINT_PATH must be
 on a file system every worker mounts at the same path (NFS, Filestore, a
 gcsfuse mount of a bucket): promot-train uses local file operations on them,
 so a `gs://` URL is refused (here and by promot-train). TFDS data may be a
@@ -110,8 +124,9 @@ class WorkerSetup:
   """How each worker gets the source and its environment.
 
   Exactly one of `repo_url` (git clone, then checkout `ref`) or `source_dir`
-  (a local checkout, copied as a tarball) must be set. `workdir` is relative
-  to the worker's home unless absolute.
+  (a local checkout, copied as a tarball) must be set to set workers up; with
+  neither, only commands in an existing `workdir` can be made (--skip_setup).
+  `workdir` is relative to the worker's home unless absolute.
   """
 
   repo_url: str | None = None
@@ -123,8 +138,8 @@ class WorkerSetup:
   jax_version: str = JAX_VERSION
 
   def __post_init__(self):
-    if (self.repo_url is None) == (self.source_dir is None):
-      raise ValueError('Give exactly one source: --repo_url (git clone on each worker) or '
+    if self.repo_url is not None and self.source_dir is not None:
+      raise ValueError('Give one source, not both: --repo_url (git clone on each worker) or '
                        '--source_dir (copy a local checkout).')
     if self.ref and not self.repo_url:
       raise ValueError('--ref only applies with --repo_url.')
@@ -182,9 +197,16 @@ def setup_remote_command(setup: WorkerSetup) -> str:
   return ' && '.join(cmds)
 
 
+PROGRAMS = ('train', 'eval')
+# Paths each program reads or writes with local file operations (no URLs).
+_PATH_MACROS = {'train': ('MODEL_DIR', 'INITIAL_CHECKPOINT_PATH'),
+                'eval': ('CHECKPOINT_PATH', 'EVAL_OUTPUT_DIR')}
+
+
 def train_remote_command(train_args: Sequence[str], setup: WorkerSetup,
-                         env: Sequence[str] = (), log_file: str | None = None) -> str:
-  """The shell command each worker runs to start training.
+                         env: Sequence[str] = (), log_file: str | None = None,
+                         program: str = 'train') -> str:
+  """The shell command each worker runs to start training (`promot-{program}`).
 
   Every worker runs the same command; JAX's TPU auto-discovery assigns the
   process indices. `env` are `NAME=VALUE` exports; with `log_file` the run is
@@ -194,7 +216,9 @@ def train_remote_command(train_args: Sequence[str], setup: WorkerSetup,
     if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*=.*', item, re.S):
       raise ValueError(f'--env {item!r} is not NAME=VALUE.')
   exports = [f'export {k}={shlex.quote(v)}' for k, v in (i.split('=', 1) for i in env)]
-  train = shlex.join(['.venv/bin/promot-train', *train_args])
+  if program not in PROGRAMS:
+    raise ValueError(f'--program={program!r}: expected one of {PROGRAMS}.')
+  train = shlex.join([f'.venv/bin/promot-{program}', *train_args])
   if log_file:
     train = f'nohup setsid {train} > {shlex.quote(log_file)} 2>&1 < /dev/null &'
   return ' && '.join([f'cd {shlex.quote(setup.workdir)}', *exports, train])
@@ -203,10 +227,15 @@ def train_remote_command(train_args: Sequence[str], setup: WorkerSetup,
 def launch_steps(pod: TpuPod, setup: WorkerSetup, train_args: Sequence[str],
                  env: Sequence[str] = (), log_file: str | None = None,
                  do_setup: bool = True, do_train: bool = True,
-                 local_tarball: str = '/tmp/promot-t5x-src.tar.gz') -> list[Step]:
+                 local_tarball: str = '/tmp/promot-t5x-src.tar.gz',
+                 program: str = 'train') -> list[Step]:
   """All the commands of a launch, in order."""
   steps = []
   if do_setup:
+    if setup.repo_url is None and setup.source_dir is None:
+      raise ValueError('Setting the workers up needs a source: --repo_url (git clone on each '
+                       'worker) or --source_dir (copy a local checkout); or pass --skip_setup '
+                       'to start a run in an existing checkout.')
     if setup.source_dir:
       steps.append(Step('pack the local checkout (no .git, .venv or caches)', (
           'tar', '-czf', local_tarball, '--exclude=.git', '--exclude=.venv',
@@ -215,8 +244,9 @@ def launch_steps(pod: TpuPod, setup: WorkerSetup, train_args: Sequence[str],
     steps.append(Step('source and .venv (jax[tpu]) on every worker',
                       tuple(pod.ssh(setup_remote_command(setup)))))
   if do_train:
-    steps.append(Step('start promot-train on every worker (TPU auto-discovery)',
-                      tuple(pod.ssh(train_remote_command(train_args, setup, env, log_file)))))
+    steps.append(Step(f'start promot-{program} on every worker (TPU auto-discovery)',
+                      tuple(pod.ssh(train_remote_command(train_args, setup, env, log_file,
+                                                         program)))))
   return steps
 
 
@@ -263,7 +293,7 @@ def check_mesh(num_devices: int, train_args: Sequence[str]) -> list[str]:
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-  """(launcher flags, promot-train flags): `--gin...` flags and all after `--` go to training."""
+  """(launcher flags, program flags): `--gin...` flags and all after `--` go to the program."""
   ours, train = [], []
   args = list(argv)
   while args:
@@ -301,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help='detach the run and write its output here on each worker')
   p.add_argument('--skip_setup', action='store_true', help='only start training')
   p.add_argument('--setup_only', action='store_true', help='only set up the workers')
+  p.add_argument('--program', choices=PROGRAMS, default='train',
+                 help='start promot-train (default) or promot-eval on every worker')
   p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   return p
 
@@ -312,20 +344,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.skip_setup and args.setup_only:
     parser.error('--skip_setup and --setup_only exclude each other.')
   if not args.setup_only and not any(a.startswith('--gin_file') for a in train_args):
-    parser.error('give the training command: at least one --gin_file (and --gin.NAME=VALUE '
-                 'overrides), e.g. --gin_file=gin/models/mt5_xxl.gin '
-                 '--gin_file=gin/promot/promot.gin')
+    example = ('gin/promot/promot.gin' if args.program == 'train'
+               else 'gin/eval/fewshot_paper.gin')
+    parser.error(f'give the promot-{args.program} command: at least one --gin_file (and '
+                 '--gin.NAME=VALUE overrides), e.g. --gin_file=gin/models/mt5_xxl.gin '
+                 f'--gin_file={example}')
   try:
     pod = TpuPod(args.tpu, args.zone, args.project, args.accelerator_type, args.internal_ip)
     setup = WorkerSetup(args.repo_url, args.ref, args.source_dir, args.workdir, args.python,
                         args.install_python, args.jax_version)
     steps = launch_steps(pod, setup, train_args, args.env, args.log_file,
-                         do_setup=not args.skip_setup, do_train=not args.setup_only)
+                         do_setup=not args.skip_setup, do_train=not args.setup_only,
+                         program=args.program)
   except ValueError as e:
     parser.error(str(e))
   overrides = gin_overrides(train_args) if not args.setup_only else {}
-  for name in ('MODEL_DIR', 'INITIAL_CHECKPOINT_PATH'):
-    problem = paths.url_path_problem(name, overrides.get(name, '').strip('\'"'))
+  for name in _PATH_MACROS[args.program]:
+    problem = paths.url_path_problem(name, overrides.get(name, '').strip('\'"'),
+                                     f'promot-{args.program}')
     if problem:
       parser.error(problem)
   if args.accelerator_type and not args.setup_only:
@@ -333,11 +369,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
       parser.error(f'{args.accelerator_type} has {devices_of(args.accelerator_type)} JAX '
                    'devices: ' + ' '.join(problems))
-    model_dir = gin_overrides(train_args).get('MODEL_DIR', '')
-    if hosts_of(args.accelerator_type) > 1 and model_dir:
-      print(f'note: {args.accelerator_type} has {hosts_of(args.accelerator_type)} hosts; '
+    hosts = hosts_of(args.accelerator_type)
+    model_dir = overrides.get('MODEL_DIR', '')
+    checkpoint = overrides.get('CHECKPOINT_PATH', '')
+    if hosts > 1 and args.program == 'train' and model_dir:
+      print(f'note: {args.accelerator_type} has {hosts} hosts; '
             f'MODEL_DIR={model_dir} must be a file system all of them mount at that path '
             '(NFS, Filestore, gcsfuse) so that they write one checkpoint.', file=sys.stderr)
+    if hosts > 1 and args.program == 'eval' and checkpoint:
+      print(f'note: {args.accelerator_type} has {hosts} hosts; every one reads '
+            f'CHECKPOINT_PATH={checkpoint} at that path (NFS, Filestore, gcsfuse); '
+            'process 0 writes EVAL_OUTPUT_DIR.', file=sys.stderr)
   for i, step in enumerate(steps, 1):
     print(f'# [{i}/{len(steps)}] {step.description}', flush=True)
     print(step.shell(), flush=True)

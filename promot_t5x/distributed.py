@@ -1,10 +1,13 @@
-"""Multi-process JAX: `jax.distributed.initialize` from flags or SLURM.
+"""Multi-process JAX: `jax.distributed.initialize` from flags, SLURM or a TPU VM.
 
-On TPU pods JAX discovers the other hosts by itself (call with nothing set).
-On GPU/CPU clusters every process needs the coordinator's address, the
-number of processes and its own index: from flags, or from SLURM's
-environment (`SLURM_NTASKS`, `SLURM_PROCID`, `SLURM_LOCALID`, the first host
-of `SLURM_JOB_NODELIST`).
+On a Cloud TPU VM (a pod slice's hosts, or a single host) nothing needs to be
+set: `jax.distributed.initialize()` is called without arguments and JAX finds
+the slice's hosts itself (its TPU auto-detection). The distributed system is
+needed there too: orbax's multi-host checkpointing synchronizes the hosts
+through it. On GPU/CPU clusters every process needs the coordinator's
+address, the number of processes and its own index: from flags, or from
+SLURM's environment (`SLURM_NTASKS`, `SLURM_PROCID`, `SLURM_LOCALID`, the
+first host of `SLURM_JOB_NODELIST`).
 """
 
 from __future__ import annotations
@@ -64,13 +67,36 @@ def from_slurm(env: Mapping[str, str], port: int = DEFAULT_PORT,
   return ProcessInfo(coordinator, int(env['SLURM_NTASKS']), int(env['SLURM_PROCID']), local)
 
 
+def add_flags(parser) -> None:
+  """The multi-process flags of promot-train and promot-eval (all three, or none)."""
+  parser.add_argument('--coordinator_address', default=None,
+                      help='host:port of process 0 (multi-process GPU/CPU; not on TPU pods '
+                           'or inside SLURM, which need none)')
+  parser.add_argument('--process_count', type=int, default=None)
+  parser.add_argument('--process_index', type=int, default=None)
+
+
+def on_cloud_tpu_vm() -> bool:
+  """Whether this process runs on a Cloud TPU VM with TPU chips and libtpu.
+
+  JAX decides this when it is imported (`jax._src.cloud_tpu_init`, before any
+  backend starts); its distributed auto-detection reads the same flag.
+  """
+  import jax  # noqa: F401 (the import runs JAX's Cloud TPU detection)
+  from jax._src import cloud_tpu_init
+
+  return bool(getattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False))
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, cpu_collectives: bool = False,
                env: Mapping[str, str] | None = None) -> ProcessInfo | None:
-  """Starts multi-process JAX if asked (flags) or inside a SLURM step; else does nothing.
+  """Starts multi-process JAX if asked (flags), inside a SLURM step or on a TPU VM.
 
   Must run before any JAX computation. `cpu_collectives=True` enables gloo so
   processes of CPU devices can compute together (tests, CPU clusters).
+  Returns the ProcessInfo used (None where nothing was started, or where
+  JAX's TPU auto-detection found the processes).
   """
   import jax
 
@@ -82,6 +108,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     info = ProcessInfo(coordinator_address, num_processes, process_id)
   else:
     info = from_slurm(env)
+  if info is None and on_cloud_tpu_vm():
+    jax.distributed.initialize()  # the slice's hosts from the TPU VM's metadata
+    return None
   if info is None or info.num_processes == 1:
     return info
   if cpu_collectives:

@@ -17,6 +17,12 @@ Evaluating, a run is:
   3. write EVAL_OUTPUT_DIR/results.json, table.md, predictions/<suite>/<task>.jsonl
      and config.gin.
 
+On several hosts every process runs the same command (on GPU/CPU clusters
+with `--coordinator_address=HOST:PORT --process_count=N --process_index=I`,
+or nothing inside SLURM or on a TPU pod, as promot-train): each reads the
+checkpoint and the data, the batches and parameters are sharded over the
+global mesh, the outputs are gathered, and process 0 writes the files.
+
 Merging reads results.json files (or folders holding one) into the paper's
 table: tasks as rows, runs as columns, deltas against the run named by
 --baseline (default 'pretrained'); repeated --names group seeds.
@@ -34,7 +40,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from promot_t5x import evaluation, gin_utils, host_memory, param_sets, partitioning, reports
+from promot_t5x import distributed, evaluation, gin_utils, host_memory, param_sets, partitioning, reports
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.models import encoder_decoder
 from promot_t5x.models import prompts as prompts_lib
@@ -231,10 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="column that deltas are taken against ('' for none)")
   parser.add_argument('--plot', default=None, help='PNG bar plot of Norm. Avg. per run')
   parser.add_argument('--suite', default=None, help='only this suite (default: every suite)')
+  distributed.add_flags(parser)
   args = parser.parse_args(argv)
   if args.merge:
     if args.gin_file or args.gin_bindings:
       parser.error('--merge reads results files; it takes no gin flags.')
+    if args.coordinator_address or args.process_count or args.process_index is not None:
+      parser.error('--merge runs as one process; it takes no multi-process flags.')
     names = [n.strip() for n in args.names.split(',')] if args.names else None
     try:
       text = merge(args.merge, args.output, names, args.baseline or None, args.plot, args.suite)
@@ -246,6 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.gin_file:
     parser.error('--gin_file is required (a model gin and an eval gin, e.g. '
                  'eval/fewshot_paper.gin), or --merge.')
+  # Every process of a multi-host evaluation runs this same command: each reads
+  # the checkpoint and the suites' data, feeds its devices' part of every
+  # global batch, gathers the outputs; process 0 writes the results.
+  try:
+    distributed.initialize(args.coordinator_address, args.process_count, args.process_index,
+                           cpu_collectives=True)
+  except ValueError as e:
+    parser.error(str(e))
   try:
     gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths)
   except gin_utils.GinConfigError as e:

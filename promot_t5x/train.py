@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from promot_t5x import data, gin_utils, host_memory, param_sets, partitioning, paths
+from promot_t5x import data, distributed, gin_utils, host_memory, param_sets, partitioning, paths
 from promot_t5x import trainer as trainer_lib
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.models import encoder_decoder
@@ -350,14 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--entry', default=None,
                       help='gin configurable to run (default: the run gin\'s RUN_ENTRY, '
                            'else promot_t5x.train.train).')
-  parser.add_argument('--coordinator_address', default=None, help='host:port of process 0')
-  parser.add_argument('--process_count', type=int, default=None)
-  parser.add_argument('--process_index', type=int, default=None)
+  distributed.add_flags(parser)
   args = parser.parse_args(argv)
   if not args.gin_file:
     parser.error('--gin_file is required (a model gin and a run gin, or a recipe).')
-  from promot_t5x import distributed
-
   distributed.initialize(args.coordinator_address, args.process_count, args.process_index,
                          cpu_collectives=True)
   try:

@@ -189,3 +189,94 @@ def test_slurm_submit_dry_run_builds_the_sbatch_command(capsys):
     slurm_gpu.main(['submit', '--nodes=2', '--dry_run', *TRAIN_ARGS, '--gin.MESH_DATA=8'])
   assert 'MESH_DATA=8 x MESH_MODEL=8 = 64 devices, but there are 16' in (
       capsys.readouterr().err)
+
+
+EVAL_ARGS = ['--gin_file=gin/models/mt5_xxl.gin', '--gin_file=gin/eval/fewshot_paper.gin',
+             '--gin.CHECKPOINT_PATH=/mnt/gcs/promot/rte/stage2', '--gin.CHECKPOINT_STEP=best',
+             '--gin.MIXTURE_OR_TASK_NAME=promot_rte',
+             '--gin.EVAL_OUTPUT_DIR=/mnt/gcs/evals/promot_rte', '--gin.BATCH_SIZE=64',
+             '--gin.MESH_DATA=4', '--gin.MESH_MODEL=8']
+
+
+def test_tpu_pod_starts_promot_eval_on_every_worker(capsys):
+  rc = tpu_pod.main(['--tpu=pod1', '--zone=z', '--project=p', '--accelerator_type=v4-64',
+                     '--repo_url=https://example.com/promot.git', '--skip_setup',
+                     '--program=eval', '--dry_run', '--', *EVAL_ARGS])
+  assert rc == 0
+  out, err = capsys.readouterr()
+  [evaluate] = printed_commands(out)
+  assert '# [1/1] start promot-eval on every worker (TPU auto-discovery)' in out
+  run = shlex.split(remote_command(evaluate).split(' && ')[-1])
+  assert run == ['.venv/bin/promot-eval', *EVAL_ARGS]
+  assert 'every one reads CHECKPOINT_PATH=/mnt/gcs/promot/rte/stage2' in err  # 8 hosts
+
+  # The eval paths are checked as promot-eval uses them; the mesh as in training.
+  for bad, expected in [('--gin.CHECKPOINT_PATH=gs://bucket/stage2', 'promot-eval reads'),
+                        ('--gin.MESH_DATA=8', 'MESH_DATA=8 x MESH_MODEL=8 = 64')]:
+    with pytest.raises(SystemExit) as e:
+      tpu_pod.main(['--tpu=pod1', '--zone=z', '--project=p', '--accelerator_type=v4-64',
+                    '--repo_url=https://example.com/promot.git', '--program=eval',
+                    '--dry_run', *EVAL_ARGS, bad])
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert expected in err and 'gcloud' not in out
+
+
+def test_sbatch_runs_promot_eval_when_asked(tmp_path, capsys):
+  env = dict(fake_job_env(tmp_path), PROMOT_PROGRAM='eval')
+  out = subprocess.run(['bash', str(SBATCH), *EVAL_ARGS], env=env, capture_output=True,
+                       text=True, check=True).stdout
+  assert 'promot-t5x: promot-eval, 8 processes on 2 nodes' in out
+  srun_args = (tmp_path / 'srun.txt').read_text().splitlines()
+  assert srun_args[3:] == [sys.executable, '-m', 'promot_t5x.eval', *EVAL_ARGS]
+
+  bad = subprocess.run(['bash', str(SBATCH), *EVAL_ARGS], env=dict(env, PROMOT_PROGRAM='evl'),
+                       capture_output=True, text=True)
+  assert bad.returncode == 2 and 'PROMOT_PROGRAM=evl: expected train or eval' in bad.stderr
+
+  rc = slurm_gpu.main(['submit', '--nodes=4', '--gpus_per_node=8', '--program=eval',
+                       '--dry_run', *EVAL_ARGS])
+  assert rc == 0
+  [cmd] = printed_commands(capsys.readouterr().out)
+  assert cmd[:5] == ['sbatch', '--nodes=4', '--ntasks-per-node=8', '--gpus-per-task=1',
+                     '--export=ALL,PROMOT_PROGRAM=eval']
+  assert cmd[5:] == [str(SBATCH), *EVAL_ARGS]
+
+
+def test_tpu_pod_needs_a_source_only_to_set_workers_up(capsys):
+  base = ['--tpu=pod1', '--zone=z', '--project=p', '--dry_run', *TRAIN_ARGS]
+  assert tpu_pod.main([*base, '--skip_setup']) == 0
+  [train] = printed_commands(capsys.readouterr().out)
+  assert remote_command(train).startswith('cd promot-t5x && .venv/bin/promot-train ')
+  for extra, expected in [([], 'needs a source: --repo_url'),
+                          (['--repo_url=https://example.com/p.git', f'--source_dir={REPO}'],
+                           'one source, not both')]:
+    with pytest.raises(SystemExit) as e:
+      tpu_pod.main([*base, *extra])
+    assert e.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_initialize_chooses_flags_then_slurm_then_the_tpu_vm(monkeypatch):
+  """Which `jax.distributed.initialize` call each environment gets (the call is recorded)."""
+  import jax
+
+  assert distributed.on_cloud_tpu_vm() is False   # this machine: no TPU chips
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  monkeypatch.setattr(distributed, 'on_cloud_tpu_vm', lambda: True)
+  slurm = {'SLURM_PROCID': '1', 'SLURM_NTASKS': '2', 'SLURM_JOB_NODELIST': 'gpu[1-2]'}
+
+  assert distributed.initialize(env={}) is None   # TPU VM: JAX's own auto-detection
+  info = distributed.initialize('h0:99', 2, 1, env=slurm)   # flags win over SLURM
+  assert (info.coordinator_address, info.process_id) == ('h0:99', 1)
+  info = distributed.initialize(env=slurm)
+  assert (info.coordinator_address, info.num_processes) == (f'gpu1:{distributed.DEFAULT_PORT}', 2)
+  assert calls == [{},
+                   {'coordinator_address': 'h0:99', 'num_processes': 2, 'process_id': 1,
+                    'local_device_ids': None},
+                   {'coordinator_address': f'gpu1:{distributed.DEFAULT_PORT}',
+                    'num_processes': 2, 'process_id': 1, 'local_device_ids': None}]
+
+  calls.clear()
+  monkeypatch.setattr(distributed, 'on_cloud_tpu_vm', lambda: False)
+  assert distributed.initialize(env={}) is None and calls == []   # one process: nothing

@@ -1,7 +1,8 @@
-"""`promot-train` runs as a user launches them: gin files, overrides, restarts.
+"""`promot-train` (and `promot-eval`) runs as a user launches them: gin files, overrides, restarts.
 
 These tests start real processes (the console script, SIGKILL, two JAX
-processes with CPU collectives) on the toy tasks of tests/testdata.
+processes with CPU collectives) on the toy tasks of tests/testdata and, for
+evaluation, the miniature's synthetic suites.
 """
 
 import os
@@ -12,18 +13,19 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from promot_t5x import param_sets
 from promot_t5x.checkpoints import manager as ckpt_manager
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TESTDATA = REPO / 'tests' / 'testdata'
-PROMOT_TRAIN = str(REPO / '.venv' / 'bin' / 'promot-train')
 
 
-def _cmd(*args):
-  exe = PROMOT_TRAIN if os.path.exists(PROMOT_TRAIN) else None
-  base = [exe] if exe else [sys.executable, '-m', 'promot_t5x.train']
+def _cmd(*args, program='train'):
+  """promot-train (or promot-eval with program='eval'): the console script, else `python -m`."""
+  script = str(REPO / '.venv' / 'bin' / f'promot-{program}')
+  base = [script] if os.path.exists(script) else [sys.executable, '-m', f'promot_t5x.{program}']
   return base + list(args)
 
 
@@ -101,6 +103,56 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, fi
   for p in one:
     np.testing.assert_allclose(two[p], one[p], rtol=1e-5, atol=1e-7, err_msg=p)
   assert any(not np.allclose(one[p], 0) for p in one)
+
+
+def test_two_process_evaluation_equals_one_process(tmp_path):
+  """promot-eval on 2 processes x 1 device gives one process x 2 devices' outputs."""
+  import json
+
+  import jax
+  from promot_t5x_launch import local
+
+  from promot_t5x import checkpoints
+  from promot_t5x.models import encoder_decoder, prompts, t5
+
+  # gin/miniature/model.gin's vocabulary and layout, smaller; with a prompt, so
+  # the fine-tuned task is scored with it and the suite without.
+  sizes = {'emb_dim': 32, 'num_heads': 2, 'head_dim': 16, 'mlp_dim': 64,
+           'num_encoder_layers': 2, 'num_decoder_layers': 2}
+  config = t5.T5Config(vocab_size=2000, mlp_activations=('gelu', 'linear'),
+                       logits_via_embedding=False, relative_attention_num_buckets=32,
+                       relative_attention_max_distance=128,
+                       prompt=prompts.PromptConfig(length=4, names=('task',)), **sizes)
+  model = encoder_decoder.EncoderDecoderModel(t5.Transformer(config))
+  checkpoints.save_params(str(tmp_path / 'params'), model.init_params(jax.random.PRNGKey(3)))
+  args = ['--gin_file=miniature/model.gin', '--gin_file=eval/fewshot_miniature.gin',
+          *(f'--gin.t5.T5Config.{k}={v}' for k, v in sizes.items()),
+          f'--gin.CHECKPOINT_PATH={tmp_path / "params"}', '--gin.MIXTURE_OR_TASK_NAME=mini_rte',
+          "--gin.EVAL_SUITE=['mini_eval_1shot']", "--gin.EVAL_SUITE_NAMES=['fewshot_1shot']",
+          '--gin.MAX_EXAMPLES=6', '--gin.BATCH_SIZE=4', '--gin.LENGTH_BUCKETS=()']
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  _run(_cmd(*args, f'--gin.EVAL_OUTPUT_DIR={tmp_path / "one"}', program='eval'),
+       dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+  results = local.launch(_cmd(*args, f'--gin.EVAL_OUTPUT_DIR={tmp_path / "two"}',
+                              program='eval'),
+                         num_processes=2, devices_per_process=1, env=env, timeout=300)
+  for r in results:
+    assert r.returncode == 0, r.stderr[-4000:]
+  assert 'wrote' in results[0].stdout and 'wrote' not in results[1].stdout  # process 0 writes
+
+  one, two = (json.loads((tmp_path / d / 'results.json').read_text()) for d in ('one', 'two'))
+  assert one['suites'] == two['suites']
+  assert [t['num_examples'] for t in one['suites']['fewshot_1shot']['tasks'].values()] == [6] * 8
+  assert one['suites']['target']['tasks']['rte']['prompt'] == 'task'
+  files = sorted(p.relative_to(tmp_path / 'one') for p in (tmp_path / 'one' / 'predictions')
+                 .rglob('*.jsonl'))
+  assert len(files) == 9
+  outputs = set()
+  for f in files:
+    a, b = ((tmp_path / d / f).read_text().splitlines() for d in ('one', 'two'))
+    assert len(a) == 6 and a == b, f
+    outputs |= {json.loads(line)['output'] for line in a}
+  assert len(outputs) > 10  # the model's own decodes, not one constant string
 
 
 def test_readme_user_task_runs_both_stages_by_overrides(tmp_path, fixtures_dir):
@@ -194,3 +246,16 @@ def test_incompatible_initial_checkpoint_names_parameter_and_shapes(tmp_path, fi
                 f'--gin.INITIAL_CHECKPOINT_PATH={tmp_path / "small"}'), env, check=False)
   assert r.returncode != 0
   assert 'encoder/layers_0/mlp/wi_0/kernel: checkpoint (16, 32) vs model (16, 48)' in r.stderr
+
+
+def test_eval_multi_process_flags_must_come_together(capsys):
+  from promot_t5x import eval as eval_script
+
+  for argv in (['--gin_file=eval/_base.gin', '--process_count=2', '--process_index=0'],
+               ['--merge', 'a/results.json', '--process_count=2']):
+    with pytest.raises(SystemExit) as e:
+      eval_script.main(argv)
+    assert e.value.code == 2
+  first, second = capsys.readouterr().err.split('usage:')[1:]
+  assert 'Multi-process needs --coordinator_address, --process_count and --process_index' in first
+  assert '--merge runs as one process' in second
