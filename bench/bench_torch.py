@@ -37,7 +37,7 @@ import common  # noqa: E402  (bench/ is not a package)
 def _torch():
   import torch
 
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(common.usable_cores())
   return torch
 
 

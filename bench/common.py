@@ -216,6 +216,13 @@ def timed_calls(fn, repeats: int, warmup: int = 0, usage: dict | None = None
   return out, first, times
 
 
+def usable_cores() -> int:
+  """The cores this process may run on (its CPU affinity, e.g. under `taskset`)."""
+  import os
+
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+
 def median(values: list[float]) -> float:
   """The middle value; the mean of the two middle ones for an even count."""
   import statistics

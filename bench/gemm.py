@@ -88,7 +88,7 @@ def measure(cfg: common.BenchConfig, rounds: int, calls: int, log=None) -> dict[
   """{'rates': [{m, k, n, pass, ours: [FLOP/s per round], peer: [...]}, ...]}."""
   import torch
 
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(common.usable_cores())
   entries = []
   products = {}
   for i, (m, k, n) in enumerate(shapes(cfg)):

@@ -94,8 +94,7 @@ def main(argv=None) -> int:
 
 
 def _attention_rows(repeats: int) -> list[tuple[str, str, str, dict[str, float]]]:
-  import os
-
+  import common  # bench/ is not a package
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -103,7 +102,7 @@ def _attention_rows(repeats: int) -> list[tuple[str, str, str, dict[str, float]]
 
   from promot_t5x.models import t5
 
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(common.usable_cores())
   b, l, h, hd = 16, 128, 8, 64
   rng = np.random.default_rng(0)
   q, k, v, dout = (rng.standard_normal((b, l, h, hd), dtype=np.float32) * 0.3 for _ in range(4))

@@ -4,8 +4,8 @@ r"""Local multi-process launcher: N JAX processes on this machine.
       promot-train --gin_file=... --gin.MODEL_DIR=...
 
 Each process gets `--coordinator_address=127.0.0.1:PORT --process_count=N
---process_index=i` appended and, on CPU, its own number of fake devices. This is
-how the two-process test runs; on a real cluster use launch/slurm_gpu.sbatch or
+--process_index=i` appended and, on CPU, its own number of fake devices; the
+command may be promot-eval as well. This is how the two-process tests run; on a real cluster use launch/slurm_gpu.sbatch or
 launch/tpu_pod.py instead.
 """
 
