@@ -5,8 +5,8 @@ r"""Local multi-process launcher: N JAX processes on this machine.
 
 Each process gets `--coordinator_address=127.0.0.1:PORT --process_count=N
 --process_index=i` appended and, on CPU, its own number of fake devices; the
-command may be promot-eval as well. This is how the two-process tests run; on a real cluster use launch/slurm_gpu.sbatch or
-launch/tpu_pod.py instead.
+command may be promot-eval as well. This is how the two-process tests run;
+on a real cluster use launch/slurm_gpu.sbatch or launch/tpu_pod.py instead.
 """
 
 from __future__ import annotations
