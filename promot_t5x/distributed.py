@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Mapping
 
 DEFAULT_PORT = 12345
@@ -109,7 +110,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   else:
     info = from_slurm(env)
   if info is None and on_cloud_tpu_vm():
-    jax.distributed.initialize()  # the slice's hosts from the TPU VM's metadata
+    try:
+      jax.distributed.initialize()  # the slice's hosts from the TPU VM's metadata
+    except ValueError as e:
+      # No slice found (a lone TPU VM whose metadata names no workers): one process.
+      print(f'promot-t5x: running as one process ({e})', file=sys.stderr)
     return None
   if info is None or info.num_processes == 1:
     return info

@@ -256,7 +256,7 @@ def test_tpu_pod_needs_a_source_only_to_set_workers_up(capsys):
     assert e.value.code == 2 and expected in capsys.readouterr().err
 
 
-def test_initialize_chooses_flags_then_slurm_then_the_tpu_vm(monkeypatch):
+def test_initialize_chooses_flags_then_slurm_then_the_tpu_vm(monkeypatch, capsys):
   """Which `jax.distributed.initialize` call each environment gets (the call is recorded)."""
   import jax
 
@@ -277,6 +277,14 @@ def test_initialize_chooses_flags_then_slurm_then_the_tpu_vm(monkeypatch):
                    {'coordinator_address': f'gpu1:{distributed.DEFAULT_PORT}',
                     'num_processes': 2, 'process_id': 1, 'local_device_ids': None}]
 
+  def no_cluster(**kw):
+    raise ValueError('coordinator_address should be defined.')
+
+  monkeypatch.setattr(jax.distributed, 'initialize', no_cluster)  # a lone TPU VM
+  assert distributed.initialize(env={}) is None
+  assert 'running as one process' in capsys.readouterr().err
+
   calls.clear()
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
   monkeypatch.setattr(distributed, 'on_cloud_tpu_vm', lambda: False)
   assert distributed.initialize(env={}) is None and calls == []   # one process: nothing
