@@ -21,7 +21,8 @@ once (`--worker=all`):
   3. start the same `promot-train` command on every worker. No coordinator
      flags are passed: on a TPU VM promot-train calls `jax.distributed.initialize()`
      without arguments and JAX finds the slice's hosts itself (TPU
-     auto-discovery); each host reads its own data shard.
+     auto-discovery); each host loads the data shard of its mesh rows and
+     reads its devices' slices of the checkpoint.
 
 `--program=eval` starts `promot-eval` instead (step 3), for example on the
 trained checkpoint, sharded over the slice as in training:
@@ -33,8 +34,8 @@ trained checkpoint, sharded over the slice as in training:
       --gin.MIXTURE_OR_TASK_NAME=promot_rte --gin.EVAL_OUTPUT_DIR=/mnt/gcs/evals/promot_rte \
       --gin.MESH_DATA=8 --gin.MESH_MODEL=8 --gin.BATCH_SIZE=64
 
-Every host reads the checkpoint and the suites' data and feeds its devices'
-part of each batch; process 0 writes the results.
+Every host reads its devices' slices of the checkpoint and the suites' data,
+and feeds its devices' part of each batch; process 0 writes the results.
 
 With `--dry_run` the commands are printed (copy-pasteable) instead of run.
 Everything after `--` (or every `--gin...` flag) goes to `promot-train` (or

@@ -38,10 +38,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
 from promot_t5x import distributed, evaluation, gin_utils, host_memory, param_sets, partitioning, reports
 from promot_t5x.checkpoints import manager as ckpt_manager
+from promot_t5x.checkpoints import sources
 from promot_t5x.models import encoder_decoder
 from promot_t5x.models import prompts as prompts_lib
 
@@ -65,7 +65,8 @@ def resolve_step(checkpoint_path: str, checkpoint_step: int | str) -> int | None
 
 
 def load_params(model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str,
-                checkpoint_step: int | str = 'latest'
+                checkpoint_step: int | str = 'latest',
+                partitioner: partitioning.Partitioner | None = None,
                 ) -> tuple[encoder_decoder.EncoderDecoderModel, dict[str, Any]]:
   """(model fitted to the checkpoint's prompts, float32 parameters) of any checkpoint format.
 
@@ -73,8 +74,11 @@ def load_params(model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str
   give the model a prompt config with those names and length P (keeping the
   model gin's other prompt settings); no prompt arrays, no prompt. Everything
   else must match the model gin exactly (a clear error names each mismatch).
+  With a partitioner the parameters come laid out on its mesh, each process
+  reading only its devices' slices (`checkpoints.sources`); without, as numpy.
   """
-  flat = ckpt_manager.read_params(checkpoint_path, model.module, checkpoint_step)
+  source = sources.open_source(checkpoint_path, checkpoint_step)
+  flat = source.shapes
   prefix = param_sets.PROMPT_ROOT + '/'
   prompt_arrays = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
   config = model.config
@@ -102,8 +106,10 @@ def load_params(model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str
         f'Checkpoint {checkpoint_path} does not fit the model gin: missing {missing[:10]}, '
         f'unexpected {extra[:10]}, wrong shape {wrong[:10]}. Use the model gin the run was '
         'trained with (sizes, vocabulary).')
-  params = param_sets.unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
-  return model, params
+  shardings = (param_sets.flatten(partitioner.param_shardings(model.abstract_params()))
+               if partitioner is not None else {})
+  params = source.read({k: shardings.get(k) for k in flat})
+  return model, param_sets.unflatten(params)
 
 
 def _unboxed_abstract(model: encoder_decoder.EncoderDecoderModel) -> Any:
@@ -161,7 +167,7 @@ def evaluate(*, model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str
     raise ValueError('Nothing to evaluate: set EVAL_SUITE and/or MIXTURE_OR_TASK_NAME.')
   settings = settings or evaluation.EvalSettings()
   run_name = run_name or os.path.basename(os.path.normpath(output_dir))
-  model, params = load_params(model, checkpoint_path, checkpoint_step)
+  model, params = load_params(model, checkpoint_path, checkpoint_step, partitioner)
   step = resolve_step(checkpoint_path, checkpoint_step)
   prompts = model.config.prompt.names if model.config.prompt else ()
   _log(f'evaluating {checkpoint_path} (step {step}, prompts {list(prompts) or "none"}) on '

@@ -158,17 +158,30 @@ class Partitioner:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
 
+  def data_layout(self) -> DataLayout:
+    """Which shard of the training data this process loads (see `data_layout`)."""
+    batch_axis = dict(self.rules).get('batch')
+    grid = np.vectorize(lambda d: d.process_index, otypes=[int])(self.mesh.devices)
+    if batch_axis is None:  # the batch is replicated: one shard for all
+      rows = grid.reshape(1, -1)
+    else:
+      rows = np.moveaxis(grid, self.mesh.axis_names.index(batch_axis), 0)
+      rows = rows.reshape(rows.shape[0], -1)
+    return data_layout(rows, jax.process_index())
+
   def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Host-local numpy batch -> global arrays split over `data`.
 
     On one process the local batch is the global batch; on several, each
-    process passes its own shard (`seqio.ShardInfo`) and the global batch is
-    their concatenation in process order.
+    process passes the shard `data_layout()` names (`seqio.ShardInfo`), and
+    processes holding the same rows of the batch pass the same shard.
     """
+    shards = self.data_layout().num_shards
     out = {}
     for k, v in batch.items():
       v = np.asarray(v)
-      out[k] = jax.make_array_from_process_local_data(self.data_sharding(v.ndim), v)
+      out[k] = jax.make_array_from_process_local_data(
+          self.data_sharding(v.ndim), v, (v.shape[0] * shards, *v.shape[1:]))
     return out
 
   def describe(self, boxed_params: Any) -> list[tuple[str, tuple[int, ...], tuple, PartitionSpec]]:
@@ -180,6 +193,48 @@ class Partitioner:
       shape = tuple(box.value.shape)
       rows.append((path, shape, tuple(box.names), self.spec(box.names, shape)))
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class DataLayout:
+  """This process's part of every global batch: shard `shard_index` of `num_shards`."""
+
+  shard_index: int
+  num_shards: int
+
+
+def data_layout(rows: np.ndarray, process_index: int) -> DataLayout:
+  """The data shard of `process_index`, given the process of each device by batch row.
+
+  rows: `[batch-axis size, other devices]` process indices of the mesh's
+  devices, the batch axis first. The global batch is split over the batch
+  axis; processes whose devices sit on the same positions of it (a model axis
+  spanning hosts, e.g. MESH_MODEL=8 over TPU hosts of 4 chips) feed the same
+  rows and so load the same shard. Shards are numbered by their first row.
+  Raises ValueError where processes share some batch positions but not all
+  (the mesh's device order splits a process across rows unevenly).
+  """
+  positions: dict[int, set[int]] = {}
+  for row, procs in enumerate(np.asarray(rows)):
+    for p in procs:
+      positions.setdefault(int(p), set()).add(row)
+  groups = sorted({frozenset(v) for v in positions.values()}, key=min)
+  for i, a in enumerate(groups):
+    for b in groups[i + 1:]:
+      if a & b:
+        raise ValueError(
+            f'Processes {sorted(p for p, v in positions.items() if v == a)} and '
+            f'{sorted(p for p, v in positions.items() if v == b)} share the batch positions '
+            f'{sorted(a & b)} of the mesh but not all of theirs ({sorted(a)} vs {sorted(b)}): '
+            'each process must hold whole rows of the data axis, or exactly the rows of the '
+            'processes it shares them with. Choose MESH_DATA/MESH_MODEL so that a host\'s '
+            'devices fill whole rows (MESH_MODEL a multiple or divisor of the devices per host).')
+  if len({len(g) for g in groups}) > 1:
+    raise ValueError(f'Processes hold different numbers of batch rows {sorted(map(sorted, groups))}; '
+                     'every process must feed the same share of the batch.')
+  if process_index not in positions:
+    raise ValueError(f'Process {process_index} has no device in the mesh.')
+  return DataLayout(groups.index(frozenset(positions[process_index])), len(groups))
 
 
 def natural_key(path: str) -> list:

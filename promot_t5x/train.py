@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -30,7 +31,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
 from promot_t5x import data, distributed, gin_utils, host_memory, param_sets, partitioning, paths
 from promot_t5x import trainer as trainer_lib
@@ -113,34 +113,49 @@ def _prompt_routing(model: encoder_decoder.EncoderDecoderModel, stage: param_set
 
 def _initial_params(trainer: trainer_lib.Trainer, restore: ckpt_manager.RestoreConfig | None,
                     seed: int) -> Any:
-  model = trainer.model
+  """The first step's parameters, laid out on the mesh.
 
-  def init():
-    return model.init_params(jax.random.PRNGKey(seed))
+  Each process initializes, and reads from INITIAL_CHECKPOINT_PATH, only the
+  slices its own devices hold: no process ever holds the whole model on its
+  host or on one device (mT5 XXL is 52 GB in float32).
+  """
+  model = trainer.model
+  shardings = param_sets.merge(trainer.state_shardings.trainable, trainer.state_shardings.frozen)
+  flat_shardings = param_sets.flatten(shardings)
+  rng = jax.random.PRNGKey(seed)
+
+  def init(paths: list[str]) -> dict[str, jax.Array]:
+    def selected(key):
+      flat = param_sets.flatten(model.init_params(key))
+      return {p: flat[p] for p in paths}
+
+    # Compiled with only `paths` as outputs, the initialization of the rest
+    # is pruned away.
+    with trainer.partitioner.activate():
+      return jax.jit(selected, out_shardings={p: flat_shardings[p] for p in paths})(rng)
 
   if restore is None:
     _log(f'initializing parameters from seed {seed}')
-    return init()
+    return param_sets.unflatten(init(list(flat_shardings)))
 
-  def init_from_restored():
+  def init_from_restored(paths: list[str], restored: dict[str, Any]) -> dict[str, Any]:
+    fresh = init(paths)
     # Prompt initializers that read the vocabulary embedding must read the
     # *restored* table, not a random one.
-    fresh = init()
     prompt_cfg = model.config.prompt
+    embedding = restored.get('token_embedder/embedding')
     if prompt_cfg is not None and prompt_cfg.init in ('vocab_sample', 'class_labels') and (
-        'token_embedder' in restored_partial):
-      embedding = restored_partial['token_embedder']['embedding']
+        embedding is not None):
       for i, name in enumerate(prompt_cfg.names):
-        fresh['prompt'][name] = np.asarray(prompts_lib.init_prompt_array(
-            jax.random.fold_in(jax.random.PRNGKey(seed), i), prompt_cfg, embedding))
+        path = f'{param_sets.PROMPT_ROOT}/{name}'
+        if path in fresh:
+          make = jax.jit(functools.partial(prompts_lib.init_prompt_array, config=prompt_cfg),
+                         out_shardings=flat_shardings[path])
+          fresh[path] = make(jax.random.fold_in(rng, i), embedding=embedding)
     return fresh
 
-  restored_partial: dict[str, Any] = {}
-  source = ckpt_manager.read_params(restore.path, model.module, restore.step)
-  if 'token_embedder/embedding' in source:
-    restored_partial['token_embedder'] = {'embedding': source['token_embedder/embedding']}
   params, report = ckpt_manager.restore_params(restore, trainer.abstract_params,
-                                               init_from_restored, model.module)
+                                               init_from_restored, model.module, shardings)
   _log(report.summary())
   return params
 
@@ -222,7 +237,17 @@ def train(*,
     manager.close()
     return TrainResult(model_dir, start, None, {}, latest)
 
-  ds = data.get_dataset(train_dataset, jax.process_index(), jax.process_count(),
+  layout = partitioner.data_layout()
+  if layout.num_shards < jax.process_count():
+    if train_dataset.shuffle and train_dataset.seed is None:
+      raise ValueError(
+          f'{jax.process_count()} processes load {layout.num_shards} data shards (processes '
+          "sharing the mesh's data rows load the same one), so they must shuffle alike: set "
+          'SEED (DatasetConfig.seed) instead of None.')
+    _log(f'{jax.process_count()} processes load {layout.num_shards} data shards (processes '
+         "on the same data rows of the mesh share one); this one loads shard "
+         f'{layout.shard_index}')
+  ds = data.get_dataset(train_dataset, layout.shard_index, layout.num_shards,
                         num_epochs=None, prompt_index=prompt_index,
                         prompt_for_task=prompt_for_task_idx)
   batches = data.numpy_batches(ds, skip_batches=batches_consumed)
@@ -265,7 +290,7 @@ def train(*,
         raise RuntimeError(f'The training data of {train_dataset.mixture_or_task_name!r} ran '
                            'out; it is read with num_epochs=None, so the task yields no '
                            'examples for this split/shard.') from None
-      tokens += data.count_tokens(batch) * jax.process_count()
+      tokens += data.count_tokens(batch) * layout.num_shards
       state, metrics = trainer.train_step(state, partitioner.shard_batch(batch))
       step += 1
       steps_this_process += 1

@@ -106,8 +106,18 @@ class Trainer:
                       opt_state=self.optimizer.init(trainable))
 
   def create_state(self, params: PyTree) -> TrainState:
-    """A fresh state from full parameters (numpy or jax), placed on the mesh."""
-    params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+    """A fresh state from full parameters, placed on the mesh.
+
+    Leaves may be host arrays (numpy) or jax.Arrays; jax.Arrays already laid
+    out with the state's shardings (what `train` restores) stay where they are,
+    so a multi-process run never gathers a parameter onto one host.
+    """
+    def float32(x):
+      if isinstance(x, jax.Array):
+        return x if x.dtype == jnp.float32 else x.astype(jnp.float32)
+      return np.asarray(x, np.float32)
+
+    params = jax.tree_util.tree_map(float32, params)
     self.check_params(params)
     param_shardings = param_sets.merge(self.state_shardings.trainable,
                                        self.state_shardings.frozen)

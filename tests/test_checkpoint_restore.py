@@ -37,7 +37,8 @@ def test_stage1_from_a_pretrained_model_initializes_only_the_prompt(tmp_path):
   prompted = _model(prompt_length=4)
   cfg = ckpt_manager.RestoreConfig(str(tmp_path / 'pretrained'), fallback_to_init=('prompt/.*',))
   params, report = ckpt_manager.restore_params(
-      cfg, _abstract(prompted), lambda: prompted.init_params(jax.random.PRNGKey(1)))
+      cfg, _abstract(prompted),
+      lambda paths, restored: param_sets.flatten(prompted.init_params(jax.random.PRNGKey(1))))
   assert report.initialized == ['prompt/task']
   flat, base_flat = param_sets.flatten(params), param_sets.flatten(base_params)
   assert all(np.array_equal(flat[p], np.asarray(base_flat[p])) for p in base_flat)
@@ -69,7 +70,8 @@ def test_assignment_map_renames_and_skips(tmp_path):
       assignment_map=((r'decoder/logits_dense/kernel', None),  # re-initialize the head
                       # load the decoder's norm from the encoder's (a rename)
                       (r'decoder/decoder_norm/scale', 'encoder/encoder_norm/scale')))
-  params, report = ckpt_manager.restore_params(cfg, _abstract(target), lambda: fresh)
+  params, report = ckpt_manager.restore_params(cfg, _abstract(target),
+                                               lambda paths, restored: param_sets.flatten(fresh))
   flat, base_flat = param_sets.flatten(params), param_sets.flatten(base_params)
   assert report.initialized == ['decoder/logits_dense/kernel']
   assert np.array_equal(flat['decoder/logits_dense/kernel'],

@@ -105,6 +105,38 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, fi
   assert any(not np.allclose(one[p], 0) for p in one)
 
 
+def test_model_axis_across_two_processes_equals_one_process(tmp_path, fixtures_dir):
+  """Stage 1 from a pretrained run on a mesh whose model axis spans the processes.
+
+  Both processes hold the same data row, so they must load the same data shard
+  (partitioning.data_layout), and each reads only its half of the sharded parameters
+  from INITIAL_CHECKPOINT_PATH (checkpoints.sources); the prompt is initialized from the
+  restored, sharded embedding ('vocab_sample').
+  """
+  from promot_t5x_launch import local
+
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'base'), '--gin_file=runs/finetune.gin',
+            '--gin.TRAIN_STEPS=2'), _env(fixtures_dir))
+  common = ['--gin_file=runs/prompt_tuning.gin', '--gin.TRAIN_STEPS=3',
+            '--gin.CHECKPOINT_PERIOD=3', f'--gin.INITIAL_CHECKPOINT_PATH={tmp_path / "base"}',
+            '--gin.PROMPT_LENGTH=4', "--gin.PROMPT_INIT='vocab_sample'",
+            '--gin.MESH_DATA=1', '--gin.MESH_MODEL=2']
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'one'), *common), _env(fixtures_dir, devices=2))
+  results = local.launch(_cmd(*_toy_args(fixtures_dir, tmp_path / 'two'), *common),
+                         num_processes=2, devices_per_process=1, env=_env(fixtures_dir),
+                         timeout=300)
+  for r in results:
+    assert r.returncode == 0, r.stderr[-4000:]
+  assert "mesh {'data': 1, 'model': 2}" in results[0].stdout
+  assert '2 processes load 1 data shards' in results[0].stdout
+  base, one, two = (_final_params(tmp_path / name) for name in ('base', 'one', 'two'))
+  for p in one:
+    np.testing.assert_allclose(two[p], one[p], rtol=1e-5, atol=1e-7, err_msg=p)
+  assert all(np.array_equal(one[p], base[p]) for p in base)  # the model stayed frozen
+  # The prompt started from rows of the restored embedding and then trained.
+  assert not np.allclose(one['prompt/task'], 0)
+
+
 def test_two_process_evaluation_equals_one_process(tmp_path):
   """promot-eval on 2 processes x 1 device gives one process x 2 devices' outputs."""
   import json

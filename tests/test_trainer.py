@@ -177,3 +177,43 @@ def test_model_info_lists_every_parameter_with_set_and_role():
               if l.startswith('encoder/layers_0/mlp/wi_0/kernel'))
   assert "(None, 'model')" in line and 'trainable' in line and "('embed', 'mlp')" in line
   assert jnp.asarray(1) == 1
+
+
+# -----------------------------------------------------------------------------
+# Which data shard each process loads (`partitioning.data_layout`).
+# -----------------------------------------------------------------------------
+def _pod_rows(hosts, chips_per_host, data, model):
+  """Process index of each device of a data x model mesh over hosts' chips in order."""
+  return np.repeat(np.arange(hosts), chips_per_host).reshape(data, model)
+
+
+def test_data_layout_model_axis_within_hosts_gives_each_host_its_shard():
+  # v4-128: 16 hosts x 4 chips, MESH_DATA=16 x MESH_MODEL=4: a host is one data row.
+  rows = _pod_rows(16, 4, 16, 4)
+  layouts = [partitioning.data_layout(rows, p) for p in range(16)]
+  assert [(x.shard_index, x.num_shards) for x in layouts] == [(p, 16) for p in range(16)]
+
+
+def test_data_layout_model_axis_across_hosts_shares_a_shard_between_them():
+  # The README's pod example: MESH_DATA=8 x MESH_MODEL=8 over 16 hosts of 4 chips.
+  # Hosts 2k and 2k+1 hold the same data row k, so they must load the same rows.
+  rows = _pod_rows(16, 4, 8, 8)
+  layouts = [partitioning.data_layout(rows, p) for p in range(16)]
+  assert [(x.shard_index, x.num_shards) for x in layouts] == [(p // 2, 8) for p in range(16)]
+  # One host with many rows (a GPU node of 8, one process): all of them.
+  assert partitioning.data_layout(np.zeros((8, 1), int), 0) == partitioning.DataLayout(0, 1)
+
+
+def test_data_layout_refuses_processes_that_share_only_part_of_their_rows():
+  # 3 hosts of 2 chips on a 2 x 3 mesh: host 1 straddles rows 0 and 1.
+  rows = np.array([[0, 0, 1], [1, 2, 2]])
+  with pytest.raises(ValueError, match=r'share the batch positions \[0\]'):
+    partitioning.data_layout(rows, 0)
+
+
+def test_shard_batch_on_one_process_takes_the_local_batch_as_the_global_one():
+  part = partitioning.Partitioner(partitioning.make_mesh(2, 4))
+  assert part.data_layout() == partitioning.DataLayout(0, 1)
+  x = part.shard_batch({'x': np.arange(8 * 3).reshape(8, 3)})['x']
+  assert x.shape == (8, 3)
+  np.testing.assert_array_equal(np.asarray(x), np.arange(8 * 3).reshape(8, 3))

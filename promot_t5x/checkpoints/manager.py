@@ -110,35 +110,35 @@ def resolve_source(path: str, step: int | str = 'latest') -> str:
 
 
 def read_params(path: str, module=None, step: int | str = 'latest') -> dict[str, np.ndarray]:
-  """Flat {path: numpy array} of any supported checkpoint format."""
-  from promot_t5x import checkpoints as ckpt_lib  # the package's importers
+  """Flat {path: float32 numpy array} of any supported checkpoint format, read whole."""
+  from promot_t5x.checkpoints import sources
 
-  kind = resolve_source(path, step)
-  if kind == 't5x_legacy':
-    flat = ckpt_lib.read_t5x_legacy_params(path)
-  elif kind == 'hf':
-    _, params = ckpt_lib.import_hf(path)
-    flat = param_sets.flatten(params)
-  else:
-    flat = param_sets.flatten(load_run_params(path, step))
-  return {k: np.asarray(v) for k, v in flat.items()}
+  source = sources.open_source(path, step)
+  return source.read(dict.fromkeys(source.shapes))
 
 
 def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
-                   init_fn: Callable[[], Mapping[str, Any]] | None = None,
-                   module=None) -> tuple[dict[str, Any], RestoreReport]:
+                   init_fn: Callable[[list[str], dict[str, Any]], Mapping[str, Any]] | None = None,
+                   module=None, shardings: Mapping[str, Any] | None = None,
+                   ) -> tuple[dict[str, Any], RestoreReport]:
   """Parameters for a new run: checkpoint values where mapped, init elsewhere.
 
   abstract_params: the new model's (unboxed) parameter shapes (nested).
-  init_fn: returns freshly initialized parameters (nested); called only if
-    some parameter falls back to initialization.
+  init_fn: `init_fn(paths, restored)` returns {path: array} for the parameters
+    that fall back to initialization (`restored`: the flat restored ones, e.g.
+    for a prompt initialized from the embedding); called only if there are any.
+  shardings: the new model's parameter shardings (nested, like
+    abstract_params): each parameter comes back a jax.Array with its sharding,
+    this process reading only its devices' slices. None: whole numpy arrays.
   Raises CheckpointError naming every parameter that is missing (and not
   allowed to fall back) or has the wrong shape (both shapes given).
   """
-  source = read_params(cfg.path, module, cfg.step)
+  from promot_t5x.checkpoints import sources
+
+  source = sources.open_source(cfg.path, cfg.step)
   target = param_sets.flatten(abstract_params)
-  restored, initialized, missing, wrong = {}, [], [], []
-  used = set()
+  flat_shardings = param_sets.flatten(shardings) if shardings is not None else {}
+  plan, initialized, missing, wrong = {}, [], [], []
   for path, spec in target.items():
     src = path
     for pattern, replacement in cfg.assignment_map:
@@ -148,18 +148,17 @@ def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
     if src is None:
       initialized.append(path)
       continue
-    if src not in source:
+    if src not in source.shapes:
       if any(re.fullmatch(p, path) for p in cfg.fallback_to_init):
         initialized.append(path)
       else:
         missing.append(path if src == path else f'{path} (mapped to {src})')
       continue
-    value = source[src]
-    if tuple(value.shape) != tuple(spec.shape):
-      wrong.append(f'{path}: checkpoint {tuple(value.shape)} vs model {tuple(spec.shape)}')
+    shape = source.shapes[src].shape
+    if tuple(shape) != tuple(spec.shape):
+      wrong.append(f'{path}: checkpoint {tuple(shape)} vs model {tuple(spec.shape)}')
       continue
-    restored[path] = value.astype(np.float32) if value.dtype != np.float32 else value
-    used.add(src)
+    plan[path] = src
   if missing or wrong:
     parts = [f'Checkpoint {cfg.path} does not fit the model.']
     if missing:
@@ -170,14 +169,26 @@ def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
       parts.append(f'Wrong shape: {wrong}. Check the model gin (sizes, vocabulary, '
                    'PROMPT_LENGTH) against the checkpoint.')
     raise CheckpointError(' '.join(parts))
+  if initialized and init_fn is None:
+    raise CheckpointError(f'{initialized} need initialization but no init_fn was given.')
+  # One read per checkpoint parameter; a parameter restored into several places
+  # (an assignment map may do that) is laid out again for each.
+  by_src: dict[str, Any] = {}
+  for path, src in plan.items():
+    by_src.setdefault(src, flat_shardings.get(path))
+  values = source.read(by_src)
+  restored = {}
+  for path, src in plan.items():
+    value, sharding = values[src], flat_shardings.get(path)
+    if sharding is not None and value.sharding != sharding:
+      value = jax.device_put(value, sharding)
+    restored[path] = value
   if initialized:
-    if init_fn is None:
-      raise CheckpointError(f'{initialized} need initialization but no init_fn was given.')
-    fresh = param_sets.flatten(init_fn())
+    fresh = init_fn(list(initialized), dict(restored))
     for path in initialized:
-      restored[path] = np.asarray(fresh[path])
-  report = RestoreReport(sorted(p for p in restored if p not in initialized), sorted(initialized),
-                         sorted(set(source) - used), cfg.path)
+      restored[path] = fresh[path]
+  report = RestoreReport(sorted(plan), sorted(initialized),
+                         sorted(set(source.shapes) - set(plan.values())), cfg.path)
   return param_sets.unflatten(restored), report
 
 
@@ -204,9 +215,8 @@ def best_step(model_dir: str) -> int | None:
     return int(json.load(f)['step'])
 
 
-def load_run_params(path: str, step: int | str = 'latest') -> dict[str, Any]:
-  """Nested numpy params of a run folder (latest, best or a given step), a step folder,
-  or a params folder."""
+def params_item(path: str, step: int | str = 'latest') -> Any:
+  """The orbax params folder that `path` (a run folder at `step`, a step or params folder) names."""
   from promot_t5x import checkpoints as ckpt_lib
 
   ckdir = checkpoint_dir(path)
@@ -225,8 +235,16 @@ def load_run_params(path: str, step: int | str = 'latest') -> dict[str, Any]:
       chosen = int(step)
     if chosen not in steps:
       raise CheckpointError(f'Step {chosen} is not among the complete checkpoints {steps} of {path}.')
-    return ckpt_lib.load_params(os.path.join(ckdir, str(chosen)))
-  return ckpt_lib.load_params(path)
+    path = os.path.join(ckdir, str(chosen))
+  return ckpt_lib.find_params_item(path)
+
+
+def load_run_params(path: str, step: int | str = 'latest') -> dict[str, Any]:
+  """Nested numpy params of a run folder (latest, best or a given step), a step folder,
+  or a params folder."""
+  from promot_t5x import checkpoints as ckpt_lib
+
+  return ckpt_lib.load_params(params_item(path, step))
 
 
 _EMPTY = {'_empty': np.zeros((), np.int32)}

@@ -158,28 +158,60 @@ def _kvstore(checkpoint_dir: str, relative: str) -> dict[str, Any]:
   return {'driver': 'file', 'path': os.path.abspath(full)}
 
 
-def _read_ts(spec: dict[str, Any], checkpoint_dir: str, name: str) -> np.ndarray:
-  spec = copy.deepcopy(spec)
-  kvstore = spec.pop('kvstore', None)
-  if isinstance(kvstore, dict):
-    relative = kvstore.get('path', '')
-  elif isinstance(kvstore, str):
-    relative = kvstore
-  else:
-    relative = spec.pop('path')
-  spec.pop('path', None)
-  expected_shape = tuple(spec.get('metadata', {}).get('shape', ()) or ())
-  # The on-disk .zarray is authoritative; only the location is ours to fix.
-  open_spec = {'driver': spec['driver'], 'kvstore': _kvstore(checkpoint_dir, relative)}
-  try:
-    store = ts.open(open_spec, open=True, read=True).result()
-    array = np.asarray(store.read().result())
-  except Exception as e:  # tensorstore raises ValueError/RuntimeError variants
-    raise OSError(f'Could not read array {name} from {open_spec["kvstore"]}: {e}') from e
-  if expected_shape and tuple(array.shape) != expected_shape:
-    raise ValueError(f'Array {name}: zarr data has shape {array.shape} but the checkpoint '
-                     f'says {expected_shape}.')
-  return array
+class TensorStoreArray:
+  """A zarr array of the checkpoint, opened on first use and read slice by slice.
+
+  `array[index]` reads only the requested slice (a sharded restore reads each
+  device's part); `np.asarray(array)` reads all of it.
+  """
+
+  def __init__(self, spec: dict[str, Any], checkpoint_dir: str, name: str):
+    spec = copy.deepcopy(spec)
+    kvstore = spec.pop('kvstore', None)
+    if isinstance(kvstore, dict):
+      relative = kvstore.get('path', '')
+    elif isinstance(kvstore, str):
+      relative = kvstore
+    else:
+      relative = spec.pop('path')
+    spec.pop('path', None)
+    metadata = spec.get('metadata', {})
+    self.name = name
+    self.shape = tuple(metadata.get('shape', ()) or ())
+    try:
+      self.dtype = _numpy_dtype(metadata['dtype'])
+    except (KeyError, ValueError):
+      self.dtype = None  # known once opened
+    # The on-disk .zarray is authoritative; only the location is ours to fix.
+    self._open_spec = {'driver': spec['driver'], 'kvstore': _kvstore(checkpoint_dir, relative)}
+    self._store = None
+
+  def _opened(self) -> Any:
+    if self._store is None:
+      try:
+        store = ts.open(self._open_spec, open=True, read=True).result()
+      except Exception as e:  # tensorstore raises ValueError/RuntimeError variants
+        raise OSError(f'Could not read array {self.name} from {self._open_spec["kvstore"]}: '
+                      f'{e}') from e
+      if self.shape and tuple(store.shape) != self.shape:
+        raise ValueError(f'Array {self.name}: zarr data has shape {tuple(store.shape)} but the '
+                         f'checkpoint says {self.shape}.')
+      self.shape = tuple(store.shape)
+      self.dtype = np.dtype(store.dtype.numpy_dtype)
+      self._store = store
+    return self._store
+
+  def __getitem__(self, index: Any) -> np.ndarray:
+    store = self._opened()
+    try:
+      return np.asarray(store[index].read().result())
+    except Exception as e:
+      raise OSError(f'Could not read array {self.name} from {self._open_spec["kvstore"]}: '
+                    f'{e}') from e
+
+  def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    array = self[...]
+    return array if dtype is None else array.astype(dtype)
 
 
 def _chunked_array(node: dict[str, Any]) -> np.ndarray:
@@ -188,18 +220,24 @@ def _chunked_array(node: dict[str, Any]) -> np.ndarray:
   return np.concatenate([c.reshape(-1) for c in chunks]).reshape(node['shape'])
 
 
-def _flatten_arrays(tree: Any, checkpoint_dir: str, prefix: str = '') -> dict[str, Any]:
-  """Nested msgpack tree -> {'a/b/c': np.ndarray or scalar}, reading TensorStore arrays."""
+def _flatten_lazy(tree: Any, checkpoint_dir: str, prefix: str = '') -> dict[str, Any]:
+  """Nested msgpack tree -> {'a/b/c': np.ndarray, scalar or TensorStoreArray (unread)}."""
   if _is_ts_spec(tree):
-    return {prefix: _read_ts(tree, checkpoint_dir, prefix)}
+    return {prefix: TensorStoreArray(tree, checkpoint_dir, prefix)}
   if isinstance(tree, dict) and tree.get(_CHUNKED_ARRAY_KEY):
     return {prefix: _chunked_array(tree)}
   if isinstance(tree, dict):
     out = {}
     for key, value in tree.items():
-      out.update(_flatten_arrays(value, checkpoint_dir, f'{prefix}/{key}' if prefix else str(key)))
+      out.update(_flatten_lazy(value, checkpoint_dir, f'{prefix}/{key}' if prefix else str(key)))
     return out
   return {prefix: tree}
+
+
+def _flatten_arrays(tree: Any, checkpoint_dir: str) -> dict[str, Any]:
+  """Nested msgpack tree -> {'a/b/c': np.ndarray or scalar}, reading TensorStore arrays."""
+  return {k: v[...] if isinstance(v, TensorStoreArray) else v
+          for k, v in _flatten_lazy(tree, checkpoint_dir).items()}
 
 
 def _flatten_shapes(tree: Any, prefix: str = '') -> dict[str, tuple[int, ...]]:
@@ -227,6 +265,13 @@ def read_t5x_legacy_params(path: str) -> dict[str, np.ndarray]:
   checkpoint_dir = find_checkpoint_dir(path)
   state = _load_msgpack(checkpoint_dir)
   return _flatten_arrays(state['optimizer']['target'], checkpoint_dir)
+
+
+def lazy_t5x_legacy_params(path: str) -> dict[str, Any]:
+  """Like `read_t5x_legacy_params`, but large arrays are `TensorStoreArray`s, read on indexing."""
+  checkpoint_dir = find_checkpoint_dir(path)
+  state = _load_msgpack(checkpoint_dir)
+  return _flatten_lazy(state['optimizer']['target'], checkpoint_dir)
 
 
 def read_t5x_optimizer_state(path: str) -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""A checkpoint's parameter shapes without its data, and its arrays read shard by shard.
+
+`open_source(path, step)` takes any checkpoint the trainer and the evaluator
+accept (an orbax run, step or params folder; a legacy T5X checkpoint; a Hugging
+Face T5/mT5 folder) and knows each parameter's shape and dtype from metadata
+alone (orbax's tree metadata, the T5X msgpack file, the HF weights). `read`
+then reads the parameters asked for, float32:
+
+- with a sharding: a `jax.Array` laid out with it, for which this process reads
+  only the slices its own devices hold. orbax restores each leaf with that
+  sharding; a T5X zarr array is read slice by slice with TensorStore. A
+  multi-process run (a TPU host, one process per GPU) therefore holds and reads
+  its part of the model, not the whole: mT5 XXL is ~52 GB in float32, once per
+  process when read whole.
+- with None: the whole array on the host (numpy).
+
+Hugging Face folders are the exception: their conversion (transposes, the tied
+or rescaled head) needs whole tensors, so every process reads them whole.
+For multi-process runs convert them once with promot-convert to an orbax params
+folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from promot_t5x import param_sets
+
+Sharding = jax.sharding.Sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayInfo:
+  shape: tuple[int, ...]
+  dtype: np.dtype | None
+
+
+class Source:
+  """A checkpoint's parameters: `shapes` (from metadata) and `read` (shard-aware)."""
+
+  kind: str = ''
+
+  def __init__(self, path: str, shapes: Mapping[str, ArrayInfo]):
+    self.path = path
+    self.shapes = dict(shapes)
+
+  def read(self, wanted: Mapping[str, Sharding | None]) -> dict[str, Any]:
+    """{checkpoint path: float32 array}: a jax.Array where a sharding is given, else numpy."""
+    unknown = sorted(set(wanted) - set(self.shapes))
+    if unknown:
+      raise KeyError(f'{self.path} has no parameters {unknown[:10]}.')
+    return self._read(dict(wanted))
+
+  def _read(self, wanted: dict[str, Sharding | None]) -> dict[str, Any]:
+    raise NotImplementedError
+
+
+def _from_slices(shape: tuple[int, ...], sharding: Sharding | None,
+                 read_slice: Callable[[Any], np.ndarray]) -> Any:
+  """A float32 array from `read_slice(index)`: whole (no sharding) or per local device.
+
+  Devices of this process holding the same slice (replicas) share one read.
+  """
+  if sharding is None:
+    return np.asarray(read_slice(...), np.float32)
+  done: dict[Any, np.ndarray] = {}
+
+  def callback(index):
+    key = tuple((s.start, s.stop, s.step) for s in index)
+    if key not in done:
+      done[key] = np.asarray(read_slice(index), np.float32)
+    return done[key]
+
+  return jax.make_array_from_callback(tuple(shape), sharding, callback)
+
+
+class ArraysSource(Source):
+  """Parameters indexable slice by slice: in-memory or memory-mapped numpy, TensorStore."""
+
+  def __init__(self, path: str, arrays: Mapping[str, Any], kind: str):
+    super().__init__(path, {k: ArrayInfo(tuple(np.shape(v)), getattr(v, 'dtype', None))
+                            for k, v in arrays.items()})
+    self._arrays = dict(arrays)
+    self.kind = kind
+
+  def _read(self, wanted):
+    return {k: _from_slices(self.shapes[k].shape, sharding,
+                            lambda index, a=self._arrays[k]: a[index])
+            for k, sharding in wanted.items()}
+
+
+class OrbaxSource(Source):
+  """A params item written by orbax (ours): sharded restores read only local shards."""
+
+  kind = 'orbax'
+
+  def __init__(self, path: str, item: epath.Path):
+    self.item = item.absolute()
+    tree = ocp.PyTreeCheckpointHandler().metadata(self.item).tree
+    flat = param_sets.flatten(_to_dict(tree))
+    super().__init__(path, {k: ArrayInfo(tuple(m.shape), np.dtype(m.dtype))
+                            for k, m in flat.items()})
+
+  def _read(self, wanted):
+    if not wanted:
+      return {}
+
+    def args(path, sharding):
+      if sharding is None:
+        return ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32)
+      return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=self.shapes[path].shape,
+                                  dtype=np.float32)
+
+    restore_args = param_sets.unflatten({k: args(k, s) for k, s in wanted.items()})
+    item = param_sets.unflatten({k: 0 for k in wanted})
+    restored = ocp.PyTreeCheckpointer().restore(
+        self.item, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                               partial_restore=True))
+    flat = param_sets.flatten(_to_dict(restored))
+    return {k: flat[k] for k in wanted}
+
+
+def _to_dict(tree: Any) -> Any:
+  if isinstance(tree, Mapping):
+    return {str(k): _to_dict(v) for k, v in tree.items()}
+  return tree
+
+
+def open_source(path: str, step: int | str = 'latest') -> Source:
+  """The checkpoint at `path` (run folders: `step` is 'latest', 'best' or a number)."""
+  from promot_t5x.checkpoints import hf, manager, t5x_legacy
+
+  kind = manager.resolve_source(path, step)
+  if kind == 't5x_legacy':
+    return ArraysSource(path, t5x_legacy.lazy_t5x_legacy_params(path), kind)
+  if kind == 'hf':
+    _, params = hf.import_hf(path)
+    return ArraysSource(path, param_sets.flatten(params), kind)
+  return OrbaxSource(path, manager.params_item(path, step))
