@@ -2,6 +2,8 @@
 multi-process run reads them: each format's sharded read equals its whole read, lands with
 the asked sharding, and (T5X zarr) reads only slices, never a sharded parameter whole."""
 
+import json
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -100,12 +102,29 @@ def test_t5x_legacy_reads_only_each_devices_slices(checkpoint_fixture, monkeypat
     np.testing.assert_array_equal(np.asarray(array), np.asarray(whole[path], np.float32))
 
 
-def test_hf_folder_read_onto_the_mesh_equals_its_import(tmp_path):
-  model = _model()
+@pytest.mark.parametrize('rescaled_head', [False, True])
+def test_hf_folder_read_onto_the_mesh_equals_its_import(tmp_path, rescaled_head):
+  model = _model(_model().config.replace(logits_via_embedding=False))
   params = model.init_params(jax.random.PRNGKey(3))
   hf.export_hf(params, model.config, str(tmp_path / 'hf'))
+  if rescaled_head:
+    # A T5 whose decoder output HF rescales before a separate head: the import
+    # folds the scale into our kernel.
+    config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
+    (tmp_path / 'hf' / 'config.json').write_text(json.dumps({**config,
+                                                             'scale_decoder_outputs': True}))
   source = sources.open_source(str(tmp_path / 'hf'))
   assert source.kind == 'hf'
+  # Opening reads no tensor: every array is a view of the memory-mapped file.
+  for path, array in source._arrays.items():
+    base = array.base if isinstance(array, hf._Scaled) else array
+    assert not base.flags.owndata, path
+  assert isinstance(source._arrays['decoder/logits_dense/kernel'], hf._Scaled) == rescaled_head
+  imported = param_sets.flatten(hf.import_hf(str(tmp_path / 'hf'))[1])
+  whole = source.read(dict.fromkeys(source.shapes))
+  assert whole.keys() == imported.keys()
+  for path, value in imported.items():
+    np.testing.assert_array_equal(whole[path], value, err_msg=path)
   shardings = _shardings(model, _partitioner())
   assert _check_sharded_equals_whole(source, shardings) >= 8
 

@@ -277,21 +277,27 @@ def _hf_to_t5x_names(config: t5.T5Config) -> dict[str, tuple[str, str]]:
 
 
 def hf_tensors_to_params(tensors: Mapping[str, np.ndarray], config: t5.T5Config,
-                         *, source: str = 'HF checkpoint') -> dict[str, np.ndarray]:
+                         *, source: str = 'HF checkpoint', lazy: bool = False
+                         ) -> dict[str, np.ndarray]:
   """HF tensors -> flat {our path: float32 array}; errors on unknown or missing tensors.
 
   `tensors` must already hold `lm_head.weight` for an untied config (see
-  `import_hf` for how a tied, unscaled HF head is untied).
+  `import_hf` for how a tied, unscaled HF head is untied). With `lazy`, the
+  values are views of `tensors` (transposed where ours are; stored dtype),
+  so memory-mapped tensors are read only where indexed.
   """
   names = _hf_to_t5x_names(config)
   unknown, flat = [], {}
   for name, value in tensors.items():
     if name in names:
       path, how = names[name]
+      if lazy:
+        flat[path] = value.T if how == 'T' else value
+        continue
       value = np.asarray(value, dtype=np.float32)
       flat[path] = np.ascontiguousarray(value.T) if how == 'T' else value
     elif name in _EMBEDDING_COPIES:
-      if not np.array_equal(np.asarray(value), np.asarray(tensors.get('shared.weight'))):
+      if not _equal(value, tensors.get('shared.weight')):
         raise ValueError(f'{source}: {name} differs from shared.weight; this model needs one '
                          'shared token embedding.')
     elif any(re.fullmatch(p, name) for p in _IGNORED_HF_TENSORS):
@@ -348,6 +354,82 @@ def read_hf_config(path: str) -> dict[str, Any]:
     return json.load(f)
 
 
+def _hf_params(path: str, config_overrides: Mapping[str, Any] | None, lazy: bool
+               ) -> tuple[t5.T5Config, dict[str, Any]]:
+  """(our config, flat {our path: array}) of an HF folder; `lazy`: views, read when indexed."""
+  hf_config = read_hf_config(path)
+  tensors = read_hf_tensors(path)
+  shared = tensors.get('shared.weight')
+  if shared is None:
+    raise ValueError(f'{path} has no shared.weight (the token embedding).')
+  lm_head = tensors.get('lm_head.weight')
+  scale = _hf_scales_decoder_output(hf_config)
+  tensors = dict(tensors)
+  if lm_head is None or _equal(lm_head, shared):
+    # One embedding for input and output.
+    tensors.pop('lm_head.weight', None)
+    tied = scale
+    if not scale:
+      # HF multiplies by `shared` without the T5.1.0 rescaling: our untied head
+      # with an initial copy of the embedding computes the same logits.
+      tensors['lm_head.weight'] = shared
+      logging.info('%s: unscaled tied LM head imported as an untied copy of shared.weight.',
+                   path)
+  else:
+    tied = False
+    if scale:
+      # A separate head applied to a rescaled decoder output (T5 with
+      # tie_word_embeddings unset): fold the scale into the kernel.
+      factor = np.float32(hf_config['d_model']) ** -0.5
+      tensors['lm_head.weight'] = (_Scaled(lm_head, factor) if lazy
+                                   else np.asarray(lm_head, np.float32) * factor)
+  overrides = dict(config_overrides or {})
+  if 'logits_via_embedding' in overrides:
+    raise ValueError('logits_via_embedding follows from the HF weights (lm_head.weight) and '
+                     'config; it cannot be overridden.')
+  config = t5_config_from_hf(hf_config, logits_via_embedding=tied, **overrides)
+  return config, hf_tensors_to_params(tensors, config, source=path, lazy=lazy)
+
+
+def lazy_hf_params(path: str) -> dict[str, Any]:
+  """{our path: array-like} of an HF folder, reading no tensor data until indexed.
+
+  Each value is a view of the memory-mapped safetensors file (transposed where
+  our layout is), or a `_Scaled` one for a head whose rescaling is folded in;
+  `checkpoints.sources` reads each process's slices of them.
+  """
+  return _hf_params(path, None, lazy=True)[1]
+
+
+class _Scaled:
+  """`base * factor` as float32, computed only for the slices read."""
+
+  def __init__(self, base: Any, factor: float):
+    self.base, self.factor = base, np.float32(factor)
+    self.shape, self.dtype = tuple(base.shape), np.dtype(np.float32)
+
+  @property
+  def T(self) -> _Scaled:  # noqa: N802 (numpy's name)
+    return _Scaled(self.base.T, self.factor)
+
+  def __getitem__(self, index: Any) -> np.ndarray:
+    return np.asarray(self.base[index], np.float32) * self.factor
+
+  def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    array = self[...]
+    return array if dtype is None else array.astype(dtype)
+
+
+def _equal(a: Any, b: Any, rows: int = 4096) -> bool:
+  """np.array_equal of two (memory-mapped) tensors, a block of rows at a time."""
+  if b is None or tuple(a.shape) != tuple(b.shape):
+    return False
+  if not a.shape:
+    return bool(np.asarray(a) == np.asarray(b))
+  return all(np.array_equal(np.asarray(a[i:i + rows]), np.asarray(b[i:i + rows]))
+             for i in range(0, a.shape[0], rows))
+
+
 def import_hf(
     path: str,
     *,
@@ -372,37 +454,7 @@ def import_hf(
     `(EncoderDecoderModel, params)` (no vocabulary attached: set
     `model.vocabulary`), or `(model, params, report)` with `return_report`.
   """
-  hf_config = read_hf_config(path)
-  tensors = read_hf_tensors(path)
-  shared = tensors.get('shared.weight')
-  if shared is None:
-    raise ValueError(f'{path} has no shared.weight (the token embedding).')
-  lm_head = tensors.get('lm_head.weight')
-  scale = _hf_scales_decoder_output(hf_config)
-  tensors = dict(tensors)
-  if lm_head is None or np.array_equal(np.asarray(lm_head), np.asarray(shared)):
-    # One embedding for input and output.
-    tensors.pop('lm_head.weight', None)
-    tied = scale
-    if not scale:
-      # HF multiplies by `shared` without the T5.1.0 rescaling: our untied head
-      # with an initial copy of the embedding computes the same logits.
-      tensors['lm_head.weight'] = shared
-      logging.info('%s: unscaled tied LM head imported as an untied copy of shared.weight.',
-                   path)
-  else:
-    tied = False
-    if scale:
-      # A separate head applied to a rescaled decoder output (T5 with
-      # tie_word_embeddings unset): fold the scale into the kernel.
-      tensors['lm_head.weight'] = (np.asarray(lm_head, np.float32)
-                                   * np.float32(hf_config['d_model']) ** -0.5)
-  overrides = dict(config_overrides or {})
-  if 'logits_via_embedding' in overrides:
-    raise ValueError('logits_via_embedding follows from the HF weights (lm_head.weight) and '
-                     'config; it cannot be overridden.')
-  config = t5_config_from_hf(hf_config, logits_via_embedding=tied, **overrides)
-  flat = hf_tensors_to_params(tensors, config, source=path)
+  config, flat = _hf_params(path, config_overrides, lazy=False)
   model = encoder_decoder.EncoderDecoderModel(module=t5.Transformer(config))
   params, report = matching.match_params(
       flat, model, source=path, allow_missing=allow_missing, fallback_params=fallback_params)

@@ -3,7 +3,7 @@
 `open_source(path, step)` takes any checkpoint the trainer and the evaluator
 accept (an orbax run, step or params folder; a legacy T5X checkpoint; a Hugging
 Face T5/mT5 folder) and knows each parameter's shape and dtype from metadata
-alone (orbax's tree metadata, the T5X msgpack file, the HF weights). `read`
+alone (orbax's tree metadata, the T5X msgpack file, the safetensors headers). `read`
 then reads the parameters asked for, float32:
 
 - with a sharding: a `jax.Array` laid out with it, for which this process reads
@@ -14,10 +14,11 @@ then reads the parameters asked for, float32:
   process when read whole.
 - with None: the whole array on the host (numpy).
 
-Hugging Face folders are the exception: their conversion (transposes, the tied
-or rescaled head) needs whole tensors, so every process reads them whole.
-For multi-process runs convert them once with promot-convert to an orbax params
-folder.
+Hugging Face safetensors are memory-mapped and our layout is a view of them
+(transposed where ours is; the head of a T5 that rescales the decoder output
+is scaled slice by slice), so they are read slice by slice as well. Opening
+one compares the LM head with the embedding, block by block, to see whether
+they are tied.
 """
 
 from __future__ import annotations
@@ -68,14 +69,15 @@ def _from_slices(shape: tuple[int, ...], sharding: Sharding | None,
 
   Devices of this process holding the same slice (replicas) share one read.
   """
+  # np.array copies: a slice of a memory-mapped file becomes memory of our own.
   if sharding is None:
-    return np.asarray(read_slice(...), np.float32)
+    return np.array(read_slice(...), np.float32)
   done: dict[Any, np.ndarray] = {}
 
   def callback(index):
     key = tuple((s.start, s.stop, s.step) for s in index)
     if key not in done:
-      done[key] = np.asarray(read_slice(index), np.float32)
+      done[key] = np.array(read_slice(index), np.float32)
     return done[key]
 
   return jax.make_array_from_callback(tuple(shape), sharding, callback)
@@ -141,6 +143,5 @@ def open_source(path: str, step: int | str = 'latest') -> Source:
   if kind == 't5x_legacy':
     return ArraysSource(path, t5x_legacy.lazy_t5x_legacy_params(path), kind)
   if kind == 'hf':
-    _, params = hf.import_hf(path)
-    return ArraysSource(path, param_sets.flatten(params), kind)
+    return ArraysSource(path, hf.lazy_hf_params(path), kind)
   return OrbaxSource(path, manager.params_item(path, step))
