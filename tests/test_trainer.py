@@ -200,6 +200,11 @@ def test_data_layout_model_axis_across_hosts_shares_a_shard_between_them():
   rows = _pod_rows(16, 4, 8, 8)
   layouts = [partitioning.data_layout(rows, p) for p in range(16)]
   assert [(x.shard_index, x.num_shards) for x in layouts] == [(p // 2, 8) for p in range(16)]
+  # The README's SLURM example: 8 nodes x 8 GPUs, one process per GPU, the same mesh:
+  # the 8 processes of a node share its row.
+  rows = _pod_rows(64, 1, 8, 8)
+  assert [partitioning.data_layout(rows, p).shard_index for p in range(64)] == [
+      p // 8 for p in range(64)]
   # One host with many rows (a GPU node of 8, one process): all of them.
   assert partitioning.data_layout(np.zeros((8, 1), int), 0) == partitioning.DataLayout(0, 1)
 
