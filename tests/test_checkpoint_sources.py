@@ -29,6 +29,12 @@ def _model(config=None, prompt_length=None):
   return encoder_decoder.EncoderDecoderModel(t5.Transformer(config))
 
 
+def _save_run(model_dir, params, step=1):
+  mgr = manager.TrainCheckpointManager(str(model_dir))
+  mgr.save(step, params, {}, {'step': step, 'batches_consumed': step, 'stage': 'finetune'})
+  mgr.close()
+
+
 def _partitioner(model_axis=2):
   mesh = partitioning.make_mesh(1, model_axis, jax.devices()[:model_axis])
   return partitioning.Partitioner(mesh)
@@ -56,9 +62,7 @@ def _check_sharded_equals_whole(source, shardings):
 def test_orbax_run_read_onto_a_model_parallel_mesh(tmp_path):
   model = _model()
   params = model.init_params(jax.random.PRNGKey(0))
-  mgr = manager.TrainCheckpointManager(str(tmp_path / 'run'))
-  mgr.save(5, params, {}, {'step': 5, 'batches_consumed': 5, 'stage': 'finetune'})
-  mgr.close()
+  _save_run(tmp_path / 'run', params)
 
   source = sources.open_source(str(tmp_path / 'run'))
   flat = param_sets.flatten(params)
@@ -132,9 +136,7 @@ def test_hf_folder_read_onto_the_mesh_equals_its_import(tmp_path, rescaled_head)
 def test_restore_params_lays_out_restored_and_initialized_parameters(tmp_path):
   base = _model()
   base_params = base.init_params(jax.random.PRNGKey(0))
-  mgr = manager.TrainCheckpointManager(str(tmp_path / 'pretrained'))
-  mgr.save(1, base_params, {}, {'step': 1, 'batches_consumed': 1, 'stage': 'finetune'})
-  mgr.close()
+  _save_run(tmp_path / 'pretrained', base_params)
   prompted = _model(prompt_length=4)
   partitioner = _partitioner()
   shardings = partitioner.param_shardings(prompted.abstract_params())

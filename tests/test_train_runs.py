@@ -87,19 +87,27 @@ def test_kill_and_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_pa
     assert np.array_equal(straight[p], resumed[p]), p
 
 
-def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, fixtures_dir):
+def _one_and_two_processes(tmp_path, fixtures_dir, *args):
+  """The same run as 1 process x 2 devices (tmp_path/one) and 2 processes x 1 device (two).
+
+  Returns (stdout of process 0 of the two-process run, params of one, params of two).
+  """
   from promot_t5x_launch import local
 
-  common = ['--gin_file=runs/finetune.gin', '--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=4',
-            '--gin.SHUFFLE_TRAIN_EXAMPLES=False', '--gin.LEARNING_RATE=0.01']
-  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'one'), *common), _env(fixtures_dir, devices=2))
-  results = local.launch(_cmd(*_toy_args(fixtures_dir, tmp_path / 'two'), *common),
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'one'), *args), _env(fixtures_dir, devices=2))
+  results = local.launch(_cmd(*_toy_args(fixtures_dir, tmp_path / 'two'), *args),
                          num_processes=2, devices_per_process=1, env=_env(fixtures_dir),
                          timeout=300)
   for r in results:
     assert r.returncode == 0, r.stderr[-4000:]
-  assert "mesh {'data': 2, 'model': 1}" in results[0].stdout
-  one, two = _final_params(tmp_path / 'one'), _final_params(tmp_path / 'two')
+  return results[0].stdout, _final_params(tmp_path / 'one'), _final_params(tmp_path / 'two')
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, fixtures_dir):
+  common = ['--gin_file=runs/finetune.gin', '--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=4',
+            '--gin.SHUFFLE_TRAIN_EXAMPLES=False', '--gin.LEARNING_RATE=0.01']
+  stdout, one, two = _one_and_two_processes(tmp_path, fixtures_dir, *common)
+  assert "mesh {'data': 2, 'model': 1}" in stdout
   for p in one:
     np.testing.assert_allclose(two[p], one[p], rtol=1e-5, atol=1e-7, err_msg=p)
   assert any(not np.allclose(one[p], 0) for p in one)
@@ -113,23 +121,16 @@ def test_model_axis_across_two_processes_equals_one_process(tmp_path, fixtures_d
   from INITIAL_CHECKPOINT_PATH (checkpoints.sources); the prompt is initialized from the
   restored, sharded embedding ('vocab_sample').
   """
-  from promot_t5x_launch import local
-
   _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'base'), '--gin_file=runs/finetune.gin',
             '--gin.TRAIN_STEPS=2'), _env(fixtures_dir))
   common = ['--gin_file=runs/prompt_tuning.gin', '--gin.TRAIN_STEPS=3',
             '--gin.CHECKPOINT_PERIOD=3', f'--gin.INITIAL_CHECKPOINT_PATH={tmp_path / "base"}',
             '--gin.PROMPT_LENGTH=4', "--gin.PROMPT_INIT='vocab_sample'",
             '--gin.MESH_DATA=1', '--gin.MESH_MODEL=2']
-  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'one'), *common), _env(fixtures_dir, devices=2))
-  results = local.launch(_cmd(*_toy_args(fixtures_dir, tmp_path / 'two'), *common),
-                         num_processes=2, devices_per_process=1, env=_env(fixtures_dir),
-                         timeout=300)
-  for r in results:
-    assert r.returncode == 0, r.stderr[-4000:]
-  assert "mesh {'data': 1, 'model': 2}" in results[0].stdout
-  assert '2 processes load 1 data shards' in results[0].stdout
-  base, one, two = (_final_params(tmp_path / name) for name in ('base', 'one', 'two'))
+  stdout, one, two = _one_and_two_processes(tmp_path, fixtures_dir, *common)
+  assert "mesh {'data': 1, 'model': 2}" in stdout
+  assert '2 processes load 1 data shards' in stdout
+  base = _final_params(tmp_path / 'base')
   for p in one:
     np.testing.assert_allclose(two[p], one[p], rtol=1e-5, atol=1e-7, err_msg=p)
   assert all(np.array_equal(one[p], base[p]) for p in base)  # the model stayed frozen

@@ -23,6 +23,7 @@ they are tied.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -43,8 +44,11 @@ class ArrayInfo:
   dtype: np.dtype | None
 
 
-class Source:
-  """A checkpoint's parameters: `shapes` (from metadata) and `read` (shard-aware)."""
+class Source(abc.ABC):
+  """A checkpoint's parameters: `shapes` (from metadata) and `read` (shard-aware).
+
+  Subclasses (one per storage kind) implement `_read`.
+  """
 
   kind: str = ''
 
@@ -59,8 +63,9 @@ class Source:
       raise KeyError(f'{self.path} has no parameters {unknown[:10]}.')
     return self._read(dict(wanted))
 
+  @abc.abstractmethod
   def _read(self, wanted: dict[str, Sharding | None]) -> dict[str, Any]:
-    raise NotImplementedError
+    """`read` after its check that every wanted path exists."""
 
 
 def _from_slices(shape: tuple[int, ...], sharding: Sharding | None,
