@@ -55,6 +55,7 @@ setuptools.setup(
         'promot_t5x_launch': 'launch',
     },
     package_data={
+        'promot_t5x': ['native/*.cc'],  # built on first use (promot_t5x/cpu_kernels.py)
         'promot_t5x_tasks': ['data/*', 'data/**/*'],
         'promot_t5x_tasks.synthetic': ['data/*', 'data/**/*'],
     },

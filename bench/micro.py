@@ -19,7 +19,11 @@ medians:
             encoder's `_add_position_bias`, jitted `jax.grad`) vs torch
             (Hugging Face T5's transposes and `matmul`s, autograd);
   bmm:      one of its batched products alone, 128 x ([128, 64] @ [64, 128]):
-            `jnp.matmul` vs `torch.bmm`.
+            `jnp.matmul` vs `torch.bmm`;
+  attention_blas, bmm_blas: the same with the products through BLAS on XLA's
+            threads (`promot_t5x.cpu_kernels`, what the model runs on CPU
+            with `T5Config.attention_kernel='auto'`) vs torch;
+  xla_blas: the attention core, XLA's einsums vs `cpu_kernels`.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
 
   print(f'median of {args.repeats} interleaved calls, ms')
   for name, a_name, b_name, ms in rows:
-    print(f'{name:9s} {a_name:>18s} {ms["a"]:8.1f}   {b_name:>12s} {ms["b"]:8.1f}   '
+    print(f'{name:14s} {a_name:>18s} {ms["a"]:8.1f}   {b_name:>12s} {ms["b"]:8.1f}   '
           f'({ms["a"] / ms["b"]:.2f}x)')
   return 0
 
@@ -100,6 +104,7 @@ def _attention_rows(repeats: int) -> list[tuple[str, str, str, dict[str, float]]
   import numpy as np
   import torch
 
+  from promot_t5x import cpu_kernels
   from promot_t5x.models import t5
 
   torch.set_num_threads(common.usable_cores())
@@ -110,12 +115,16 @@ def _attention_rows(repeats: int) -> list[tuple[str, str, str, dict[str, float]]
   mask = np.zeros((b, 1, 1, l), np.float32)
   mask[:, :, :, -8:] = -1e10  # a few padded keys
 
-  def ours(q, k, v, bias):  # Encoder's bias + MultiHeadAttention, mode 'full'
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) + t5._add_position_bias(bias, mask)
-    weights = jax.nn.softmax(logits, axis=-1)
-    return jnp.sum(jnp.einsum('bhqk,bkhd->bqhd', weights, v) * dout)
+  def core(scores, context):  # Encoder's bias + MultiHeadAttention, mode 'full'
+    def loss(q, k, v, bias):
+      logits = scores(q, k) + t5._add_position_bias(bias, mask)
+      weights = jax.nn.softmax(logits, axis=-1)
+      return jnp.sum(context(weights, v) * dout)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
 
-  ours_grad = jax.jit(jax.grad(ours, argnums=(0, 1, 2, 3)))
+  ours_grad = core(lambda q, k: jnp.einsum('bqhd,bkhd->bhqk', q, k),
+                   lambda w, v: jnp.einsum('bhqk,bkhd->bqhd', w, v))
+  blas_grad = core(cpu_kernels.attention_scores, cpu_kernels.attention_context)
   jargs = tuple(jnp.asarray(x) for x in (q, k, v, bias))
   tq, tk, tv, tbias = (torch.from_numpy(x).requires_grad_() for x in (q, k, v, bias))
   tmask, tdout = torch.from_numpy(mask), torch.from_numpy(dout)
@@ -130,6 +139,11 @@ def _attention_rows(repeats: int) -> list[tuple[str, str, str, dict[str, float]]
 
   rows = [('attention', 'ours (XLA:CPU)', 'torch',
            _interleaved({'a': lambda: ours_grad(*jargs), 'b': peer}, (), repeats))]
+  rows.append(('attention_blas', 'ours (BLAS)', 'torch',
+               _interleaved({'a': lambda: blas_grad(*jargs), 'b': peer}, (), repeats)))
+  rows.append(('xla_blas', 'ours (XLA:CPU)', 'ours (BLAS)',
+               _interleaved({'a': lambda: ours_grad(*jargs), 'b': lambda: blas_grad(*jargs)}, (),
+                            repeats)))
   x = rng.standard_normal((b * h, l, hd), dtype=np.float32)
   y = rng.standard_normal((b * h, hd, l), dtype=np.float32)
   jx, jy, tx, ty = jnp.asarray(x), jnp.asarray(y), torch.from_numpy(x), torch.from_numpy(y)
@@ -137,6 +151,15 @@ def _attention_rows(repeats: int) -> list[tuple[str, str, str, dict[str, float]]
   rows.append(('bmm', 'jnp.matmul', 'torch.bmm',
                _interleaved({'a': lambda: bmm(jx, jy), 'b': lambda: torch.bmm(tx, ty)}, (),
                             repeats)))
+  # The same product as the kernel computes the context: [b, h, q, k] x [b, k, h, d].
+  w4 = jnp.asarray(rng.standard_normal((b, h, l, l), dtype=np.float32))
+  v4 = jnp.asarray(rng.standard_normal((b, l, h, hd), dtype=np.float32))
+  tw4 = torch.from_numpy(np.array(w4))
+  tv4 = torch.from_numpy(np.array(v4)).transpose(1, 2)
+  context = jax.jit(cpu_kernels.attention_context)
+  rows.append(('bmm_blas', 'cpu_kernels', 'torch.matmul',
+               _interleaved({'a': lambda: context(w4, v4), 'b': lambda: torch.matmul(tw4, tv4)},
+                            (), repeats)))
   return rows
 
 

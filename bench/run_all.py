@@ -230,6 +230,17 @@ def summarize(cfg: common.BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
                                    == decode['greedy']['torch']['tokens_head'])}
 
 
+def _attention_note(report: dict[str, Any]) -> str:
+  kernels = {run.get('attention_kernel') for sides in report['raw'].get('train', {}).values()
+             for run in sides.get('ours', [])}
+  if kernels == {'blas'}:
+    return (' (ours: attention\'s batched products through BLAS on XLA:CPU\'s threads, '
+            '`T5Config.attention_kernel=\'auto\'`)')
+  if kernels == {'xla'}:
+    return ' (ours: attention\'s products as XLA:CPU einsums)'
+  return ''
+
+
 def markdown(report: dict[str, Any]) -> str:
   s, cfg = report['summary'], report['config']
   quiet = report['load']['quiet_at_start']
@@ -240,7 +251,7 @@ def markdown(report: dict[str, Any]) -> str:
       + ('' if quiet else ' — NOT a quiet machine: preliminary numbers') + ').',
       '',
       f'Model and shapes: {common.BenchConfig(**cfg).describe()}. float32, no dropout, '
-      'one CPU device; steady-state median of '
+      f'one CPU device{_attention_note(report)}; steady-state median of '
       f'{cfg["train_steps"]} steps after {cfg["warmup_steps"]} warm-up steps.',
       'Machine float32 matmul peak (4096^3, best of jnp.dot / torch.mm'
       + (', at the start and the end of the run' if 'peak_end' in report['raw'] else '')

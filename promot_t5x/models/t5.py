@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from promot_t5x import cpu_kernels
 from promot_t5x.models import prompts as prompts_lib
 
 Array = jax.Array
@@ -67,6 +68,11 @@ class T5Config:
   dropout_rate: float = 0.0
   dtype: str = 'float32'  # activations; parameters are always float32.
   layer_norm_epsilon: float = 1e-6
+  # How attention's batched products (scores, context, their gradients) run:
+  # 'xla' (jnp.einsum), 'blas' (promot_t5x.cpu_kernels: BLAS on XLA:CPU's
+  # threads), or 'auto' ('blas' for float32 on an unpartitioned CPU program,
+  # else 'xla'). The same function either way; not part of the architecture.
+  attention_kernel: str = 'auto'
   # Soft prompts live beside the model, in their own parameter set.
   prompt: prompts_lib.PromptConfig | None = None
 
@@ -85,6 +91,9 @@ class T5Config:
           f'T5.1.0 or ("gelu", "linear") for T5.1.1/mT5; known: {sorted(_ACTIVATIONS)}.')
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}.')
+    if self.attention_kernel not in ('auto', 'xla', 'blas'):
+      raise ValueError(f'T5Config.attention_kernel must be "auto", "xla" or "blas", '
+                       f'got {self.attention_kernel!r}.')
     if self.dtype not in ('float32', 'bfloat16', 'float16'):
       raise ValueError(f'T5Config.dtype must be float32, bfloat16 or float16, got {self.dtype!r}.')
     # Lists from gin become tuples so the config stays hashable.
@@ -303,6 +312,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float
   dtype: Dtype
   is_cross_attention: bool = False
+  kernel: str = 'auto'  # T5Config.attention_kernel
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array | None,
@@ -321,7 +331,9 @@ class MultiHeadAttention(nn.Module):
     if mode == 'full':
       k = _constrain(key(inputs_kv), ('batch', 'length', 'heads', 'kv'))
       v = _constrain(value(inputs_kv), ('batch', 'length', 'heads', 'kv'))
-      logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+      blas = cpu_kernels.use_blas(self.kernel, self.dtype)
+      logits = (cpu_kernels.attention_scores(q, k) if blas
+                else jnp.einsum('bqhd,bkhd->bhqk', q, k))
     else:
       # Decoding caches are kept in the layouts the per-step products read
       # without a copy: keys [batch, heads, head_dim, length] and values
@@ -371,7 +383,12 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum('bhqk,bkhd->bqhd' if mode == 'full' else 'bhqk,bhkd->bqhd', weights, v)
+    if mode != 'full':
+      out = jnp.einsum('bhqk,bhkd->bqhd', weights, v)
+    elif blas:
+      out = cpu_kernels.attention_context(weights, v)
+    else:
+      out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     out = Dense(features=(inputs_q.shape[-1],), in_axes=2,
                 kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, name='out')(out)
     return _constrain(out, ('batch', 'length', 'embed'))
@@ -411,7 +428,7 @@ class EncoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_attention_layer_norm')(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           name='attention')(h, h, bias, deterministic)
+                           kernel=cfg.attention_kernel, name='attention')(h, h, bias, deterministic)
     x = x + dropout(h, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(x)
     h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
@@ -432,13 +449,14 @@ class DecoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_self_attention_layer_norm')(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           name='self_attention')(
+                           kernel=cfg.attention_kernel, name='self_attention')(
                                h, h, self_bias, deterministic, mode,
                                max_decode_length, bias_table)
     x = x + dropout(h, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_cross_attention_layer_norm')(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           is_cross_attention=True, name='encoder_decoder_attention')(
+                           is_cross_attention=True, kernel=cfg.attention_kernel,
+                           name='encoder_decoder_attention')(
                                h, encoded, cross_bias, deterministic, mode)
     x = x + dropout(h, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(x)

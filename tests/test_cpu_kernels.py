@@ -1,0 +1,162 @@
+"""Attention's batched products through BLAS (promot_t5x.cpu_kernels) against XLA's einsums."""
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from promot_t5x import cpu_kernels, partitioning
+from promot_t5x.models import t5
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _einsum_attention(q, k, v):
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=HIGHEST)
+  return jnp.einsum('bhqk,bkhd->bqhd', jnp.tanh(scores), v, precision=HIGHEST)
+
+
+def _blas_attention(q, k, v):
+  return cpu_kernels.attention_context(jnp.tanh(cpu_kernels.attention_scores(q, k)), v)
+
+
+def _close(got, want):
+  got, want = np.asarray(got), np.asarray(want)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize('b, lq, lk, h, d', [
+    (2, 5, 7, 3, 4),     # many small matrices: shared out whole
+    (4, 16, 24, 2, 8),   # cross-attention-like: queries and keys of other lengths
+    (1, 300, 260, 1, 16),  # one matrix: shared out as row blocks (of op(A) transposed too)
+])
+def test_products_and_their_gradients_equal_einsum(b, lq, lk, h, d):
+  rng = np.random.default_rng(0)
+  q = rng.standard_normal((b, lq, h, d), dtype=np.float32)
+  k = rng.standard_normal((b, lk, h, d), dtype=np.float32)
+  v = rng.standard_normal((b, lk, h, d), dtype=np.float32)
+  _close(jax.jit(cpu_kernels.attention_scores)(q, k),
+         jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=HIGHEST))
+  _close(jax.jit(_blas_attention)(q, k, v), _einsum_attention(q, k, v))
+  g = rng.standard_normal((b, lq, h, d), dtype=np.float32)
+  got = jax.jit(lambda *x: jax.vjp(_blas_attention, *x)[1](g))(q, k, v)
+  want = jax.vjp(_einsum_attention, q, k, v)[1](g)
+  for name, x, y in zip('qkv', got, want):
+    assert not np.allclose(np.asarray(x), 0), name
+    _close(x, y)
+
+
+def test_operands_are_checked():
+  x = jnp.zeros((2, 3, 4, 5), jnp.float32)
+  with pytest.raises(ValueError, match='head dims differ'):
+    cpu_kernels.attention_scores(x, jnp.zeros((2, 3, 4, 6), jnp.float32))
+  with pytest.raises(ValueError, match='float32 operands of rank 4'):
+    cpu_kernels.attention_scores(x.astype(jnp.bfloat16), x)
+  with pytest.raises(ValueError, match='key lengths differ'):
+    cpu_kernels.attention_context(jnp.zeros((2, 4, 3, 3), jnp.float32),
+                                  jnp.zeros((2, 5, 4, 5), jnp.float32))
+
+
+def _model(kernel, **kw):
+  return t5.Transformer(t5.T5Config(
+      vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=2,
+      num_decoder_layers=2, relative_attention_num_buckets=8,
+      relative_attention_max_distance=16, attention_kernel=kernel, **kw))
+
+
+def _loss_fn(module):
+  rng = np.random.default_rng(1)
+  enc = rng.integers(1, 64, (3, 9)).astype(np.int32)
+  enc[1, 6:] = 0  # padding: the mask bias reaches the products' inputs
+  dec = rng.integers(1, 64, (3, 5)).astype(np.int32)
+
+  def loss(params):
+    logits = module.apply({'params': params}, enc, dec, dec, enable_dropout=False)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 3])
+
+  return loss
+
+
+def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel():
+  xla, blas = _model('xla'), _model('blas')
+  params = nn.unbox(t5.init_params(xla, jax.random.PRNGKey(0)))
+  want_loss, want_grads = jax.jit(jax.value_and_grad(_loss_fn(xla)))(params)
+  got_loss, got_grads = jax.jit(jax.value_and_grad(_loss_fn(blas)))(params)
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+  flat_want = jax.tree_util.tree_leaves_with_path(want_grads)
+  flat_got = dict(jax.tree_util.tree_leaves_with_path(got_grads))
+  for path, want in flat_want:
+    _close(flat_got[path], want)
+  # The gradients reach the attention parameters through the products.
+  assert np.abs(np.asarray(
+      got_grads['encoder']['layers_0']['attention']['query']['kernel'])).max() > 0
+
+
+def _lowered_text(kernel, mesh=None, dtype='float32'):
+  module = _model(kernel, dtype=dtype)
+  params = nn.unbox(t5.init_params(module, jax.random.PRNGKey(0)))
+  loss = jax.grad(_loss_fn(module))
+  if mesh is None:
+    return jax.jit(loss).lower(params).as_text()
+  with mesh.activate():
+    return jax.jit(loss).lower(params).as_text()
+
+
+def test_auto_uses_blas_only_where_the_program_is_float32_on_one_cpu_device():
+  assert jax.default_backend() == 'cpu'
+  assert cpu_kernels.TARGET in _lowered_text('auto')
+  assert cpu_kernels.TARGET in _lowered_text(
+      'auto', partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1])))
+  # Partitioned over a mesh of several devices: the products stay XLA's, so the
+  # SPMD partitioner can split them.
+  assert cpu_kernels.TARGET not in _lowered_text(
+      'auto', partitioning.Partitioner(partitioning.make_mesh(2, 1, jax.devices()[:2])))
+  assert cpu_kernels.TARGET not in _lowered_text('auto', dtype='bfloat16')
+  assert cpu_kernels.TARGET not in _lowered_text('xla')
+
+
+def test_bad_settings_are_named():
+  with pytest.raises(ValueError, match='attention_kernel must be "auto", "xla" or "blas"'):
+    _model('cuda')
+  module = _model('blas', dtype='bfloat16')
+  params = nn.unbox(t5.init_params(_model('xla'), jax.random.PRNGKey(0)))
+  with pytest.raises(ValueError, match='computes in float32'):
+    _loss_fn(module)(params)
+
+
+def test_without_a_compiler_auto_falls_back_and_blas_says_why(tmp_path):
+  code = (
+      'import jax.numpy as jnp\n'
+      'from promot_t5x import cpu_kernels\n'
+      'assert cpu_kernels.use_blas("auto", jnp.float32) is False\n'
+      'try:\n'
+      '  cpu_kernels.use_blas("blas", jnp.float32)\n'
+      'except RuntimeError as e:\n'
+      '  print("ERROR:", e)\n')
+  env = dict(os.environ, PROMOT_T5X_CACHE=str(tmp_path), CXX='no-such-compiler-x')
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert "ERROR: no C++ compiler 'no-such-compiler-x' on PATH" in out.stdout
+  assert 'attention_kernel="xla"' in out.stdout
+  assert 'attention through BLAS unavailable, using XLA' in out.stderr
+  assert not list(tmp_path.rglob('*.so'))
+
+
+def test_the_kernel_is_built_once_per_source_into_the_cache(tmp_path):
+  code = ('from promot_t5x import cpu_kernels\n'
+          'print(cpu_kernels._build())\n')
+  env = dict(os.environ, PROMOT_T5X_CACHE=str(tmp_path))
+  runs = [subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                         timeout=300) for _ in range(2)]
+  assert all(r.returncode == 0 for r in runs), runs[0].stderr
+  paths = {r.stdout.strip() for r in runs}
+  assert len(paths) == 1
+  built = list((tmp_path / 'native').glob('*.so'))
+  assert [str(p) for p in built] == list(paths)
