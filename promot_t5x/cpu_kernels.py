@@ -143,7 +143,9 @@ def _call(a, b, *, batch, m, n, k, trans_a, trans_b, lda, ldb, ldc, a_strides, b
   """C[i, j] = op(A[i, j]) @ op(B[i, j]) over a batch grid `batch` = (nb0, nb1), row-major."""
   load()
   i64 = np.int64
-  return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, jnp.float32))(
+  # Under vmap: one call per mapped element (correct; the kernel's own grid is the batch).
+  return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                          vmap_method='sequential')(
       a, b, nb0=i64(batch[0]), nb1=i64(batch[1]), m=i64(m), n=i64(n), k=i64(k),
       trans_a=bool(trans_a), trans_b=bool(trans_b), lda=i64(lda), ldb=i64(ldb), ldc=i64(ldc),
       a_s0=i64(a_strides[0]), a_s1=i64(a_strides[1]), b_s0=i64(b_strides[0]),

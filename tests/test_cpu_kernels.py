@@ -52,6 +52,16 @@ def test_products_and_their_gradients_equal_einsum(b, lq, lk, h, d):
     _close(x, y)
 
 
+def test_vmapped_products_and_gradients_equal_einsum():
+  rng = np.random.default_rng(2)
+  q, k, v = (rng.standard_normal((3, 2, 5, 2, 4), dtype=np.float32) for _ in range(3))
+  _close(jax.jit(jax.vmap(_blas_attention))(q, k, v), jax.vmap(_einsum_attention)(q, k, v))
+  loss = lambda f: (lambda *x: jnp.sum(jax.vmap(f)(*x) ** 2))
+  for got, want in zip(jax.grad(loss(_blas_attention), argnums=(0, 1, 2))(q, k, v),
+                       jax.grad(loss(_einsum_attention), argnums=(0, 1, 2))(q, k, v)):
+    _close(got, want)
+
+
 def test_operands_are_checked():
   x = jnp.zeros((2, 3, 4, 5), jnp.float32)
   with pytest.raises(ValueError, match='head dims differ'):
