@@ -4,7 +4,8 @@ XLA:CPU runs a batched matrix product (the attention scores `bqhd,bkhd->bhqk`
 and the context `bhqk,bkhd->bqhd`, and their gradients) on one thread: on a
 2-core machine the other core idles while it runs (bench/README.md, "One core
 against two"). `native/gemm.cc` computes the same products as one single-
-threaded BLAS sgemm (numpy's bundled OpenBLAS) per (batch, head) matrix,
+threaded BLAS sgemm (a private copy of numpy's bundled OpenBLAS, loaded with
+one thread, so numpy's own keeps its threads) per (batch, head) matrix,
 reading q/k/v where they lie in their [batch, length, heads, head_dim]
 buffers, and shares the matrices out over XLA's own intra-op thread pool.
 In the bench's stage-1 and fine-tuning steps this took 4-14 % off the step
@@ -76,12 +77,39 @@ def _build() -> pathlib.Path:
 
 
 def _openblas() -> ctypes.CDLL:
+  """A private, single-threaded instance of numpy's bundled OpenBLAS.
+
+  OpenBLAS's thread count is one setting per loaded library (its "local"
+  setter is process-wide in pthread builds), so the kernel loads its own copy
+  of the file, started with OPENBLAS_NUM_THREADS=1, and numpy's instance keeps
+  its threads.
+  """
   pattern = os.path.join(os.path.dirname(np.__file__) + '.libs', 'libscipy_openblas64_*.so')
   found = sorted(glob.glob(pattern))
   if not found:
     raise RuntimeError(f'numpy\'s bundled OpenBLAS not found ({pattern}); '
                        'set T5Config.attention_kernel="xla"')
-  return ctypes.CDLL(found[0])
+  source = pathlib.Path(found[0])
+  stat = source.stat()
+  copy = cache_dir() / f'{source.stem}-{stat.st_size}-{int(stat.st_mtime)}-private.so'
+  if not copy.exists():
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix='.so', dir=copy.parent)
+    os.close(fd)
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, copy)
+  saved = os.environ.get('OPENBLAS_NUM_THREADS')
+  os.environ['OPENBLAS_NUM_THREADS'] = '1'  # read by the library as it loads
+  try:
+    blas = ctypes.CDLL(str(copy), mode=ctypes.RTLD_LOCAL)
+  finally:
+    if saved is None:
+      del os.environ['OPENBLAS_NUM_THREADS']
+    else:
+      os.environ['OPENBLAS_NUM_THREADS'] = saved
+  blas.scipy_openblas_set_num_threads64_.argtypes = [ctypes.c_int]
+  blas.scipy_openblas_set_num_threads64_(1)
+  return blas
 
 
 def load() -> None:
@@ -91,10 +119,8 @@ def load() -> None:
       return
     lib = ctypes.CDLL(str(_build()))
     blas = _openblas()
-    set_local = getattr(blas, 'openblas_set_num_threads_local', None)
-    lib.promot_set_blas.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    lib.promot_set_blas(ctypes.cast(blas.scipy_cblas_sgemm64_, ctypes.c_void_p),
-                        ctypes.cast(set_local, ctypes.c_void_p) if set_local else None)
+    lib.promot_set_blas.argtypes = [ctypes.c_void_p]
+    lib.promot_set_blas(ctypes.cast(blas.scipy_cblas_sgemm64_, ctypes.c_void_p))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.PromotGemm), platform='cpu')
     _state.update(lib=lib, blas=blas)
 

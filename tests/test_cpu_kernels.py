@@ -170,3 +170,30 @@ def test_the_kernel_is_built_once_per_source_into_the_cache(tmp_path):
   assert len(paths) == 1
   built = list((tmp_path / 'native').glob('*.so'))
   assert [str(p) for p in built] == list(paths)
+
+
+def test_numpys_openblas_keeps_its_threads():
+  # The kernel's BLAS is a private single-threaded instance; numpy's own (which
+  # the commands' host-side numpy uses) keeps its thread count.
+  code = (
+      'import ctypes, glob, os\n'
+      'import numpy as np\n'
+      'lib = ctypes.CDLL(glob.glob(os.path.dirname(np.__file__) + ".libs/libscipy_openblas64_*.so")[0])\n'
+      'get = lib.scipy_openblas_get_num_threads64_\n'
+      'get.restype = ctypes.c_int\n'
+      'lib.scipy_openblas_set_num_threads64_(2)\n'
+      'from promot_t5x import host_memory\n'
+      'host_memory.configure()\n'
+      'import jax, jax.numpy as jnp\n'
+      'from promot_t5x import cpu_kernels\n'
+      'x = jnp.ones((1, 512, 1, 8), jnp.float32)\n'
+      'for _ in range(5):\n'
+      '  jax.block_until_ready(jax.jit(cpu_kernels.attention_scores)(x, x))\n'
+      'mine = cpu_kernels._state["blas"].scipy_openblas_get_num_threads64_\n'
+      'mine.restype = ctypes.c_int\n'
+      'print("NUMPY", get(), "KERNEL", mine())\n')
+  env = dict(os.environ, XLA_FLAGS='')
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert 'NUMPY 2 KERNEL 1' in out.stdout, out.stdout

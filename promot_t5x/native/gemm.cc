@@ -4,7 +4,8 @@
 // matrices that sit in their buffers at element strides (so the attention
 // products read q/k/v where they lie, without transposes), each product a
 // BLAS sgemm (numpy's OpenBLAS, ILP64, bound at load time by
-// `promot_set_sgemm`). The products, or row blocks of them, are shared out
+// `promot_set_blas`; cpu_kernels.py loads a private copy of the library set
+// to one thread, so numpy's own OpenBLAS keeps its threads). The products, or row blocks of them, are shared out
 // over XLA's intra-op thread pool, each BLAS call single-threaded: the cores
 // are XLA's, and no second thread pool competes for them.
 //
@@ -30,11 +31,8 @@ using Sgemm = void (*)(int layout, int trans_a, int trans_b, int64_t m,
                        int64_t n, int64_t k, float alpha, const float* a,
                        int64_t lda, const float* b, int64_t ldb, float beta,
                        float* c, int64_t ldc);
-// openblas_set_num_threads_local: threads for BLAS calls of this thread.
-using SetThreadsLocal = int (*)(int);
 
 std::atomic<Sgemm> g_sgemm{nullptr};
-std::atomic<SetThreadsLocal> g_set_threads_local{nullptr};
 
 constexpr int kRowMajor = 101;
 constexpr int kNoTrans = 111;
@@ -52,11 +50,6 @@ struct Problem {
 };
 
 void RunUnit(const Problem& p, int64_t unit) {
-  thread_local bool single_threaded = false;
-  if (!single_threaded) {
-    if (auto set = g_set_threads_local.load()) set(1);
-    single_threaded = true;
-  }
   const int64_t batch = unit / p.row_blocks;
   const int64_t block = unit % p.row_blocks;
   const int64_t i = batch / p.nb1, j = batch % p.nb1;
@@ -129,9 +122,9 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
 
 }  // namespace
 
-extern "C" void promot_set_blas(void* sgemm, void* set_threads_local) {
+// `sgemm`: cblas_sgemm of a single-threaded ILP64 OpenBLAS.
+extern "C" void promot_set_blas(void* sgemm) {
   g_sgemm.store(reinterpret_cast<Sgemm>(sgemm));
-  g_set_threads_local.store(reinterpret_cast<SetThreadsLocal>(set_threads_local));
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
