@@ -8,7 +8,7 @@ threaded BLAS sgemm (a private copy of numpy's bundled OpenBLAS, loaded with
 one thread, so numpy's own keeps its threads) per (batch, head) matrix,
 reading q/k/v where they lie in their [batch, length, heads, head_dim]
 buffers, and shares the matrices out over XLA's own intra-op thread pool.
-In the bench's stage-1 and fine-tuning steps this took 4-14 % off the step
+In the bench's train steps this took 7-19 % off the step
 (bench/README.md, "Attention through BLAS").
 
 `attention_scores(q, k)` and `attention_context(probs, v)` are the two
