@@ -5,9 +5,10 @@
 // products read q/k/v where they lie, without transposes), each product a
 // BLAS sgemm (numpy's OpenBLAS, ILP64, bound at load time by
 // `promot_set_blas`; cpu_kernels.py loads a private copy of the library set
-// to one thread, so numpy's own OpenBLAS keeps its threads). The products, or row blocks of them, are shared out
-// over XLA's intra-op thread pool, each BLAS call single-threaded: the cores
-// are XLA's, and no second thread pool competes for them.
+// to one thread, so numpy's own OpenBLAS keeps its threads). The products, or
+// row blocks of them, are shared out over XLA's intra-op thread pool, each
+// BLAS call single-threaded: the cores are XLA's, and no second thread pool
+// competes for them.
 //
 // Work is claimed from an atomic counter. The calling thread claims units
 // too and waits only for units another thread has already claimed (which
