@@ -216,51 +216,31 @@ def _check(name, x, y, x_axis, y_axis):
     raise ValueError(f'{name}: operand shapes {x.shape} and {y.shape} do not match')
 
 
-def _scores(q, k):
+def _operands_as_residuals(grads):
+  """Decorator: a two-operand product as a `jax.custom_vjp` that keeps its operands for
+  the backward pass, where `grads(x, y, g)` gives both operands' cotangents."""
+  def wrap(impl):
+    op = jax.custom_vjp(impl)
+    op.defvjp(lambda x, y: (impl(x, y), (x, y)), lambda res, g: grads(*res, g))
+    return op
+  return wrap
+
+
+@_operands_as_residuals(lambda q, k, g: (_probs_dot_rows(g, k, transpose_w=False),
+                                         _probs_dot_rows(g, q, transpose_w=True)))
+def attention_scores(q, k):
+  """`jnp.einsum('bqhd,bkhd->bhqk', q, k)` in float32."""
   _check('attention_scores', q, k, 2, 2)
   if q.shape[3] != k.shape[3]:
     raise ValueError(f'attention_scores: head dims differ, {q.shape} and {k.shape}')
   return _rows_dot_rows(q, k)
 
 
-@jax.custom_vjp
-def attention_scores(q, k):
-  """`jnp.einsum('bqhd,bkhd->bhqk', q, k)` in float32."""
-  return _scores(q, k)
-
-
-def _scores_fwd(q, k):
-  return _scores(q, k), (q, k)
-
-
-def _scores_bwd(res, g):
-  q, k = res
-  return _probs_dot_rows(g, k, transpose_w=False), _probs_dot_rows(g, q, transpose_w=True)
-
-
-attention_scores.defvjp(_scores_fwd, _scores_bwd)
-
-
-def _context(probs, v):
+@_operands_as_residuals(lambda probs, v, g: (_rows_dot_rows(g, v),
+                                             _probs_dot_rows(probs, g, transpose_w=True)))
+def attention_context(probs, v):
+  """`jnp.einsum('bhqk,bkhd->bqhd', probs, v)` in float32."""
   _check('attention_context', probs, v, 1, 2)
   if probs.shape[3] != v.shape[1]:
     raise ValueError(f'attention_context: key lengths differ, {probs.shape} and {v.shape}')
   return _probs_dot_rows(probs, v, transpose_w=False)
-
-
-@jax.custom_vjp
-def attention_context(probs, v):
-  """`jnp.einsum('bhqk,bkhd->bqhd', probs, v)` in float32."""
-  return _context(probs, v)
-
-
-def _context_fwd(probs, v):
-  return _context(probs, v), (probs, v)
-
-
-def _context_bwd(res, g):
-  probs, v = res
-  return _rows_dot_rows(g, v), _probs_dot_rows(probs, g, transpose_w=True)
-
-
-attention_context.defvjp(_context_fwd, _context_bwd)
