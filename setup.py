@@ -30,6 +30,9 @@ RUNTIME = [
     'tensorstore==0.1.86',
     'safetensors==0.8.0',
     'matplotlib==3.11.2',
+    # oneMKL: the dense layers' products on CPU (promot_t5x/cpu_kernels.py).
+    'mkl==2026.2.0; platform_system == "Linux" and platform_machine == "x86_64"',
+    'tbb==2023.2.0; platform_system == "Linux" and platform_machine == "x86_64"',  # MKL's threads
 ]
 
 TEST = [

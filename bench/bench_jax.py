@@ -4,16 +4,18 @@ r"""Our side of the benchmarks: one measurement per process (run_all.py starts t
   python bench/bench_jax.py decode --decoder=beam [--config=JSON]
   python bench/bench_jax.py peak
   python bench/bench_jax.py export --out=DIR   # initial weights for bench_torch.py
-  python bench/bench_jax.py attention_ab --stage=finetune [--steps=10] [--config=JSON]
+  python bench/bench_jax.py kernel_ab --kernel=dense --stage=finetune [--steps=10] [--config=JSON]
 
 Training uses the project's `Trainer` exactly as `promot-train` does
 (stage = parameter sets, Adafactor as in the run gins, jitted train step with
 donated state) on a one-device mesh; decoding uses
 `EncoderDecoderModel.predict_batch` (key/value cache, greedy or beam 4).
 Each prints one JSON line; `peak_rss_bytes` is this process's peak RSS.
-`attention_ab` builds the train step twice in one process, with
-`T5Config.attention_kernel` 'xla' and 'auto' (BLAS here), and alternates
-their steps (the order flipped every step), so the machine's drift hits both.
+`kernel_ab` builds the train step twice in one process, with one of
+`T5Config.attention_kernel` (`--kernel=attention`: BLAS here) or
+`T5Config.dense_kernel` (`--kernel=dense`: oneMKL here) set to 'xla' and to
+'auto', and alternates their steps (the order flipped every step), so the
+machine's drift hits both.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  (bench/ is not a package)
 
 
-def build_model(cfg: common.BenchConfig, with_prompt: bool, attention_kernel: str = 'auto'):
+def build_model(cfg: common.BenchConfig, with_prompt: bool, **kernels):
+  """The bench's T5; `kernels`: T5Config's attention_kernel / dense_kernel (default 'auto')."""
   from promot_t5x.models import encoder_decoder, prompts, t5
 
   prompt = prompts.PromptConfig(length=cfg.prompt_length) if with_prompt else None
@@ -38,7 +41,7 @@ def build_model(cfg: common.BenchConfig, with_prompt: bool, attention_kernel: st
                        num_decoder_layers=cfg.num_decoder_layers,
                        mlp_activations=('gelu', 'linear'), logits_via_embedding=False,
                        dropout_rate=0.0, dtype='float32', prompt=prompt,
-                       attention_kernel=attention_kernel)
+                       **kernels)
   return encoder_decoder.EncoderDecoderModel(t5.Transformer(config), z_loss=0.0)
 
 
@@ -49,7 +52,7 @@ def initial_params(model, seed: int):
   return jax.device_get(model.init_params(jax.random.PRNGKey(seed)))
 
 
-def train_step_fn(cfg: common.BenchConfig, stage_name: str, attention_kernel: str = 'auto'):
+def train_step_fn(cfg: common.BenchConfig, stage_name: str, **kernels):
   """(step(): one train step on a fixed batch, blocking; the Trainer), as promot-train runs it."""
   import jax
   import numpy as np
@@ -58,7 +61,7 @@ def train_step_fn(cfg: common.BenchConfig, stage_name: str, attention_kernel: st
   from promot_t5x import trainer as trainer_lib
 
   stage = param_sets.stage_by_name(stage_name)
-  model = build_model(cfg, stage.use_prompt, attention_kernel)
+  model = build_model(cfg, stage.use_prompt, **kernels)
   partitioner = partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1]))
   trainer = trainer_lib.Trainer(model, stage, memory_plan.stage_optimizer(stage_name),
                                 partitioner)
@@ -84,23 +87,25 @@ def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
                                                          cfg.warmup_steps - 1, usage)
   from promot_t5x import cpu_kernels
 
-  # What T5Config.attention_kernel='auto' resolved to (one CPU device: BLAS where it builds).
+  # What T5Config's 'auto' kernels resolved to (one CPU device: BLAS / MKL where they load).
   attention = 'blas' if cpu_kernels.use_blas('auto', 'float32') else 'xla'
+  dense = 'mkl' if cpu_kernels.use_mkl('auto', 'float32') else 'xla'
   return {'side': 'ours', 'kind': 'train', 'stage': stage_name, 'attention_kernel': attention,
+          'dense_kernel': dense,
           'step_seconds': common.median(times), 'step_seconds_all': times,
           'first_step_seconds': compile_and_first, 'loss': float(metrics['loss']),
           'tokens_per_step': common.train_tokens(cfg),
           'model_flops_per_step': common.train_flops(cfg, stage_name), **usage}
 
 
-def attention_ab(cfg: common.BenchConfig, stage_name: str, steps: int) -> dict:
-  """Seconds per step with attention_kernel 'xla' and 'auto', alternating in one process."""
+def kernel_ab(cfg: common.BenchConfig, stage_name: str, steps: int, which: str) -> dict:
+  """Seconds per step with T5Config.{which}_kernel 'xla' and 'auto', alternating in one process."""
   import time
 
   kernels = ('xla', 'auto')
   fns = {}
   for kernel in kernels:
-    fns[kernel], _ = train_step_fn(cfg, stage_name, kernel)
+    fns[kernel], _ = train_step_fn(cfg, stage_name, **{f'{which}_kernel': kernel})
     for _ in range(cfg.warmup_steps):
       fns[kernel]()
   times = {k: [] for k in kernels}
@@ -111,7 +116,7 @@ def attention_ab(cfg: common.BenchConfig, stage_name: str, steps: int) -> dict:
       metrics = fns[kernel]()
       times[kernel].append(time.perf_counter() - t0)
       losses[kernel] = float(metrics['loss'])
-  return {'side': 'ours', 'kind': 'attention_ab', 'stage': stage_name, 'steps': steps,
+  return {'side': 'ours', 'kind': f'{which}_ab', 'stage': stage_name, 'steps': steps,
           **{f'{k}_step_seconds': common.median(times[k]) for k in kernels},
           **{f'{k}_step_seconds_all': times[k] for k in kernels},
           **{f'{k}_last_loss': losses[k] for k in kernels}}
@@ -184,8 +189,10 @@ def main(argv=None) -> int:
 
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('what', choices=('train', 'decode', 'peak', 'export', 'attention_ab'))
-  p.add_argument('--steps', type=int, default=10, help='attention_ab: steps per kernel')
+  p.add_argument('what', choices=('train', 'decode', 'peak', 'export', 'kernel_ab'))
+  p.add_argument('--steps', type=int, default=10, help='kernel_ab: steps per setting')
+  p.add_argument('--kernel', choices=('attention', 'dense'), default='dense',
+                 help='kernel_ab: which T5Config kernel setting to flip')
   p.add_argument('--out', default=None, help='export: folder for the torch peer\'s weights')
   p.add_argument('--stage', choices=common.STAGES, default='finetune')
   p.add_argument('--decoder', choices=('greedy', 'beam'), default='greedy')
@@ -200,8 +207,8 @@ def main(argv=None) -> int:
   cfg = common.BenchConfig.from_json(args.config) if args.config else common.BenchConfig()
   if args.what == 'train':
     result = bench_train(cfg, args.stage)
-  elif args.what == 'attention_ab':
-    result = attention_ab(cfg, args.stage, args.steps)
+  elif args.what == 'kernel_ab':
+    result = kernel_ab(cfg, args.stage, args.steps, args.kernel)
   elif args.what == 'decode':
     result = bench_decode(cfg, args.decoder)
   elif args.what == 'export':

@@ -1,4 +1,4 @@
-r"""The train step's weight matmuls alone: XLA:CPU (ours) against torch (the peer), one process.
+r"""The train step's weight matmuls alone: ours against torch (the peer), in one process.
 
   python bench/gemm.py [--rounds=3] [--config=JSON]
 
@@ -11,7 +11,9 @@ times the matmul as each side's model computes it, in its own weight layout:
   dx     dy @ W^T                            dy @ W
   dw     x^T @ dy                            dy^T @ x
 
-jitted `jnp` products against torch's, call by call in one process (this
+jitted products as our `Dense` runs them (oneMKL's sgemm through
+`cpu_kernels.dense_product` where `T5Config.dense_kernel='auto'` picks it,
+else `jnp.dot` on XLA:CPU) against torch's, call by call in one process (this
 machine's speed drifts over minutes; a ratio taken side by side holds), the
 median of `--calls` calls per round and the median over rounds. Both sides
 get the same two threads and our malloc settings. From the rates it sums, per
@@ -64,6 +66,8 @@ def _products(m: int, k: int, n: int, seed: int) -> dict[str, dict[str, Any]]:
   import numpy as np
   import torch
 
+  from promot_t5x import cpu_kernels
+
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((m, k), dtype=np.float32)
   dy = rng.standard_normal((m, n), dtype=np.float32)
@@ -71,9 +75,14 @@ def _products(m: int, k: int, n: int, seed: int) -> dict[str, dict[str, Any]]:
   jx, jdy, jw = jnp.asarray(x), jnp.asarray(dy), jnp.asarray(w)
   tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
   tw = torch.from_numpy(np.ascontiguousarray(w.T))  # nn.Linear's [out, in]
-  fwd = jax.jit(lambda a, b: jnp.dot(a, b))
-  dx = jax.jit(lambda a, b: jnp.dot(a, b.T))
-  dw = jax.jit(lambda a, b: jnp.dot(a.T, b))
+  if cpu_kernels.use_mkl('auto', jnp.float32):  # what the model's Dense does here
+    fwd = jax.jit(cpu_kernels.dense_product)
+    dx = jax.jit(lambda a, b: cpu_kernels.dense_product(a, b, trans_b=True))
+    dw = jax.jit(lambda a, b: cpu_kernels.dense_product(a, b, trans_a=True))
+  else:
+    fwd = jax.jit(lambda a, b: jnp.dot(a, b))
+    dx = jax.jit(lambda a, b: jnp.dot(a, b.T))
+    dw = jax.jit(lambda a, b: jnp.dot(a.T, b))
   return {
       'fwd': {'ours': lambda: fwd(jx, jw).block_until_ready(),
               'peer': lambda: torch.nn.functional.linear(tx, tw)},
@@ -140,7 +149,10 @@ def main(argv=None) -> int:
   cfg = common.BenchConfig.from_json(args.config) if args.config else common.BenchConfig()
   raw = measure(cfg, args.rounds, args.calls,
                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+  from promot_t5x import cpu_kernels
+
   common.emit({'side': 'both', 'kind': 'gemm', 'rounds': args.rounds, 'calls': args.calls,
+               'dense_kernel': 'mkl' if cpu_kernels.use_mkl('auto', 'float32') else 'xla',
                **raw, 'steps': step_seconds(cfg, raw['rates'])})
   return 0
 

@@ -61,8 +61,20 @@ def _op_descriptions(hlo_text: str) -> dict[str, str]:
     out[m.group(1)] = f'-> {_shape(m.group(2))}: {what}'
   # Ops XLA left unfused (dot.N, copy.N, ...) are ops of their own in the trace.
   for m in re.finditer(r'%([\w.\-]+) = ' + _SHAPE + r' ([\w-]+)\([^\n]*', hlo_text):
-    out.setdefault(m.group(1), f'-> {_shape(m.group(2))}: {_dots(m.group(0)) or m.group(3)}')
+    out.setdefault(m.group(1), f'-> {_shape(m.group(2))}: '
+                               f'{_dots(m.group(0)) or _custom_call(m.group(0)) or m.group(3)}')
   return out
+
+
+def _custom_call(text: str) -> str:
+  """'promot_dense_gemm f32[32,64] x f32[64,512] (trans_b)' for a custom call, or ''."""
+  target = re.search(r'custom_call_target="([^"]+)"', text)
+  if not target:
+    return ''
+  operands = re.search(r'operand_layout_constraints=\{(.*?)\}, [a-z_]+=', text)
+  shapes = ' x '.join(re.findall(r'\w+\[[\d,]*\]', operands.group(1))) if operands else ''
+  flags = [f for f in ('trans_a', 'trans_b') if re.search(rf'\b{f} = true', text)]
+  return ' '.join(x for x in (target.group(1), shapes, f'({", ".join(flags)})' if flags else '') if x)
 
 
 def main(argv=None) -> int:

@@ -230,15 +230,23 @@ def summarize(cfg: common.BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
                                    == decode['greedy']['torch']['tokens_head'])}
 
 
-def _attention_note(report: dict[str, Any]) -> str:
-  kernels = {run.get('attention_kernel') for sides in report['raw'].get('train', {}).values()
-             for run in sides.get('ours', [])}
-  if kernels == {'blas'}:
-    return (' (ours: attention\'s batched products through BLAS on XLA:CPU\'s threads, '
-            '`T5Config.attention_kernel=\'auto\'`)')
-  if kernels == {'xla'}:
-    return ' (ours: attention\'s products as XLA:CPU einsums)'
-  return ''
+def _kernel_note(report: dict[str, Any]) -> str:
+  """What T5Config's 'auto' kernels resolved to in our train runs, as a parenthesis."""
+  runs = [run for sides in report['raw'].get('train', {}).values() for run in sides.get('ours', [])]
+  attention = {run.get('attention_kernel') for run in runs}
+  dense = {run.get('dense_kernel') for run in runs}
+  parts = []
+  if attention == {'blas'}:
+    parts.append('attention\'s batched products through BLAS on XLA:CPU\'s threads '
+                 '(`T5Config.attention_kernel=\'auto\'`)')
+  elif attention == {'xla'}:
+    parts.append('attention\'s products as XLA:CPU einsums')
+  if dense == {'mkl'}:
+    parts.append('the dense layers\' products through oneMKL\'s threaded sgemm '
+                 '(`T5Config.dense_kernel=\'auto\'`)')
+  elif dense == {'xla'}:
+    parts.append('the dense layers\' products as XLA:CPU dots')
+  return f' (ours: {"; ".join(parts)})' if parts else ''
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -251,7 +259,7 @@ def markdown(report: dict[str, Any]) -> str:
       + ('' if quiet else ' — NOT a quiet machine: preliminary numbers') + ').',
       '',
       f'Model and shapes: {common.BenchConfig(**cfg).describe()}. float32, no dropout, '
-      f'one CPU device{_attention_note(report)}; steady-state median of '
+      f'one CPU device{_kernel_note(report)}; steady-state median of '
       f'{cfg["train_steps"]} steps after {cfg["warmup_steps"]} warm-up steps.',
       'Machine float32 matmul peak (4096^3, best of jnp.dot / torch.mm'
       + (', at the start and the end of the run' if 'peak_end' in report['raw'] else '')
@@ -304,16 +312,19 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append(f'| peak RSS {common.STAGE_LABELS[stage]} (GiB) | {o["peak_rss_gib"]:.2f} | '
                  f'{t["peak_rss_gib"]:.2f} | |')
   if s.get('weight_matmuls'):
+    our_matmul = ('oneMKL' if report['raw']['gemm'].get('dense_kernel') == 'mkl'
+                  else 'jitted `jnp` on XLA:CPU')
     lines += [
         '',
         'The steps\' weight matmuls alone (`bench/gemm.py`: projections, MLP and logits, '
-        'each pass in its model\'s weight layout, jitted `jnp` and torch interleaved in one '
+        'each pass in its model\'s weight layout, as each model runs them '
+        f'(ours: {our_matmul}), interleaved with torch\'s in one '
         'process): seconds per step at each side\'s measured rates, and the rest of the step '
         '(its time minus those seconds: attention, elementwise work, the optimizer); the peer '
         'is the faster process above.',
         '',
         '| stage | weight-matmul GFLOP | ours: matmuls / rest (s) | peer: matmuls / rest (s) '
-        '| XLA:CPU rate / torch rate |',
+        '| our rate / torch rate |',
         '|---|---|---|---|---|',
     ]
     for stage in common.STAGES:

@@ -1,4 +1,4 @@
-"""Attention's batched products on XLA:CPU through BLAS, as an XLA FFI custom call.
+"""Attention's batched products and the dense layers' products on XLA:CPU through BLAS.
 
 XLA:CPU runs a batched matrix product (the attention scores `bqhd,bkhd->bhqk`
 and the context `bhqk,bkhd->bqhd`, and their gradients) on one thread: on a
@@ -16,7 +16,16 @@ products with their gradients (`jax.custom_vjp`; each backward product is
 the same kernel with other transposes and strides). The model picks them with
 `T5Config.attention_kernel`; `use_blas(setting, dtype)` resolves 'auto'.
 
-The kernel is compiled with the machine's C++ compiler (`$CXX`, else g++)
+The dense layers' products (projections, MLP, logits: forward, and both
+gradients) go whole to oneMKL's threaded sgemm (`dense(x, kernel)`, the
+`PromotDense` call of `native/gemm.cc`): MKL's two-thread sgemm runs these
+shapes at 200-255 GFLOP/s on the bench machine where XLA:CPU's own runs them
+at 130-200 (bench/README.md, "Dense layers through oneMKL").
+`T5Config.dense_kernel` picks it; `use_mkl(setting, dtype)` resolves
+'auto'. MKL comes from the `mkl` wheel (a dependency on x86-64 Linux), run
+on oneTBB's threads (see `_mkl` for why not OpenMP's).
+
+The kernels are compiled with the machine's C++ compiler (`$CXX`, else g++)
 against JAX's FFI headers on first use, once per source and JAX version, into
 `$PROMOT_T5X_CACHE/native` (default `~/.cache/promot_t5x/native`).
 """
@@ -39,11 +48,15 @@ import jax.numpy as jnp
 import numpy as np
 
 TARGET = 'promot_attention_gemm'
+DENSE_TARGET = 'promot_dense_gemm'
 SOURCE = pathlib.Path(__file__).resolve().parent / 'native' / 'gemm.cc'
 KERNELS = ('auto', 'xla', 'blas')
+DENSE_KERNELS = ('auto', 'xla', 'mkl')
 
 _lock = threading.Lock()
-_state: dict[str, object] = {}  # 'lib', 'blas' once loaded; 'error' if loading failed
+# 'lib' (the built kernels), 'blas' (attention's OpenBLAS), 'mkl' once loaded;
+# 'error' / 'dense_error' when the attention / dense kernel could not load.
+_state: dict[str, object] = {}
 
 
 def cache_dir() -> pathlib.Path:
@@ -112,31 +125,43 @@ def _openblas() -> ctypes.CDLL:
   return blas
 
 
+def _library() -> ctypes.CDLL:
+  """The built kernels' library (built once per source); call with `_lock` held."""
+  if 'lib' not in _state:
+    _state['lib'] = ctypes.CDLL(str(_build()))
+  return _state['lib']
+
+
 def load() -> None:
   """Builds (if needed) and registers the kernel; raises RuntimeError saying why it cannot."""
   with _lock:
-    if 'lib' in _state:
+    if 'blas' in _state:
       return
-    lib = ctypes.CDLL(str(_build()))
+    lib = _library()
     blas = _openblas()
     lib.promot_set_blas.argtypes = [ctypes.c_void_p]
     lib.promot_set_blas(ctypes.cast(blas.scipy_cblas_sgemm64_, ctypes.c_void_p))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.PromotGemm), platform='cpu')
-    _state.update(lib=lib, blas=blas)
+    _state['blas'] = blas
+
+
+def _loads(done: str, error: str, load_fn, what: str) -> bool:
+  """Whether `load_fn` succeeds here (tried once; why not is logged once)."""
+  if done in _state:
+    return True
+  if error not in _state:
+    try:
+      load_fn()
+      return True
+    except (OSError, RuntimeError, AttributeError) as e:
+      _state[error] = str(e)
+      logging.warning('%s unavailable, using XLA\'s products: %s', what, e)
+  return False
 
 
 def available() -> bool:
-  """Whether the kernel loads here (tried once; the reason is logged)."""
-  if 'lib' in _state:
-    return True
-  if 'error' not in _state:
-    try:
-      load()
-      return True
-    except (OSError, RuntimeError, AttributeError) as e:
-      _state['error'] = str(e)
-      logging.warning('attention through BLAS unavailable, using XLA\'s products: %s', e)
-  return False
+  """Whether the attention kernel loads here (tried once; the reason is logged)."""
+  return _loads('blas', 'error', load, 'attention through BLAS')
 
 
 def use_blas(setting: str, dtype) -> bool:
@@ -162,6 +187,126 @@ def use_blas(setting: str, dtype) -> bool:
   mesh = jax.sharding.get_abstract_mesh()
   return (float32 and jax.default_backend() == 'cpu' and (mesh.empty or mesh.size == 1)
           and available())
+
+
+def _installed_file(distribution: str, prefix: str) -> pathlib.Path:
+  """The file of an installed wheel whose name starts with `prefix` (e.g. libmkl_rt.so)."""
+  import importlib.metadata
+
+  try:
+    files = importlib.metadata.files(distribution) or []
+  except importlib.metadata.PackageNotFoundError:
+    files = []
+  found = sorted(pathlib.Path(f.locate()).resolve() for f in files if f.name.startswith(prefix))
+  if not found:
+    raise RuntimeError(f'{prefix}* not found: the {distribution!r} wheel is not installed '
+                       '(pip install -e . installs oneMKL on x86-64 Linux); or set '
+                       'T5Config.dense_kernel="xla"')
+  return found[0]
+
+
+MKL_THREADING_TBB = 4  # mkl_service.h
+
+
+def _mkl() -> ctypes.CDLL:
+  """oneMKL's runtime library, threaded with oneTBB.
+
+  Not with OpenMP: MKL's OpenMP layer looks its OpenMP functions up in the
+  process's global scope, and where torch (or anything else loaded with GNU
+  OpenMP global) came first, it finds libgomp's, under which every MKL thread
+  believes it is thread 0: whole row blocks of a product were left unwritten
+  (tests/test_mkl_dense.py). oneTBB shares no symbols with OpenMP runtimes.
+  The TBB library is loaded first, by path (MKL's own lookup by name then
+  finds this copy). TBB runs as many threads as the CPUs this process may use
+  (its affinity mask, as XLA:CPU sizes its pool; `taskset` narrows both);
+  MKL_NUM_THREADS does not apply on this layer.
+  """
+  ctypes.CDLL(str(_installed_file('tbb', 'libtbb.so.12')), mode=ctypes.RTLD_GLOBAL)
+  mkl = ctypes.CDLL(str(_installed_file('mkl', 'libmkl_rt.so')), mode=ctypes.RTLD_LOCAL)
+  mkl.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
+  layer = mkl.MKL_Set_Threading_Layer(MKL_THREADING_TBB)
+  if layer != MKL_THREADING_TBB:
+    raise RuntimeError(f'oneMKL did not take its TBB threading layer (it reports layer '
+                       f'{layer}); set T5Config.dense_kernel="xla"')
+  return mkl
+
+
+def load_dense() -> None:
+  """Builds (if needed) and registers the dense kernel on oneMKL; raises RuntimeError why not."""
+  with _lock:
+    if 'mkl' in _state:
+      return
+    lib = _library()
+    mkl = _mkl()
+    lib.promot_set_dense_blas.argtypes = [ctypes.c_void_p]
+    lib.promot_set_dense_blas(ctypes.cast(mkl.cblas_sgemm_64, ctypes.c_void_p))
+    jax.ffi.register_ffi_target(DENSE_TARGET, jax.ffi.pycapsule(lib.PromotDense),
+                                platform='cpu')
+    _state['mkl'] = mkl
+
+
+def dense_available() -> bool:
+  """Whether the dense kernel loads here (tried once; the reason is logged)."""
+  return _loads('mkl', 'dense_error', load_dense, 'dense layers through oneMKL')
+
+
+def use_mkl(setting: str, dtype) -> bool:
+  """Resolves `T5Config.dense_kernel` while tracing.
+
+  'xla': never. 'mkl': always (float32 only; raises if MKL cannot load).
+  'auto': for float32 on the CPU backend in an unpartitioned program (as
+  `use_blas`), when MKL loads here. (MKL was the faster at every size
+  measured, from [8, 512] @ [512, 512] up: bench/README.md.)
+  """
+  if setting not in DENSE_KERNELS:
+    raise ValueError(f'T5Config.dense_kernel={setting!r}; use one of {DENSE_KERNELS}.')
+  if setting == 'xla':
+    return False
+  float32 = jnp.dtype(dtype) == jnp.float32
+  if setting == 'mkl':
+    if not float32:
+      raise ValueError(f'T5Config.dense_kernel="mkl" computes in float32; the model\'s '
+                       f'dtype is {jnp.dtype(dtype).name}: use "auto" or "xla".')
+    load_dense()
+    return True
+  mesh = jax.sharding.get_abstract_mesh()
+  return (float32 and jax.default_backend() == 'cpu' and (mesh.empty or mesh.size == 1)
+          and dense_available())
+
+
+def dense_product(a, b, *, trans_a=False, trans_b=False):
+  """op(a) @ op(b) for float32 matrices (op: transposed or not), one threaded MKL sgemm."""
+  load_dense()
+  m, k = a.shape[::-1] if trans_a else a.shape
+  k2, n = b.shape[::-1] if trans_b else b.shape
+  if k != k2:
+    raise ValueError(f'dense product: inner dimensions differ, {a.shape} and {b.shape} '
+                     f'(trans_a={trans_a}, trans_b={trans_b})')
+  i64 = np.int64
+  return jax.ffi.ffi_call(DENSE_TARGET, jax.ShapeDtypeStruct((m, n), jnp.float32),
+                          vmap_method='sequential')(
+      a, b, m=i64(m), n=i64(n), k=i64(k), trans_a=bool(trans_a), trans_b=bool(trans_b))
+
+
+@jax.custom_vjp
+def _dense(x, kernel):
+  return dense_product(x, kernel)
+
+
+_dense.defvjp(lambda x, kernel: (dense_product(x, kernel), (x, kernel)),
+              lambda res, g: (dense_product(g, res[1], trans_b=True),
+                              dense_product(res[0], g, trans_a=True)))
+
+
+def dense(x, kernel):
+  """`jnp.dot(x, kernel)` for float32 x [m, k] and kernel [k, n], through oneMKL (both
+  gradients too)."""
+  for a in (x, kernel):
+    if a.ndim != 2 or a.dtype != jnp.float32:
+      raise ValueError(f'dense: float32 matrices expected, got {a.dtype}{a.shape}')
+  if x.shape[1] != kernel.shape[0]:
+    raise ValueError(f'dense: shapes {x.shape} and {kernel.shape} do not line up')
+  return _dense(x, kernel)
 
 
 def _call(a, b, *, batch, m, n, k, trans_a, trans_b, lda, ldb, ldc, a_strides, b_strides,

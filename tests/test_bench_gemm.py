@@ -71,6 +71,9 @@ def test_gemm_measures_every_shape_and_pass_of_both_sides():
     assert len(e['ours']) == len(e['peer']) == 1 and e['ours'][0] > 0 and e['peer'][0] > 0
   assert set(out['steps']) == set(common.STAGES)
   assert out['steps']['finetune'] == gemm.step_seconds(TINY, out['rates'])['finetune']
+  # Ours are timed as the model's Dense runs them: through oneMKL where it loads.
+  from promot_t5x import cpu_kernels
+  assert out['dense_kernel'] == ('mkl' if cpu_kernels.dense_available() else 'xla')
 
 
 def test_run_all_reports_the_matmuls_and_the_rest_of_each_step():
@@ -78,7 +81,8 @@ def test_run_all_reports_the_matmuls_and_the_rest_of_each_step():
 
   steps = {stage: [2.0] for stage in common.STAGES}
   raw = tbs._raw(steps, {k: [3.0] for k in common.STAGES}, {k: [2.5] for k in common.STAGES})
-  raw['gemm'] = {'steps': {stage: {'flops': 3e11, 'ours': 1.5, 'peer': 1.2,
+  raw['gemm'] = {'dense_kernel': 'mkl',
+                 'steps': {stage: {'flops': 3e11, 'ours': 1.5, 'peer': 1.2,
                                    'ours_over_peer_rate': 0.8} for stage in common.STAGES}}
   s = run_all.summarize(common.BenchConfig(), raw)
   m = s['weight_matmuls']['finetune']
@@ -89,6 +93,7 @@ def test_run_all_reports_the_matmuls_and_the_rest_of_each_step():
             'load': {'quiet_at_start': True, 'at_start': 0.1, 'max_during': 0.2}, 'raw': raw}
   text = run_all.markdown(report)
   assert '| fine-tuning | 300 | 1.50 / 0.50 | 1.20 / 1.30 | 0.80 |' in text
+  assert 'as each model runs them (ours: oneMKL)' in text
   # An earlier run's JSON without the matmul measurement still renders.
   del raw['gemm']
   report['summary'] = run_all.summarize(common.BenchConfig(), raw)

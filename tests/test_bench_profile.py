@@ -37,8 +37,15 @@ def test_profile_step_names_the_costliest_ops():
   times = [float(l.split()[0]) for l in rows]
   assert times == sorted(times, reverse=True)
   # The ops were found in the optimized HLO: the model's matmuls show up with their shapes,
-  # e.g. the logits [batch * targets, vocab] = [32, 512].
-  assert any(re.search(r'-> f32\[[\d,]+\]: dot f32\[32,512\]', l) for l in rows), '\n'.join(rows)
+  # e.g. the logits [batch * targets, vocab] = [32, 512]: an XLA dot, or where oneMKL runs
+  # the dense layers (T5Config.dense_kernel='auto' here), its custom call and operands.
+  from promot_t5x import cpu_kernels
+  logits = (r'-> f32\[32,512\]: promot_dense_gemm f32\[32,64\] x f32\[64,512\]$'
+            if cpu_kernels.dense_available() else r'-> f32\[[\d,]+\]: dot f32\[32,512\]')
+  assert any(re.search(logits, l) for l in rows), '\n'.join(rows)
+  # Attention's batched products: the scores [batch, heads, 36, 36] of q and k (transposed).
+  assert any(re.search(r': promot_attention_gemm f32\[4,36,2,32\] x f32\[4,36,2,32\] \(trans_b\)',
+                       l) for l in rows), '\n'.join(rows)
   # The encoder's position-bias gradient (its 2 heads x 36 x 36 scores summed
   # over the batch) is a ones @ g product, not a leading-axis reduction.
   assert any(re.search(r'dot f32\[1,2592\]', l) for l in rows), '\n'.join(rows)

@@ -77,3 +77,17 @@ def test_mfu_uses_the_best_peak_of_the_start_and_the_end_of_the_run():
             'load': {'quiet_at_start': True, 'at_start': 0.1, 'max_during': 0.2}, 'raw': raw}
   assert ('at the start and the end of the run): 400.0 GFLOP/s (start: jnp.dot 100.0, '
           'torch.mm 200.0; end: jnp.dot 400.0, torch.mm 100.0)') in run_all.markdown(report)
+
+
+def test_the_kernels_auto_picked_are_named_in_the_report():
+  steps = {stage: [2.0] for stage in common.STAGES}
+  raw = _raw(steps, steps, steps)
+  for sides in raw['train'].values():
+    for run in sides['ours']:
+      run.update(attention_kernel='blas', dense_kernel='mkl')
+  note = run_all._kernel_note({'raw': raw})
+  assert 'attention\'s batched products through BLAS' in note
+  assert 'dense layers\' products through oneMKL' in note
+  raw['train']['finetune']['ours'][0]['dense_kernel'] = 'xla'   # mixed runs: not claimed
+  assert 'oneMKL' not in run_all._kernel_note({'raw': raw})
+  assert run_all._kernel_note({'raw': {}}) == ''

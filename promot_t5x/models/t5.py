@@ -73,6 +73,12 @@ class T5Config:
   # threads), or 'auto' ('blas' for float32 on an unpartitioned CPU program,
   # else 'xla'). The same function either way; not part of the architecture.
   attention_kernel: str = 'auto'
+  # How the dense layers' products (projections, MLP, logits; forward and
+  # gradients) run: 'xla' (jnp.dot), 'mkl' (promot_t5x.cpu_kernels: oneMKL's
+  # threaded sgemm), or 'auto' ('mkl' for float32 on an unpartitioned CPU
+  # program where oneMKL is installed, else 'xla').
+  # The same function either way; not part of the architecture.
+  dense_kernel: str = 'auto'
   # Soft prompts live beside the model, in their own parameter set.
   prompt: prompts_lib.PromptConfig | None = None
 
@@ -94,6 +100,9 @@ class T5Config:
     if self.attention_kernel not in ('auto', 'xla', 'blas'):
       raise ValueError(f'T5Config.attention_kernel must be "auto", "xla" or "blas", '
                        f'got {self.attention_kernel!r}.')
+    if self.dense_kernel not in ('auto', 'xla', 'mkl'):
+      raise ValueError(f'T5Config.dense_kernel must be "auto", "xla" or "mkl", '
+                       f'got {self.dense_kernel!r}.')
     if self.dtype not in ('float32', 'bfloat16', 'float16'):
       raise ValueError(f'T5Config.dtype must be float32, bfloat16 or float16, got {self.dtype!r}.')
     # Lists from gin become tuples so the config stays hashable.
@@ -153,6 +162,7 @@ class Dense(nn.Module):
   kernel_axes: tuple[str, str]
   kernel_init: Any = dataclasses.field(default_factory=_kernel_init)
   dtype: Dtype = jnp.float32
+  matmul: str = 'xla'  # T5Config.dense_kernel
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -166,7 +176,11 @@ class Dense(nn.Module):
     # One 2-D matmul over the flattened leading axes: XLA:CPU runs the
     # backward of 3-D dot_generals around the gated GELU about 2x slower than
     # the same work as 2-D matmuls (bench/micro.py: 183 vs 91 ms per MLP).
-    y = jnp.dot(x.reshape(-1, kernel.shape[0]), kernel)
+    x = x.reshape(-1, kernel.shape[0])
+    if cpu_kernels.use_mkl(self.matmul, self.dtype):
+      y = cpu_kernels.dense(x, kernel)
+    else:
+      y = jnp.dot(x, kernel)
     return y.reshape(*batch_shape, *self.features)
 
 
@@ -313,6 +327,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype
   is_cross_attention: bool = False
   kernel: str = 'auto'  # T5Config.attention_kernel
+  matmul: str = 'xla'  # T5Config.dense_kernel
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array | None,
@@ -320,7 +335,8 @@ class MultiHeadAttention(nn.Module):
                max_decode_length: int = 0, bias_table=None) -> Array:
     features = (self.num_heads, self.head_dim)
     make = functools.partial(Dense, features=features, in_axes=1,
-                             kernel_axes=('embed', 'joined_kv'), dtype=self.dtype)
+                             kernel_axes=('embed', 'joined_kv'), dtype=self.dtype,
+                             matmul=self.matmul)
     # The 1/sqrt(head_dim) of dot-product attention is folded into the
     # query initializer; nothing is scaled at run time.
     query = make(kernel_init=_kernel_init(1.0 / self.head_dim), name='query')
@@ -389,8 +405,8 @@ class MultiHeadAttention(nn.Module):
       out = cpu_kernels.attention_context(weights, v)
     else:
       out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-    out = Dense(features=(inputs_q.shape[-1],), in_axes=2,
-                kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, name='out')(out)
+    out = Dense(features=(inputs_q.shape[-1],), in_axes=2, kernel_axes=('joined_kv', 'embed'),
+                dtype=self.dtype, matmul=self.matmul, name='out')(out)
     return _constrain(out, ('batch', 'length', 'embed'))
 
 
@@ -401,6 +417,7 @@ class MlpBlock(nn.Module):
   activations: tuple[str, ...]
   dropout_rate: float
   dtype: Dtype
+  matmul: str = 'xla'  # T5Config.dense_kernel
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
@@ -408,14 +425,14 @@ class MlpBlock(nn.Module):
     for i, act in enumerate(self.activations):
       name = 'wi' if len(self.activations) == 1 else f'wi_{i}'
       h = Dense(features=(self.mlp_dim,), in_axes=1, kernel_axes=('embed', 'mlp'),
-                dtype=self.dtype, name=name)(x)
+                dtype=self.dtype, matmul=self.matmul, name=name)(x)
       h = _ACTIVATIONS[act](h)
       hidden = h if hidden is None else hidden * h
     hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
         hidden, deterministic=deterministic)
     hidden = _constrain(hidden, ('batch', 'length', 'mlp'))
     return Dense(features=(x.shape[-1],), in_axes=1, kernel_axes=('mlp', 'embed'),
-                 dtype=self.dtype, name='wo')(hidden)
+                 dtype=self.dtype, matmul=self.matmul, name='wo')(hidden)
 
 
 class EncoderLayer(nn.Module):
@@ -428,11 +445,12 @@ class EncoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_attention_layer_norm')(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           kernel=cfg.attention_kernel, name='attention')(h, h, bias, deterministic)
+                           kernel=cfg.attention_kernel,
+                           matmul=cfg.dense_kernel, name='attention')(h, h, bias, deterministic)
     x = x + dropout(h, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(x)
     h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
-                 name='mlp')(h, deterministic)
+                 matmul=cfg.dense_kernel, name='mlp')(h, deterministic)
     x = x + dropout(h, deterministic=deterministic)
     return _constrain(x, ('batch', 'length', 'embed'))
 
@@ -449,19 +467,21 @@ class DecoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_self_attention_layer_norm')(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           kernel=cfg.attention_kernel, name='self_attention')(
+                           kernel=cfg.attention_kernel,
+                           matmul=cfg.dense_kernel, name='self_attention')(
                                h, h, self_bias, deterministic, mode,
                                max_decode_length, bias_table)
     x = x + dropout(h, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_cross_attention_layer_norm')(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
                            is_cross_attention=True, kernel=cfg.attention_kernel,
+                           matmul=cfg.dense_kernel,
                            name='encoder_decoder_attention')(
                                h, encoded, cross_bias, deterministic, mode)
     x = x + dropout(h, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(x)
     h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
-                 name='mlp')(h, deterministic)
+                 matmul=cfg.dense_kernel, name='mlp')(h, deterministic)
     x = x + dropout(h, deterministic=deterministic)
     return _constrain(x, ('batch', 'length', 'embed'))
 
@@ -531,7 +551,7 @@ class Decoder(nn.Module):
                                    (((x.ndim - 1,), (1,)), ((), ())))
     else:
       logits = Dense(features=(cfg.vocab_size,), in_axes=1, kernel_axes=('embed', 'vocab'),
-                     dtype=jnp.float32, name='logits_dense')(x)
+                     dtype=jnp.float32, matmul=cfg.dense_kernel, name='logits_dense')(x)
     logits = _constrain(jnp.asarray(logits, jnp.float32), ('batch', 'length', 'vocab'))
     return logits
 

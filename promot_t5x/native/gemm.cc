@@ -14,6 +14,11 @@
 // too and waits only for units another thread has already claimed (which
 // are running), never for a queued task: no deadlock when every pool thread
 // is inside such a call.
+//
+// `PromotDense` is one plain product, op(A) @ op(B), handed whole to a
+// threaded BLAS (oneMKL, bound by `promot_set_dense_blas`), whose own threads
+// share it out: the dense layers' products are large enough that the BLAS's
+// partitioning (shared packed panels) beats splitting them over XLA's pool.
 
 #include <algorithm>
 #include <atomic>
@@ -33,7 +38,8 @@ using Sgemm = void (*)(int layout, int trans_a, int trans_b, int64_t m,
                        int64_t lda, const float* b, int64_t ldb, float beta,
                        float* c, int64_t ldc);
 
-std::atomic<Sgemm> g_sgemm{nullptr};
+std::atomic<Sgemm> g_sgemm{nullptr};        // single-threaded, per unit
+std::atomic<Sgemm> g_dense_sgemm{nullptr};  // threaded, one call per product
 
 constexpr int kRowMajor = 101;
 constexpr int kNoTrans = 111;
@@ -121,12 +127,53 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
   return ffi::Error::Success();
 }
 
+ffi::Error Dense(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                 ffi::ResultBuffer<ffi::F32> c, int64_t m, int64_t n, int64_t k,
+                 bool trans_a, bool trans_b) {
+  const Sgemm sgemm = g_dense_sgemm.load();
+  if (sgemm == nullptr) {
+    return ffi::Error::Internal(
+        "promot_dense: no BLAS bound; call promot_t5x.cpu_kernels.load_dense() first");
+  }
+  if (a.element_count() != m * k || b.element_count() != k * n ||
+      c->element_count() != m * n) {
+    return ffi::Error::InvalidArgument("promot_dense: operand sizes do not match m, n, k");
+  }
+  if (m == 0 || n == 0) return ffi::Error::Success();
+  if (k == 0) {
+    std::fill(c->typed_data(), c->typed_data() + c->element_count(), 0.0f);
+    return ffi::Error::Success();
+  }
+  // Row-major, packed: op(A) is [m, k] (A stored [k, m] when transposed).
+  sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans,
+        m, n, k, 1.0f, a.typed_data(), trans_a ? m : k, b.typed_data(),
+        trans_b ? k : n, 0.0f, c->typed_data(), n);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // `sgemm`: cblas_sgemm of a single-threaded ILP64 OpenBLAS.
 extern "C" void promot_set_blas(void* sgemm) {
   g_sgemm.store(reinterpret_cast<Sgemm>(sgemm));
 }
+
+// `sgemm`: an ILP64 cblas_sgemm that threads itself (oneMKL's cblas_sgemm_64).
+extern "C" void promot_set_dense_blas(void* sgemm) {
+  g_dense_sgemm.store(reinterpret_cast<Sgemm>(sgemm));
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    PromotDense, Dense,
+    ffi::Ffi::Bind()
+        .Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<int64_t>("m")
+        .Attr<int64_t>("n")
+        .Attr<int64_t>("k")
+        .Attr<bool>("trans_a")
+        .Attr<bool>("trans_b"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     PromotGemm, Gemm,
