@@ -173,20 +173,26 @@ def use_blas(setting: str, dtype) -> bool:
   A custom call is opaque to XLA's SPMD partitioner, which would replicate
   its operands on every device of a larger mesh.
   """
-  if setting not in KERNELS:
-    raise ValueError(f'T5Config.attention_kernel={setting!r}; use one of {KERNELS}.')
+  return _resolve(setting, dtype, 'attention_kernel', KERNELS, load, available)
+
+
+def _resolve(setting: str, dtype, name: str, choices: tuple[str, ...], load_fn, available_fn
+             ) -> bool:
+  """T5Config.<name> = `setting` ('auto', 'xla' or the kernel's own name, choices[2]) -> use it?"""
+  if setting not in choices:
+    raise ValueError(f'T5Config.{name}={setting!r}; use one of {choices}.')
   if setting == 'xla':
     return False
   float32 = jnp.dtype(dtype) == jnp.float32
-  if setting == 'blas':
+  if setting != 'auto':
     if not float32:
-      raise ValueError(f'T5Config.attention_kernel="blas" computes in float32; the model\'s '
+      raise ValueError(f'T5Config.{name}="{setting}" computes in float32; the model\'s '
                        f'dtype is {jnp.dtype(dtype).name}: use "auto" or "xla".')
-    load()
+    load_fn()
     return True
   mesh = jax.sharding.get_abstract_mesh()
   return (float32 and jax.default_backend() == 'cpu' and (mesh.empty or mesh.size == 1)
-          and available())
+          and available_fn())
 
 
 def _installed_file(distribution: str, prefix: str) -> pathlib.Path:
@@ -258,20 +264,8 @@ def use_mkl(setting: str, dtype) -> bool:
   `use_blas`), when MKL loads here. (MKL was the faster at every size
   measured, from [8, 512] @ [512, 512] up: bench/README.md.)
   """
-  if setting not in DENSE_KERNELS:
-    raise ValueError(f'T5Config.dense_kernel={setting!r}; use one of {DENSE_KERNELS}.')
-  if setting == 'xla':
-    return False
-  float32 = jnp.dtype(dtype) == jnp.float32
-  if setting == 'mkl':
-    if not float32:
-      raise ValueError(f'T5Config.dense_kernel="mkl" computes in float32; the model\'s '
-                       f'dtype is {jnp.dtype(dtype).name}: use "auto" or "xla".')
-    load_dense()
-    return True
-  mesh = jax.sharding.get_abstract_mesh()
-  return (float32 and jax.default_backend() == 'cpu' and (mesh.empty or mesh.size == 1)
-          and dense_available())
+  return _resolve(setting, dtype, 'dense_kernel', DENSE_KERNELS, load_dense,
+                  dense_available)
 
 
 def dense_product(a, b, *, trans_a=False, trans_b=False):

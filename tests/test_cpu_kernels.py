@@ -108,8 +108,8 @@ def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel():
       got_grads['encoder']['layers_0']['attention']['query']['kernel'])).max() > 0
 
 
-def _lowered_text(kernel, mesh=None, dtype='float32'):
-  module = _model(kernel, dtype=dtype)
+def _lowered_text(module, mesh=None):
+  """The lowered gradient program of `module`'s loss (under `mesh`'s partitioner if given)."""
   params = nn.unbox(t5.init_params(module, jax.random.PRNGKey(0)))
   loss = jax.grad(_loss_fn(module))
   if mesh is None:
@@ -120,15 +120,15 @@ def _lowered_text(kernel, mesh=None, dtype='float32'):
 
 def test_auto_uses_blas_only_where_the_program_is_float32_on_one_cpu_device():
   assert jax.default_backend() == 'cpu'
-  assert cpu_kernels.TARGET in _lowered_text('auto')
+  assert cpu_kernels.TARGET in _lowered_text(_model('auto'))
   assert cpu_kernels.TARGET in _lowered_text(
-      'auto', partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1])))
+      _model('auto'), partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1])))
   # Partitioned over a mesh of several devices: the products stay XLA's, so the
   # SPMD partitioner can split them.
   assert cpu_kernels.TARGET not in _lowered_text(
-      'auto', partitioning.Partitioner(partitioning.make_mesh(2, 1, jax.devices()[:2])))
-  assert cpu_kernels.TARGET not in _lowered_text('auto', dtype='bfloat16')
-  assert cpu_kernels.TARGET not in _lowered_text('xla')
+      _model('auto'), partitioning.Partitioner(partitioning.make_mesh(2, 1, jax.devices()[:2])))
+  assert cpu_kernels.TARGET not in _lowered_text(_model('auto', dtype='bfloat16'))
+  assert cpu_kernels.TARGET not in _lowered_text(_model('xla'))
 
 
 def test_bad_settings_are_named():

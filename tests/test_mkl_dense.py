@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_cpu_kernels import _loss_fn, _lowered_text  # the same small model's loss
 
 from promot_t5x import cpu_kernels, partitioning
 from promot_t5x.models import t5
@@ -89,19 +90,6 @@ def _model(dense_kernel, **kw):
       **kw))
 
 
-def _loss_fn(module):
-  rng = np.random.default_rng(1)
-  enc = rng.integers(1, 64, (3, 9)).astype(np.int32)
-  enc[1, 6:] = 0
-  dec = rng.integers(1, 64, (3, 5)).astype(np.int32)
-
-  def loss(params):
-    logits = module.apply({'params': params}, enc, dec, dec, enable_dropout=False)
-    return jnp.mean(jax.nn.log_softmax(logits)[..., 3])
-
-  return loss
-
-
 def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel():
   xla, mkl = _model('xla'), _model('mkl')
   params = nn.unbox(t5.init_params(xla, jax.random.PRNGKey(0)))
@@ -117,29 +105,19 @@ def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel():
     assert np.abs(np.asarray(layer['kernel'])).max() > 0
 
 
-def _lowered_text(dense_kernel, mesh=None, dtype='float32'):
-  module = _model(dense_kernel, dtype=dtype)
-  params = nn.unbox(t5.init_params(module, jax.random.PRNGKey(0)))
-  loss = jax.grad(_loss_fn(module))
-  if mesh is None:
-    return jax.jit(loss).lower(params).as_text()
-  with mesh.activate():
-    return jax.jit(loss).lower(params).as_text()
-
-
 def test_auto_uses_mkl_only_where_the_program_is_float32_on_one_cpu_device():
   assert jax.default_backend() == 'cpu'
-  text = _lowered_text('auto')
+  text = _lowered_text(_model('auto'))
   # Every dense layer, forward and both gradients: 2 encoder layers x 7 (query, key, value,
   # out, wi_0, wi_1, wo), 2 decoder layers x 11 (two attentions), the logits; three calls each.
   assert text.count(cpu_kernels.DENSE_TARGET) == 3 * (2 * 7 + 2 * 11 + 1)
   assert cpu_kernels.DENSE_TARGET in _lowered_text(
-      'auto', partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1])))
+      _model('auto'), partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1])))
   assert cpu_kernels.DENSE_TARGET not in _lowered_text(
-      'auto', partitioning.Partitioner(partitioning.make_mesh(2, 1, jax.devices()[:2])))
+      _model('auto'), partitioning.Partitioner(partitioning.make_mesh(2, 1, jax.devices()[:2])))
   # A bfloat16 model: only the logits, which T5 computes in float32.
-  assert _lowered_text('auto', dtype='bfloat16').count(cpu_kernels.DENSE_TARGET) == 3
-  assert cpu_kernels.DENSE_TARGET not in _lowered_text('xla')
+  assert _lowered_text(_model('auto', dtype='bfloat16')).count(cpu_kernels.DENSE_TARGET) == 3
+  assert cpu_kernels.DENSE_TARGET not in _lowered_text(_model('xla'))
 
 
 def test_bad_settings_are_named():
