@@ -44,7 +44,7 @@ class BenchConfig:
   decode_batch: int = 8
   decode_length: int = 32
   num_beams: int = 4
-  train_steps: int = 5
+  train_steps: int = 8
   warmup_steps: int = 2
   decode_repeats: int = 3
   seed: int = 0

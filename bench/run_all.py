@@ -26,10 +26,14 @@ see common.BenchConfig):
 The CPU's 1-minute load average is recorded before every measurement: numbers
 taken while other work shares the CPU are not comparable.
 
-Training runs in `--rounds` rounds (default 2): each round measures every
-stage on every side back to back, and a row reports the median over rounds
-of each process's median step (this shared machine drifts by +-15 % over
-minutes; adjacent measurements are comparable). The peer runs twice per
+Training runs in `--rounds` rounds (default 3): each round measures every
+stage on every side back to back (ours first in odd rounds, last in even
+ones, so a steady drift does not favour one side), and a row reports the
+median over rounds of each process's median step (this shared machine
+drifts by +-15 % over minutes; adjacent measurements are comparable). Each
+row also gives the round-by-round ratios (ours / the faster peer process of
+the same round), which show whether a lead holds in every round or lies
+within the drift. The peer runs twice per
 round: as installed, and with the glibc malloc settings our commands apply
 (`promot_t5x/host_memory.py`, passed to torch as GLIBC_TUNABLES), so the
 comparison does not hinge on the allocator. "Ahead of the peer" is judged
@@ -127,7 +131,7 @@ def cpu_model() -> str:
   return platform.processor() or 'unknown'  # no /proc (macOS, ...)
 
 
-def measure(cfg: common.BenchConfig, rounds: int = 2, log=print) -> dict[str, Any]:
+def measure(cfg: common.BenchConfig, rounds: int = 3, log=print) -> dict[str, Any]:
   """Raw results; `train[stage][side]` is a list with one result per round."""
   results: dict[str, Any] = {'peak': {}, 'train': {}, 'decode': {}}
   with tempfile.TemporaryDirectory() as weights:
@@ -143,7 +147,7 @@ def measure(cfg: common.BenchConfig, rounds: int = 2, log=print) -> dict[str, An
                                       SAME_ALLOCATOR_ENV)}
     for r in range(rounds):
       for stage in common.STAGES:
-        for side in TRAIN_SIDES:
+        for side in (TRAIN_SIDES if r % 2 == 0 else TRAIN_SIDES[::-1]):
           script, extra, env = sides[side]
           log(f'round {r + 1}/{rounds}: train {stage} ({side})')
           results['train'].setdefault(stage, {}).setdefault(side, []).append(run_child(
@@ -165,6 +169,14 @@ def measure(cfg: common.BenchConfig, rounds: int = 2, log=print) -> dict[str, An
 def _peaks(raw: dict[str, Any]) -> list[float]:
   return [r['flops_per_second'] for key in ('peak', 'peak_end')
           for r in raw.get(key, {}).values()]
+
+
+def _per_round_ratios(sides: dict[str, list[dict[str, Any]]]) -> list[float]:
+  """Per round: our throughput over the faster peer process's of that round."""
+  peers = [sides[k] for k in TRAIN_SIDES[1:] if k in sides]
+  rounds = min(len(x) for x in [sides['ours'], *peers])
+  return [min(p[i]['step_seconds'] for p in peers) / sides['ours'][i]['step_seconds']
+          for i in range(rounds)]
 
 
 def summarize(cfg: common.BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +202,7 @@ def summarize(cfg: common.BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
     # The faster of the peer's two processes is the one to beat.
     train[stage]['peer_best'] = min((train[stage][k] for k in TRAIN_SIDES[1:] if k in train[stage]),
                                     key=lambda t: t['step_seconds'])
+    train[stage]['ours_over_peer_per_round'] = _per_round_ratios(sides)
   decode = {}
   for decoder, sides in raw['decode'].items():
     decode[decoder] = {side: {'seconds': r['seconds'],
@@ -205,8 +218,10 @@ def summarize(cfg: common.BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
               / train[stage]['peer_best']['tokens_per_second'] for stage in train}
   speedups.update({f'decode/{d}': decode[d]['ours']['tokens_per_second']
                    / decode[d]['torch']['tokens_per_second'] for d in decode})
+  train_ratios = [train[stage]['ours_over_peer_per_round'] for stage in train]
   goals = {
       'ahead_of_peer_on_every_row': all(v > 1 for v in speedups.values()),
+      'ahead_on_every_training_row_in_every_round': all(r > 1 for x in train_ratios for r in x),
       'mfu_finetune': train['finetune']['ours']['mfu'],
       'mfu_finetune_goal_met': train['finetune']['ours']['mfu'] >= GOALS['mfu_finetune'],
       'stage1_over_full_step': ratios['ours']['stage1_over_stage2'],
@@ -271,10 +286,12 @@ def markdown(report: dict[str, Any]) -> str:
       '',
       f'Training rows: median over {report.get("rounds", 1)} rounds (each the median step of '
       'one process); the peer as installed and, in parentheses, with our malloc settings '
-      '(GLIBC_TUNABLES); "ours / peer" is against the faster of the two.',
+      '(GLIBC_TUNABLES); "ours / peer" is against the faster of the two; "per round": the '
+      'same ratio within each round (ours against the faster peer process of that round).',
       '',
-      '| row | ours (promot-t5x, JAX) | peer (HF transformers + PEFT, torch) | ours / peer |',
-      '|---|---|---|---|',
+      '| row | ours (promot-t5x, JAX) | peer (HF transformers + PEFT, torch) | ours / peer '
+      '| per round |',
+      '|---|---|---|---|---|',
   ]
   for stage in common.STAGES:
     row = s['train'][stage]
@@ -285,32 +302,33 @@ def markdown(report: dict[str, Any]) -> str:
       peer += f' ({same["tokens_per_second"]:,.0f}; {same["step_seconds"]:.3f} s/step)'
     lines.append(f'| train {common.STAGE_LABELS[stage]}: tokens/s | '
                  f'{o["tokens_per_second"]:,.0f} ({o["step_seconds"]:.3f} s/step) | {peer} | '
-                 f'{o["tokens_per_second"] / best["tokens_per_second"]:.2f}x |')
+                 f'{o["tokens_per_second"] / best["tokens_per_second"]:.2f}x | '
+                 + ', '.join(f'{x:.2f}' for x in row.get('ours_over_peer_per_round', [])) + ' |')
   for stage in common.STAGES:
     o, t = s['train'][stage]['ours'], s['train'][stage]['peer_best']
     lines.append(f'| MFU {common.STAGE_LABELS[stage]} ({o["model_tflops_per_step"] * 1e3:.0f} '
-                 f'GFLOP/step) | {o["mfu"]:.1%} | {t["mfu"]:.1%} | |')
+                 f'GFLOP/step) | {o["mfu"]:.1%} | {t["mfu"]:.1%} | | |')
   for decoder in ('greedy', 'beam'):
     o, t = s['decode'][decoder]['ours'], s['decode'][decoder]['torch']
     name = 'greedy' if decoder == 'greedy' else f'beam {cfg["num_beams"]}'
     lines.append(f'| decode {name}, cached: new tokens/s | {o["tokens_per_second"]:,.1f} | '
                  f'{t["tokens_per_second"]:,.1f} | '
-                 f'{o["tokens_per_second"] / t["tokens_per_second"]:.2f}x |')
+                 f'{o["tokens_per_second"] / t["tokens_per_second"]:.2f}x | |')
   lines.append('| CPU seconds (user + system) per fine-tuning step; minor page faults | '
                + ' | '.join(f'{s["train"]["finetune"][k]["cpu_seconds_per_step"]:.2f}; '
                             f'{s["train"]["finetune"][k]["minor_faults_per_step"]:,.0f}'
-                            for k in ('ours', 'torch')) + ' | |')
+                            for k in ('ours', 'torch')) + ' | | |')
   r = s['stage1_ratios']
   lines.append(f'| stage-1 step / stage-2 step (same inputs + prompt) | '
                f'{r["ours"]["stage1_over_stage2"]:.2f} | '
-               f'{r["torch"]["stage1_over_stage2"]:.2f} | |')
+               f'{r["torch"]["stage1_over_stage2"]:.2f} | | |')
   lines.append(f'| stage-1 step / fine-tuning step (no prompt) | '
                f'{r["ours"]["stage1_over_finetune"]:.2f} | '
-               f'{r["torch"]["stage1_over_finetune"]:.2f} | |')
+               f'{r["torch"]["stage1_over_finetune"]:.2f} | | |')
   for stage in ('prompt_tuning', 'promot_stage2'):
     o, t = s['train'][stage]['ours'], s['train'][stage]['torch']
     lines.append(f'| peak RSS {common.STAGE_LABELS[stage]} (GiB) | {o["peak_rss_gib"]:.2f} | '
-                 f'{t["peak_rss_gib"]:.2f} | |')
+                 f'{t["peak_rss_gib"]:.2f} | | |')
   if s.get('weight_matmuls'):
     our_matmul = ('oneMKL' if report['raw']['gemm'].get('dense_kernel') == 'mkl'
                   else 'jitted `jnp` on XLA:CPU')
@@ -337,7 +355,11 @@ def markdown(report: dict[str, Any]) -> str:
   lines += [
       '',
       'Goals: ahead of the peer on every throughput row: '
-      f'{"yes" if g["ahead_of_peer_on_every_row"] else "no"}; fine-tuning MFU '
+      f'{"yes" if g["ahead_of_peer_on_every_row"] else "no"}'
+      + ('' if 'ahead_on_every_training_row_in_every_round' not in g else
+         f' (training rows ahead in every round: '
+         f'{"yes" if g["ahead_on_every_training_row_in_every_round"] else "no"})')
+      + f'; fine-tuning MFU '
       f'{g["mfu_finetune"]:.1%} (goal >= {GOALS["mfu_finetune"]:.0%}: '
       f'{"met" if g["mfu_finetune_goal_met"] else "missed"}); stage-1 / full step '
       f'{g["stage1_over_full_step"]:.2f} (goal <= {GOALS["stage1_over_full_step"]}: '
@@ -362,7 +384,7 @@ def main(argv=None) -> int:
   p.add_argument('--wait_for_quiet', type=float, default=0,
                  help='minutes to wait for the 1-min load average to drop below --max_load')
   p.add_argument('--max_load', type=float, default=2.5)
-  p.add_argument('--rounds', type=int, default=2, help='training measurements per side and stage')
+  p.add_argument('--rounds', type=int, default=3, help='training measurements per side and stage')
   p.add_argument('--out', default=str(HERE / 'results'))
   p.add_argument('--from_json', default=None,
                  help='re-derive the summary and markdown of an earlier run\'s JSON (no measuring)')

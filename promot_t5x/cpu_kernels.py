@@ -27,7 +27,10 @@ on oneTBB's threads (see `_mkl` for why not OpenMP's).
 
 The kernels are compiled with the machine's C++ compiler (`$CXX`, else g++)
 against JAX's FFI headers on first use, once per source and JAX version, into
-`$PROMOT_T5X_CACHE/native` (default `~/.cache/promot_t5x/native`).
+`$PROMOT_T5X_CACHE/native` (default `~/.cache/promot_t5x/native`). Each new
+build (and each new private OpenBLAS copy) removes the cache's files of its
+kind that are older than `STALE_DAYS`: builds of other sources or JAX
+versions would otherwise pile up (the OpenBLAS copy is ~25 MB).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ DENSE_TARGET = 'promot_dense_gemm'
 SOURCE = pathlib.Path(__file__).resolve().parent / 'native' / 'gemm.cc'
 KERNELS = ('auto', 'xla', 'blas')
 DENSE_KERNELS = ('auto', 'xla', 'mkl')
+STALE_DAYS = 30
 
 _lock = threading.Lock()
 # 'lib' (the built kernels), 'blas' (attention's OpenBLAS), 'mkl' once loaded;
@@ -63,6 +67,25 @@ def cache_dir() -> pathlib.Path:
   root = os.environ.get('PROMOT_T5X_CACHE') or os.path.join(
       os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'promot_t5x')
   return pathlib.Path(root) / 'native'
+
+
+def _prune(directory: pathlib.Path, pattern: str, keep: pathlib.Path,
+           max_age_days: float = STALE_DAYS) -> list[pathlib.Path]:
+  """Removes `directory`'s files matching `pattern`, other than `keep`, last modified more
+  than `max_age_days` ago; returns them. (A process that still has one loaded keeps its
+  mapping: unlinking does not unmap.)"""
+  import time
+
+  cutoff = time.time() - max_age_days * 86400
+  removed = []
+  for path in directory.glob(pattern):
+    try:
+      if path != keep and path.stat().st_mtime < cutoff:
+        path.unlink()
+        removed.append(path)
+    except FileNotFoundError:
+      pass  # another process pruned it first
+  return removed
 
 
 def _build() -> pathlib.Path:
@@ -86,6 +109,7 @@ def _build() -> pathlib.Path:
     os.unlink(tmp)
     raise RuntimeError(f'building {SOURCE.name} failed: {" ".join(cmd)}\n{result.stderr[-2000:]}')
   os.replace(tmp, out)  # atomic: processes building at once each write their own file
+  _prune(out.parent, 'promot_gemm-*.so', out)
   return out
 
 
@@ -111,6 +135,7 @@ def _openblas() -> ctypes.CDLL:
     os.close(fd)
     shutil.copyfile(source, tmp)
     os.replace(tmp, copy)
+    _prune(copy.parent, '*-private.so', copy)
   saved = os.environ.get('OPENBLAS_NUM_THREADS')
   os.environ['OPENBLAS_NUM_THREADS'] = '1'  # read by the library as it loads
   try:

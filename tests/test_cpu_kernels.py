@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -159,7 +160,20 @@ def test_without_a_compiler_auto_falls_back_and_blas_says_why(tmp_path):
   assert not list(tmp_path.rglob('*.so'))
 
 
+def _aged(path, days):
+  path.write_bytes(b'x')
+  t = time.time() - days * 86400
+  os.utime(path, (t, t))
+  return path
+
+
 def test_the_kernel_is_built_once_per_source_into_the_cache(tmp_path):
+  # A new build removes builds of other sources / JAX versions older than STALE_DAYS.
+  native = tmp_path / 'native'
+  native.mkdir()
+  stale = _aged(native / 'promot_gemm-0000000000000000.so', cpu_kernels.STALE_DAYS + 1)
+  recent = _aged(native / 'promot_gemm-1111111111111111.so', 1)
+  other = _aged(native / 'unrelated.so', 400)
   code = ('from promot_t5x import cpu_kernels\n'
           'print(cpu_kernels._build())\n')
   env = dict(os.environ, PROMOT_T5X_CACHE=str(tmp_path))
@@ -168,8 +182,18 @@ def test_the_kernel_is_built_once_per_source_into_the_cache(tmp_path):
   assert all(r.returncode == 0 for r in runs), runs[0].stderr
   paths = {r.stdout.strip() for r in runs}
   assert len(paths) == 1
-  built = list((tmp_path / 'native').glob('*.so'))
+  built = set(native.glob('promot_gemm-*.so')) - {recent}
   assert [str(p) for p in built] == list(paths)
+  assert not stale.exists() and recent.exists() and other.exists()
+
+
+def test_pruning_keeps_the_file_in_use_and_recent_ones(tmp_path):
+  keep = _aged(tmp_path / 'libscipy_openblas64_-a-1-2-private.so', 90)  # in use, however old
+  old = _aged(tmp_path / 'libscipy_openblas64_-b-3-4-private.so', 90)
+  new = _aged(tmp_path / 'libscipy_openblas64_-c-5-6-private.so', 2)
+  removed = cpu_kernels._prune(tmp_path, '*-private.so', keep)
+  assert removed == [old]
+  assert keep.exists() and new.exists() and not old.exists()
 
 
 def test_numpys_openblas_keeps_its_threads():
