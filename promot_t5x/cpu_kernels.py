@@ -157,17 +157,25 @@ def _library() -> ctypes.CDLL:
   return _state['lib']
 
 
-def load() -> None:
-  """Builds (if needed) and registers the kernel; raises RuntimeError saying why it cannot."""
+def _register(key: str, open_blas, sgemm: str, setter: str, target: str, handler: str) -> None:
+  """Once per process: builds the kernels, opens a BLAS (`open_blas()`), binds its `sgemm`
+  through the library's `setter`, registers `handler` as FFI `target`; `_state[key]` = BLAS."""
   with _lock:
-    if 'blas' in _state:
+    if key in _state:
       return
     lib = _library()
-    blas = _openblas()
-    lib.promot_set_blas.argtypes = [ctypes.c_void_p]
-    lib.promot_set_blas(ctypes.cast(blas.scipy_cblas_sgemm64_, ctypes.c_void_p))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.PromotGemm), platform='cpu')
-    _state['blas'] = blas
+    blas = open_blas()
+    bind = getattr(lib, setter)
+    bind.argtypes = [ctypes.c_void_p]
+    bind(ctypes.cast(getattr(blas, sgemm), ctypes.c_void_p))
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, handler)),
+                                platform='cpu')
+    _state[key] = blas
+
+
+def load() -> None:
+  """Builds (if needed) and registers the kernel; raises RuntimeError saying why it cannot."""
+  _register('blas', _openblas, 'scipy_cblas_sgemm64_', 'promot_set_blas', TARGET, 'PromotGemm')
 
 
 def _loads(done: str, error: str, load_fn, what: str) -> bool:
@@ -264,16 +272,7 @@ def _mkl() -> ctypes.CDLL:
 
 def load_dense() -> None:
   """Builds (if needed) and registers the dense kernel on oneMKL; raises RuntimeError why not."""
-  with _lock:
-    if 'mkl' in _state:
-      return
-    lib = _library()
-    mkl = _mkl()
-    lib.promot_set_dense_blas.argtypes = [ctypes.c_void_p]
-    lib.promot_set_dense_blas(ctypes.cast(mkl.cblas_sgemm_64, ctypes.c_void_p))
-    jax.ffi.register_ffi_target(DENSE_TARGET, jax.ffi.pycapsule(lib.PromotDense),
-                                platform='cpu')
-    _state['mkl'] = mkl
+  _register('mkl', _mkl, 'cblas_sgemm_64', 'promot_set_dense_blas', DENSE_TARGET, 'PromotDense')
 
 
 def dense_available() -> bool:

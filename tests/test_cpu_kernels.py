@@ -94,16 +94,21 @@ def _loss_fn(module):
   return loss
 
 
-def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel():
-  xla, blas = _model('xla'), _model('blas')
-  params = nn.unbox(t5.init_params(xla, jax.random.PRNGKey(0)))
-  want_loss, want_grads = jax.jit(jax.value_and_grad(_loss_fn(xla)))(params)
-  got_loss, got_grads = jax.jit(jax.value_and_grad(_loss_fn(blas)))(params)
+def _same_loss_and_gradients(reference, module):
+  """Asserts `module`'s loss (rtol 1e-5) and every gradient (`_close`) equal `reference`'s on
+  the same parameters; returns `module`'s gradients."""
+  params = nn.unbox(t5.init_params(reference, jax.random.PRNGKey(0)))
+  want_loss, want_grads = jax.jit(jax.value_and_grad(_loss_fn(reference)))(params)
+  got_loss, got_grads = jax.jit(jax.value_and_grad(_loss_fn(module)))(params)
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
-  flat_want = jax.tree_util.tree_leaves_with_path(want_grads)
   flat_got = dict(jax.tree_util.tree_leaves_with_path(got_grads))
-  for path, want in flat_want:
+  for path, want in jax.tree_util.tree_leaves_with_path(want_grads):
     _close(flat_got[path], want)
+  return got_grads
+
+
+def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel():
+  got_grads = _same_loss_and_gradients(_model('xla'), _model('blas'))
   # The gradients reach the attention parameters through the products.
   assert np.abs(np.asarray(
       got_grads['encoder']['layers_0']['attention']['query']['kernel'])).max() > 0

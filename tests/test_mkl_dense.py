@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_cpu_kernels import _loss_fn, _lowered_text  # the same small model's loss
+from test_cpu_kernels import _loss_fn, _lowered_text, _same_loss_and_gradients  # same model
 
 from promot_t5x import cpu_kernels, partitioning
 from promot_t5x.models import t5
@@ -91,14 +91,7 @@ def _model(dense_kernel, **kw):
 
 
 def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel():
-  xla, mkl = _model('xla'), _model('mkl')
-  params = nn.unbox(t5.init_params(xla, jax.random.PRNGKey(0)))
-  want_loss, want_grads = jax.jit(jax.value_and_grad(_loss_fn(xla)))(params)
-  got_loss, got_grads = jax.jit(jax.value_and_grad(_loss_fn(mkl)))(params)
-  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
-  flat_got = dict(jax.tree_util.tree_leaves_with_path(got_grads))
-  for path, want in jax.tree_util.tree_leaves_with_path(want_grads):
-    _close(flat_got[path], want, rtol=1e-4)
+  got_grads = _same_loss_and_gradients(_model('xla'), _model('mkl'))
   for layer in (got_grads['decoder']['logits_dense'],
                 got_grads['encoder']['layers_1']['mlp']['wo'],
                 got_grads['decoder']['layers_0']['encoder_decoder_attention']['key']):
