@@ -5,6 +5,7 @@ r"""Our side of the benchmarks: one measurement per process (run_all.py starts t
   python bench/bench_jax.py peak
   python bench/bench_jax.py export --out=DIR   # initial weights for bench_torch.py
   python bench/bench_jax.py kernel_ab --kernel=dense --stage=finetune [--steps=10] [--config=JSON]
+  python bench/bench_jax.py kernel_ab --kernel=attention --settings=blas,fused --stage=prompt_tuning
 
 Training uses the project's `Trainer` exactly as `promot-train` does
 (stage = parameter sets, Adafactor as in the run gins, jitted train step with
@@ -13,9 +14,10 @@ donated state) on a one-device mesh; decoding uses
 Each prints one JSON line; `peak_rss_bytes` is this process's peak RSS.
 `kernel_ab` builds the train step twice in one process, with one of
 `T5Config.attention_kernel` (`--kernel=attention`: BLAS here) or
-`T5Config.dense_kernel` (`--kernel=dense`: oneMKL here) set to 'xla' and to
-'auto', and alternates their steps (the order flipped every step), so the
-machine's drift hits both.
+`T5Config.dense_kernel` (`--kernel=dense`: oneMKL here) set to each of two
+settings (`--settings`, default 'xla,auto'), and alternates their steps (the
+order flipped every step), so the machine's drift hits both; it reports each
+setting's median step and the median of the per-pair ratios.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
   from promot_t5x import cpu_kernels
 
   # What T5Config's 'auto' kernels resolved to (one CPU device: BLAS / MKL where they load).
-  attention = 'blas' if cpu_kernels.use_blas('auto', 'float32') else 'xla'
+  attention = ('fused' if cpu_kernels.use_fused('auto', 'float32')
+               else 'blas' if cpu_kernels.use_blas('auto', 'float32') else 'xla')
   dense = 'mkl' if cpu_kernels.use_mkl('auto', 'float32') else 'xla'
   return {'side': 'ours', 'kind': 'train', 'stage': stage_name, 'attention_kernel': attention,
           'dense_kernel': dense,
@@ -98,11 +101,12 @@ def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
           'model_flops_per_step': common.train_flops(cfg, stage_name), **usage}
 
 
-def kernel_ab(cfg: common.BenchConfig, stage_name: str, steps: int, which: str) -> dict:
-  """Seconds per step with T5Config.{which}_kernel 'xla' and 'auto', alternating in one process."""
+def kernel_ab(cfg: common.BenchConfig, stage_name: str, steps: int, which: str,
+              kernels: tuple[str, str] = ('xla', 'auto')) -> dict:
+  """Seconds per step with T5Config.{which}_kernel at each of `kernels`, alternating in one
+  process."""
   import time
 
-  kernels = ('xla', 'auto')
   fns = {}
   for kernel in kernels:
     fns[kernel], _ = train_step_fn(cfg, stage_name, **{f'{which}_kernel': kernel})
@@ -116,7 +120,11 @@ def kernel_ab(cfg: common.BenchConfig, stage_name: str, steps: int, which: str) 
       metrics = fns[kernel]()
       times[kernel].append(time.perf_counter() - t0)
       losses[kernel] = float(metrics['loss'])
+  first, second = kernels
   return {'side': 'ours', 'kind': f'{which}_ab', 'stage': stage_name, 'steps': steps,
+          'settings': list(kernels),
+          f'{second}_over_{first}_per_pair': common.median(
+              [b / a for a, b in zip(times[first], times[second])]),
           **{f'{k}_step_seconds': common.median(times[k]) for k in kernels},
           **{f'{k}_step_seconds_all': times[k] for k in kernels},
           **{f'{k}_last_loss': losses[k] for k in kernels}}
@@ -193,6 +201,8 @@ def main(argv=None) -> int:
   p.add_argument('--steps', type=int, default=10, help='kernel_ab: steps per setting')
   p.add_argument('--kernel', choices=('attention', 'dense'), default='dense',
                  help='kernel_ab: which T5Config kernel setting to flip')
+  p.add_argument('--settings', default='xla,auto',
+                 help='kernel_ab: the two values of that setting, comma-separated')
   p.add_argument('--out', default=None, help='export: folder for the torch peer\'s weights')
   p.add_argument('--stage', choices=common.STAGES, default='finetune')
   p.add_argument('--decoder', choices=('greedy', 'beam'), default='greedy')
@@ -208,7 +218,10 @@ def main(argv=None) -> int:
   if args.what == 'train':
     result = bench_train(cfg, args.stage)
   elif args.what == 'kernel_ab':
-    result = kernel_ab(cfg, args.stage, args.steps, args.kernel)
+    settings = tuple(args.settings.split(','))
+    if len(settings) != 2 or settings[0] == settings[1]:
+      p.error(f'--settings needs two different values, got {args.settings!r}')
+    result = kernel_ab(cfg, args.stage, args.steps, args.kernel, settings)
   elif args.what == 'decode':
     result = bench_decode(cfg, args.decoder)
   elif args.what == 'export':

@@ -251,7 +251,10 @@ def _kernel_note(report: dict[str, Any]) -> str:
   attention = {run.get('attention_kernel') for run in runs}
   dense = {run.get('dense_kernel') for run in runs}
   parts = []
-  if attention == {'blas'}:
+  if attention == {'fused'}:
+    parts.append('attention in one fused kernel per layer (scores, bias, softmax, context) '
+                 'on XLA:CPU\'s threads (`T5Config.attention_kernel=\'auto\'`)')
+  elif attention == {'blas'}:
     parts.append('attention\'s batched products through BLAS on XLA:CPU\'s threads '
                  '(`T5Config.attention_kernel=\'auto\'`)')
   elif attention == {'xla'}:

@@ -13,8 +13,16 @@ In the bench's train steps this took 7-19 % off the step
 
 `attention_scores(q, k)` and `attention_context(probs, v)` are the two
 products with their gradients (`jax.custom_vjp`; each backward product is
-the same kernel with other transposes and strides). The model picks them with
-`T5Config.attention_kernel`; `use_blas(setting, dtype)` resolves 'auto'.
+the same kernel with other transposes and strides). `attention(q, k, v,
+bias)` is attention's whole inner part in one call per layer: for each
+(batch, head) on XLA's pool, the scores, the bias, a vectorized softmax and
+the context, with the scores kept in the cache between them (and one call
+for the gradient, which writes the bias's gradient only where the bias is
+trained: not for a frozen model's relative positions in prompt tuning).
+XLA ran the softmax and the bias as separate passes over [batch, heads, q, k]
+arrays; fused, stage 1's attention took 166 ms of op time per step against
+334 (bench/README.md, "Attention in one kernel"). The model picks these with
+`T5Config.attention_kernel`; `use_blas` / `use_fused` resolve 'auto'.
 
 The dense layers' products (projections, MLP, logits: forward, and both
 gradients) go whole to oneMKL's threaded sgemm (`dense(x, kernel)`, the
@@ -51,9 +59,11 @@ import jax.numpy as jnp
 import numpy as np
 
 TARGET = 'promot_attention_gemm'
+ATTENTION_FWD_TARGET = 'promot_attention_fwd'
+ATTENTION_BWD_TARGET = 'promot_attention_bwd'
 DENSE_TARGET = 'promot_dense_gemm'
 SOURCE = pathlib.Path(__file__).resolve().parent / 'native' / 'gemm.cc'
-KERNELS = ('auto', 'xla', 'blas')
+KERNELS = ('auto', 'xla', 'blas', 'fused')
 DENSE_KERNELS = ('auto', 'xla', 'mkl')
 STALE_DAYS = 30
 
@@ -102,7 +112,7 @@ def _build() -> pathlib.Path:
   out.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
   os.close(fd)
-  cmd = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{include}',
+  cmd = [compiler, '-O3', '-fno-trapping-math', '-fno-math-errno', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{include}',
          str(SOURCE), '-o', tmp]
   result = subprocess.run(cmd, capture_output=True, text=True)
   if result.returncode != 0:
@@ -157,9 +167,11 @@ def _library() -> ctypes.CDLL:
   return _state['lib']
 
 
-def _register(key: str, open_blas, sgemm: str, setter: str, target: str, handler: str) -> None:
+def _register(key: str, open_blas, sgemm: str, setter: str,
+              handlers: tuple[tuple[str, str], ...]) -> None:
   """Once per process: builds the kernels, opens a BLAS (`open_blas()`), binds its `sgemm`
-  through the library's `setter`, registers `handler` as FFI `target`; `_state[key]` = BLAS."""
+  through the library's `setter`, registers each (FFI target, handler) of `handlers`;
+  `_state[key]` = BLAS."""
   with _lock:
     if key in _state:
       return
@@ -168,14 +180,17 @@ def _register(key: str, open_blas, sgemm: str, setter: str, target: str, handler
     bind = getattr(lib, setter)
     bind.argtypes = [ctypes.c_void_p]
     bind(ctypes.cast(getattr(blas, sgemm), ctypes.c_void_p))
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, handler)),
-                                platform='cpu')
+    for target, handler in handlers:
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, handler)),
+                                  platform='cpu')
     _state[key] = blas
 
 
 def load() -> None:
   """Builds (if needed) and registers the kernel; raises RuntimeError saying why it cannot."""
-  _register('blas', _openblas, 'scipy_cblas_sgemm64_', 'promot_set_blas', TARGET, 'PromotGemm')
+  _register('blas', _openblas, 'scipy_cblas_sgemm64_', 'promot_set_blas',
+            ((TARGET, 'PromotGemm'), (ATTENTION_FWD_TARGET, 'PromotAttentionFwd'),
+             (ATTENTION_BWD_TARGET, 'PromotAttentionBwd')))
 
 
 def _loads(done: str, error: str, load_fn, what: str) -> bool:
@@ -207,6 +222,12 @@ def use_blas(setting: str, dtype) -> bool:
   its operands on every device of a larger mesh.
   """
   return _resolve(setting, dtype, 'attention_kernel', KERNELS, load, available)
+
+
+def use_fused(setting: str, dtype) -> bool:
+  """Whether attention runs whole through the fused kernel (`attention`): for 'fused', and
+  for 'auto' where `use_blas` picks the kernels; 'blas' keeps the separate products."""
+  return setting in ('auto', 'fused') and use_blas(setting, dtype)
 
 
 def _resolve(setting: str, dtype, name: str, choices: tuple[str, ...], load_fn, available_fn
@@ -272,7 +293,8 @@ def _mkl() -> ctypes.CDLL:
 
 def load_dense() -> None:
   """Builds (if needed) and registers the dense kernel on oneMKL; raises RuntimeError why not."""
-  _register('mkl', _mkl, 'cblas_sgemm_64', 'promot_set_dense_blas', DENSE_TARGET, 'PromotDense')
+  _register('mkl', _mkl, 'cblas_sgemm_64', 'promot_set_dense_blas',
+            ((DENSE_TARGET, 'PromotDense'),))
 
 
 def dense_available() -> bool:
@@ -407,3 +429,117 @@ def attention_context(probs, v):
   if probs.shape[3] != v.shape[1]:
     raise ValueError(f'attention_context: key lengths differ, {probs.shape} and {v.shape}')
   return _probs_dot_rows(probs, v, transpose_w=False)
+
+
+def _attention_call(q, k, v, bias):
+  """(out, probabilities) of the fused forward kernel; `bias` [bb, hb, lq, lk] or None."""
+  load()
+  b, lq, h, d = q.shape
+  lk = k.shape[1]
+  i64 = np.int64
+  if bias is None:
+    bias, stride_b, stride_h = jnp.zeros((0,), jnp.float32), 0, 0
+  else:
+    bb, hb = bias.shape[:2]
+    stride_b = hb * lq * lk if bb != 1 else 0
+    stride_h = lq * lk if hb != 1 else 0
+  out_types = (jax.ShapeDtypeStruct(q.shape, jnp.float32),
+               jax.ShapeDtypeStruct((b, h, lq, lk), jnp.float32))
+  return jax.ffi.ffi_call(ATTENTION_FWD_TARGET, out_types, vmap_method='sequential')(
+      q, k, v, bias, b=i64(b), lq=i64(lq), lk=i64(lk), h=i64(h), d=i64(d),
+      bias_b=i64(stride_b), bias_h=i64(stride_h), has_bias=bool(bias.size))
+
+
+def _attention_grads(q, k, v, probs, g, with_ds: bool):
+  """(d_q, d_k, d_v, d_scores or None) of the fused backward kernel."""
+  b, lq, h, d = q.shape
+  lk = k.shape[1]
+  i64 = np.int64
+  ds_shape = (b, h, lq, lk) if with_ds else (0,)
+  out_types = (jax.ShapeDtypeStruct(q.shape, jnp.float32),
+               jax.ShapeDtypeStruct(k.shape, jnp.float32),
+               jax.ShapeDtypeStruct(v.shape, jnp.float32),
+               jax.ShapeDtypeStruct(ds_shape, jnp.float32))
+  dq, dk, dv, ds = jax.ffi.ffi_call(ATTENTION_BWD_TARGET, out_types, vmap_method='sequential')(
+      q, k, v, probs, g, b=i64(b), lq=i64(lq), lk=i64(lk), h=i64(h), d=i64(d),
+      with_ds=bool(with_ds))
+  return dq, dk, dv, (ds if with_ds else None)
+
+
+def _cotangent(g, like):
+  from jax.custom_derivatives import SymbolicZero
+
+  return jnp.zeros(like.shape, like.dtype) if isinstance(g, SymbolicZero) else g
+
+
+@jax.custom_vjp
+def _attention_biased(q, k, v, bias):
+  return _attention_call(q, k, v, bias)[0]
+
+
+def _attention_biased_fwd(q, k, v, bias):
+  # symbolic_zeros: each primal says whether it is `perturbed` (has a gradient to
+  # compute); the bias of a frozen model (prompt tuning) has none, and then the
+  # backward kernel does not write the scores' gradient at all.
+  out, probs = _attention_call(q.value, k.value, v.value, bias.value)
+  # The bias's shape rides along as an empty array's (a pytree leaf, not a Python value);
+  # None when the bias needs no gradient.
+  bias_shape = jnp.zeros(bias.value.shape[:2] + (0,), jnp.float32) if bias.perturbed else None
+  return out, (q.value, k.value, v.value, probs, bias_shape)
+
+
+def _attention_biased_bwd(res, g):
+  q, k, v, probs, bias_shape = res
+  g = _cotangent(g, q)
+  dq, dk, dv, ds = _attention_grads(q, k, v, probs, g, with_ds=bias_shape is not None)
+  if ds is None:
+    return dq, dk, dv, None
+  axes = tuple(i for i in (0, 1) if bias_shape.shape[i] == 1 and ds.shape[i] != 1)
+  return dq, dk, dv, jnp.sum(ds, axis=axes, keepdims=True)
+
+
+_attention_biased.defvjp(_attention_biased_fwd, _attention_biased_bwd, symbolic_zeros=True)
+
+
+@jax.custom_vjp
+def _attention_plain(q, k, v):
+  return _attention_call(q, k, v, None)[0]
+
+
+def _attention_plain_fwd(q, k, v):
+  out, probs = _attention_call(q, k, v, None)
+  return out, (q, k, v, probs)
+
+
+def _attention_plain_bwd(res, g):
+  q, k, v, probs = res
+  return _attention_grads(q, k, v, probs, g, with_ds=False)[:3]
+
+
+_attention_plain.defvjp(_attention_plain_fwd, _attention_plain_bwd)
+
+
+def attention(q, k, v, bias=None):
+  """softmax(q k^T + bias) v per (batch, head), whole in one kernel (and its gradient).
+
+  q [batch, q_length, heads, head_dim], k and v [batch, k_length, heads, head_dim];
+  `bias` (optional) [batch or 1, heads or 1, q_length, k_length], added to the scores
+  before the softmax (relative positions, masks: about -1e10 where a key is hidden).
+  Returns [batch, q_length, heads, head_dim]: the same function as
+  `attention_context(softmax(attention_scores(q, k) + bias), v)` in float32, and its
+  gradients for q, k, v and the bias (summed over the dimensions it broadcasts).
+  No dropout on the probabilities: a model with active dropout uses the separate
+  products.
+  """
+  _check('attention', q, k, 2, 2)
+  _check('attention', k, v, 1, 1)
+  if q.shape[3] != k.shape[3] or k.shape != v.shape:
+    raise ValueError(f'attention: q {q.shape}, k {k.shape} and v {v.shape} do not line up')
+  if bias is None:
+    return _attention_plain(q, k, v)
+  b, lq, h, _ = q.shape
+  lk = k.shape[1]
+  if (bias.ndim != 4 or bias.shape[2:] != (lq, lk) or bias.shape[0] not in (1, b)
+      or bias.shape[1] not in (1, h)):
+    raise ValueError(f'attention: bias {bias.shape} does not broadcast to {(b, h, lq, lk)}')
+  return _attention_biased(q, k, v, bias.astype(jnp.float32))

@@ -43,16 +43,20 @@ def test_profile_step_names_the_costliest_ops():
   logits = (r'-> f32\[32,512\]: promot_dense_gemm f32\[32,64\] x f32\[64,512\]$'
             if cpu_kernels.dense_available() else r'-> f32\[[\d,]+\]: dot f32\[32,512\]')
   assert any(re.search(logits, l) for l in rows), '\n'.join(rows)
-  # Attention's batched products: the scores [batch, heads, 36, 36] of q and k (transposed).
-  assert any(re.search(r': promot_attention_gemm f32\[4,36,2,32\] x f32\[4,36,2,32\] \(trans_b\)',
-                       l) for l in rows), '\n'.join(rows)
+  # Attention, fused (T5Config.attention_kernel='auto'): the encoder's call on q, k, v
+  # [batch, 36, heads, head_dim] and its bias, returning the context and the probabilities
+  # [batch, heads, 36, 36]; and its gradient.
+  assert any(re.search(r'-> \(f32\[4,36,2,32\], f32\[4,2,36,36\]\): promot_attention_fwd '
+                       r'f32\[4,36,2,32\] x f32\[4,36,2,32\] x f32\[4,36,2,32\] x ', l)
+             for l in rows), '\n'.join(rows)
+  assert any(re.search(r': promot_attention_bwd f32\[4,36,2,32\]', l) for l in rows)
   # The encoder's position-bias gradient (its 2 heads x 36 x 36 scores summed
   # over the batch) is a ones @ g product, not a leading-axis reduction.
   assert any(re.search(r'dot f32\[1,2592\]', l) for l in rows), '\n'.join(rows)
   assert not any(re.search(r'-> f32\[2,36,36\]: reduce', l) for l in rows)
   # Every op is found, unfused dots (named dot.N) included: none is listed bare.
   assert len(rows) == int(header.group(2))
-  bare = [l for l in rows if not re.search(r'-> \S+: \S', l)]
+  bare = [l for l in rows if not re.search(r'-> (\([^)]*\)|\S+): \S', l)]  # shape or tuple
   assert not bare, '\n'.join(bare)
   assert lines[-1].startswith('by kind:')
 

@@ -122,6 +122,10 @@ def test_the_kernels_auto_picked_are_named_in_the_report():
   note = run_all._kernel_note({'raw': raw})
   assert 'attention\'s batched products through BLAS' in note
   assert 'dense layers\' products through oneMKL' in note
+  for sides in raw['train'].values():
+    for run in sides['ours']:
+      run['attention_kernel'] = 'fused'
+  assert 'attention in one fused kernel per layer' in run_all._kernel_note({'raw': raw})
   raw['train']['finetune']['ours'][0]['dense_kernel'] = 'xla'   # mixed runs: not claimed
   assert 'oneMKL' not in run_all._kernel_note({'raw': raw})
   assert run_all._kernel_note({'raw': {}}) == ''

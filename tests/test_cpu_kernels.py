@@ -1,4 +1,5 @@
-"""Attention's batched products through BLAS (promot_t5x.cpu_kernels) against XLA's einsums."""
+"""Attention through BLAS (promot_t5x.cpu_kernels: the batched products, the fused kernel)
+against XLA's einsums and softmax."""
 
 import os
 import subprocess
@@ -74,6 +75,65 @@ def test_operands_are_checked():
                                   jnp.zeros((2, 5, 4, 5), jnp.float32))
 
 
+def _xla_attention(q, k, v, bias):
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=HIGHEST)
+  probs = jax.nn.softmax(scores if bias is None else scores + bias, axis=-1)
+  return jnp.einsum('bhqk,bkhd->bqhd', probs, v, precision=HIGHEST)
+
+
+@pytest.mark.parametrize('b, lq, lk, h, d, bias_shape', [
+    (2, 5, 7, 3, 4, 'full'),       # rows shorter than the kernel's 16 lanes
+    (3, 37, 41, 2, 8, 'heads'),    # [1, h, q, k]: a position bias shared by the batch
+    (2, 33, 20, 4, 8, 'batch'),    # [b, 1, q, k]: a mask shared by the heads
+    (1, 48, 48, 1, 16, 'one'),     # [1, 1, q, k]; one unit of work
+    (2, 6, 9, 2, 4, None),         # no bias
+])
+def test_fused_attention_and_its_gradients_equal_xla(b, lq, lk, h, d, bias_shape):
+  rng = np.random.default_rng(3)
+  # Scores over a wide range (|s| up to ~60), so that exp sees large and tiny arguments.
+  q = 3 * rng.standard_normal((b, lq, h, d), dtype=np.float32)
+  k = rng.standard_normal((b, lk, h, d), dtype=np.float32)
+  v = rng.standard_normal((b, lk, h, d), dtype=np.float32)
+  bias = None
+  if bias_shape is not None:
+    shape = {'full': (b, h), 'heads': (1, h), 'batch': (b, 1), 'one': (1, 1)}[bias_shape]
+    bias = rng.standard_normal(shape + (lq, lk), dtype=np.float32)
+    bias[..., lk - 2:] = -1e10  # hidden keys, as the model's masks write them
+    bias[..., 0, :] = -1e10     # a query that sees no key: uniform, as XLA's softmax
+  _close(jax.jit(cpu_kernels.attention)(q, k, v, bias), _xla_attention(q, k, v, bias))
+  g = rng.standard_normal((b, lq, h, d), dtype=np.float32)
+  args = (q, k, v) if bias is None else (q, k, v, bias)
+  got = jax.jit(lambda *x: jax.vjp(cpu_kernels.attention, *x)[1](g))(*args)
+  want = jax.vjp(lambda *x: _xla_attention(*x, *([None] if bias is None else [])), *args)[1](g)
+  for name, x, y in zip(('q', 'k', 'v', 'bias'), got, want):
+    assert np.asarray(x).shape == np.asarray(y).shape, name
+    assert not np.allclose(np.asarray(x), 0), name
+    _close(x, y)
+
+
+def test_fused_attention_computes_the_bias_gradient_only_when_it_is_needed():
+  rng = np.random.default_rng(4)
+  q, k, v = (rng.standard_normal((2, 6, 2, 4), dtype=np.float32) for _ in range(3))
+  bias = rng.standard_normal((1, 2, 6, 6), dtype=np.float32)
+  loss = lambda q, k, v, bias: jnp.sum(cpu_kernels.attention(q, k, v, bias) ** 2)
+  frozen_bias = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, v, bias).as_text()
+  trained_bias = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(q, k, v, bias).as_text()
+  for text in (frozen_bias, trained_bias):
+    assert cpu_kernels.ATTENTION_BWD_TARGET in text
+  assert 'with_ds = false' in frozen_bias and 'with_ds = true' not in frozen_bias
+  assert 'with_ds = true' in trained_bias
+
+
+def test_fused_attention_operands_are_checked():
+  q = jnp.zeros((2, 3, 4, 5), jnp.float32)
+  with pytest.raises(ValueError, match='do not line up'):
+    cpu_kernels.attention(q, q, jnp.zeros((2, 3, 4, 6), jnp.float32))
+  with pytest.raises(ValueError, match=r'does not broadcast to \(2, 4, 3, 3\)'):
+    cpu_kernels.attention(q, q, q, jnp.zeros((2, 2, 3, 3), jnp.float32))
+  with pytest.raises(ValueError, match='float32 operands of rank 4'):
+    cpu_kernels.attention(q.astype(jnp.bfloat16), q, q)
+
+
 def _model(kernel, **kw):
   return t5.Transformer(t5.T5Config(
       vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=2,
@@ -107,11 +167,15 @@ def _same_loss_and_gradients(reference, module):
   return got_grads
 
 
-def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel():
-  got_grads = _same_loss_and_gradients(_model('xla'), _model('blas'))
-  # The gradients reach the attention parameters through the products.
-  assert np.abs(np.asarray(
-      got_grads['encoder']['layers_0']['attention']['query']['kernel'])).max() > 0
+@pytest.mark.parametrize('kernel', ['blas', 'fused'])
+def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel(kernel):
+  got_grads = _same_loss_and_gradients(_model('xla'), _model(kernel))
+  # The gradients reach the attention parameters and the relative position
+  # biases (trained: the fused kernel's bias gradient) through the kernels.
+  for stack in ('encoder', 'decoder'):
+    assert np.abs(np.asarray(got_grads[stack]['layers_0']['attention' if stack == 'encoder'
+                                                          else 'self_attention']['query']['kernel'])).max() > 0
+    assert np.abs(np.asarray(got_grads[stack]['relpos_bias']['rel_embedding'])).max() > 0
 
 
 def _lowered_text(module, mesh=None):
@@ -126,19 +190,40 @@ def _lowered_text(module, mesh=None):
 
 def test_auto_uses_blas_only_where_the_program_is_float32_on_one_cpu_device():
   assert jax.default_backend() == 'cpu'
-  assert cpu_kernels.TARGET in _lowered_text(_model('auto'))
-  assert cpu_kernels.TARGET in _lowered_text(
+  # 'auto': the fused kernel for attention (full sequences); decoding's per-step
+  # products stay XLA's either way.
+  assert cpu_kernels.ATTENTION_FWD_TARGET in _lowered_text(_model('auto'))
+  assert cpu_kernels.ATTENTION_FWD_TARGET not in _lowered_text(_model('blas'))
+  assert cpu_kernels.TARGET in _lowered_text(_model('blas'))
+  assert cpu_kernels.ATTENTION_FWD_TARGET in _lowered_text(
       _model('auto'), partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1])))
   # Partitioned over a mesh of several devices: the products stay XLA's, so the
   # SPMD partitioner can split them.
-  assert cpu_kernels.TARGET not in _lowered_text(
-      _model('auto'), partitioning.Partitioner(partitioning.make_mesh(2, 1, jax.devices()[:2])))
-  assert cpu_kernels.TARGET not in _lowered_text(_model('auto', dtype='bfloat16'))
-  assert cpu_kernels.TARGET not in _lowered_text(_model('xla'))
+  for text in (_lowered_text(_model('auto'), partitioning.Partitioner(
+                   partitioning.make_mesh(2, 1, jax.devices()[:2]))),
+               _lowered_text(_model('auto', dtype='bfloat16')), _lowered_text(_model('xla'))):
+    assert 'promot_attention' not in text
+
+
+def test_attention_with_active_dropout_uses_the_separate_products():
+  module = _model('auto', dropout_rate=0.1)
+  params = nn.unbox(t5.init_params(module, jax.random.PRNGKey(0)))
+  enc = np.ones((2, 6), np.int32)
+  dec = np.ones((2, 4), np.int32)
+
+  def loss(params, enable_dropout):
+    logits = module.apply({'params': params}, enc, dec, dec, enable_dropout=enable_dropout,
+                          rngs={'dropout': jax.random.PRNGKey(1)})
+    return jnp.mean(logits)
+
+  training = jax.jit(jax.grad(lambda p: loss(p, True))).lower(params).as_text()
+  evaluating = jax.jit(jax.grad(lambda p: loss(p, False))).lower(params).as_text()
+  assert cpu_kernels.TARGET in training and cpu_kernels.ATTENTION_FWD_TARGET not in training
+  assert cpu_kernels.ATTENTION_FWD_TARGET in evaluating
 
 
 def test_bad_settings_are_named():
-  with pytest.raises(ValueError, match='attention_kernel must be "auto", "xla" or "blas"'):
+  with pytest.raises(ValueError, match='attention_kernel must be "auto", "xla", "blas" or "fused"'):
     _model('cuda')
   module = _model('blas', dtype='bfloat16')
   params = nn.unbox(t5.init_params(_model('xla'), jax.random.PRNGKey(0)))

@@ -68,10 +68,13 @@ class T5Config:
   dropout_rate: float = 0.0
   dtype: str = 'float32'  # activations; parameters are always float32.
   layer_norm_epsilon: float = 1e-6
-  # How attention's batched products (scores, context, their gradients) run:
-  # 'xla' (jnp.einsum), 'blas' (promot_t5x.cpu_kernels: BLAS on XLA:CPU's
-  # threads), or 'auto' ('blas' for float32 on an unpartitioned CPU program,
-  # else 'xla'). The same function either way; not part of the architecture.
+  # How attention runs: 'xla' (jnp.einsum products, softmax as XLA ops),
+  # 'blas' (the batched products through promot_t5x.cpu_kernels: BLAS on
+  # XLA:CPU's threads), 'fused' (scores, bias, softmax and context in one
+  # cpu_kernels.attention call per layer, and one for its gradient; the
+  # separate BLAS products where dropout is active, and in decoding), or
+  # 'auto' ('fused' for float32 on an unpartitioned CPU program, else 'xla').
+  # The same function either way; not part of the architecture.
   attention_kernel: str = 'auto'
   # How the dense layers' products (projections, MLP, logits; forward and
   # gradients) run: 'xla' (jnp.dot), 'mkl' (promot_t5x.cpu_kernels: oneMKL's
@@ -97,8 +100,8 @@ class T5Config:
           f'T5.1.0 or ("gelu", "linear") for T5.1.1/mT5; known: {sorted(_ACTIVATIONS)}.')
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}.')
-    if self.attention_kernel not in ('auto', 'xla', 'blas'):
-      raise ValueError(f'T5Config.attention_kernel must be "auto", "xla" or "blas", '
+    if self.attention_kernel not in ('auto', 'xla', 'blas', 'fused'):
+      raise ValueError(f'T5Config.attention_kernel must be "auto", "xla", "blas" or "fused", '
                        f'got {self.attention_kernel!r}.')
     if self.dense_kernel not in ('auto', 'xla', 'mkl'):
       raise ValueError(f'T5Config.dense_kernel must be "auto", "xla" or "mkl", '
@@ -347,9 +350,14 @@ class MultiHeadAttention(nn.Module):
     if mode == 'full':
       k = _constrain(key(inputs_kv), ('batch', 'length', 'heads', 'kv'))
       v = _constrain(value(inputs_kv), ('batch', 'length', 'heads', 'kv'))
+      dropout = not deterministic and self.dropout_rate > 0
+      fused = not dropout and cpu_kernels.use_fused(self.kernel, self.dtype)
       blas = cpu_kernels.use_blas(self.kernel, self.dtype)
-      logits = (cpu_kernels.attention_scores(q, k) if blas
-                else jnp.einsum('bqhd,bkhd->bhqk', q, k))
+      if fused:  # scores, bias, softmax and context in one kernel, per (batch, head)
+        out = cpu_kernels.attention(q, k, v, bias)
+      else:
+        logits = (cpu_kernels.attention_scores(q, k) if blas
+                  else jnp.einsum('bqhd,bkhd->bhqk', q, k))
     else:
       # Decoding caches are kept in the layouts the per-step products read
       # without a copy: keys [batch, heads, head_dim, length] and values
@@ -393,18 +401,20 @@ class MultiHeadAttention(nn.Module):
             bias = bias + row.astype(self.dtype)
       k_t, v = cached_k.value, cached_v.value
       logits = jnp.einsum('bqhd,bhdk->bhqk', q, k_t)
+      fused = False
 
-    if bias is not None:
-      logits = logits + bias.astype(logits.dtype)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    if not deterministic and self.dropout_rate > 0:
-      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    if mode != 'full':
-      out = jnp.einsum('bhqk,bhkd->bqhd', weights, v)
-    elif blas:
-      out = cpu_kernels.attention_context(weights, v)
-    else:
-      out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    if not fused:
+      if bias is not None:
+        logits = logits + bias.astype(logits.dtype)
+      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+      if not deterministic and self.dropout_rate > 0:
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+      if mode != 'full':
+        out = jnp.einsum('bhqk,bhkd->bqhd', weights, v)
+      elif blas:
+        out = cpu_kernels.attention_context(weights, v)
+      else:
+        out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     out = Dense(features=(inputs_q.shape[-1],), in_axes=2, kernel_axes=('joined_kv', 'embed'),
                 dtype=self.dtype, matmul=self.matmul, name='out')(out)
     return _constrain(out, ('batch', 'length', 'embed'))

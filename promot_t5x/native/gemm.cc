@@ -19,12 +19,21 @@
 // threaded BLAS (oneMKL, bound by `promot_set_dense_blas`), whose own threads
 // share it out: the dense layers' products are large enough that the BLAS's
 // partitioning (shared packed panels) beats splitting them over XLA's pool.
+//
+// `PromotAttentionFwd` / `PromotAttentionBwd` are attention's whole inner part
+// for one (batch, head) at a time, on XLA's pool as above: scores Q K^T, plus
+// an additive bias, softmax, times V; and its gradient. Each unit's scores
+// stay in the cache between its products and its softmax (XLA ran them as
+// separate passes over [batch, heads, q, k] arrays).
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -151,6 +160,227 @@ ffi::Error Dense(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
   return ffi::Error::Success();
 }
 
+// Runs fn(unit) for unit < units over the calling thread and up to
+// pool.num_threads() - 1 helpers, as `Gemm` does (claimed from a counter).
+template <typename Fn>
+void ForUnits(ffi::ThreadPool& pool, int64_t units, Fn fn) {
+  struct State {
+    Fn fn;
+    int64_t units;
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    explicit State(Fn f, int64_t n) : fn(std::move(f)), units(n) {}
+    void Work() {
+      for (int64_t u; (u = next.fetch_add(1)) < units;) {
+        fn(u);
+        done.fetch_add(1, std::memory_order_release);
+      }
+    }
+  };
+  auto state = std::make_shared<State>(std::move(fn), units);
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t helpers = std::min(threads, units) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state] { state->Work(); });
+  state->Work();
+  while (state->done.load(std::memory_order_acquire) < units) std::this_thread::yield();
+}
+
+constexpr int kLanes = 16;
+
+// exp(x) to about 1 ulp (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in
+// r, times 2^n); 0 below -87 (where float32's exp is subnormal or 0; masked
+// scores sit at about -1e10). Written so that the compiler vectorizes it
+// (cpu_kernels builds with -fno-trapping-math, which lets it compute both
+// sides of a select).
+inline float ExpF(float x) {
+  const float c = x < 88.0f ? x : 88.0f;
+  const float n = __builtin_floorf(c * 1.44269504088896341f + 0.5f);
+  float r = c - n * 0.693359375f;
+  r -= n * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n > -126.0f ? n : -126.0f) + 127) << 23;
+  const float e = y * __builtin_bit_cast(float, bits);
+  return x < -87.0f ? 0.0f : e;
+}
+
+// row[j] = softmax(row + bias)[j] in place, for one row of n scores.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void SoftmaxRow(float* row, const float* bias, int64_t n) {
+  if (bias != nullptr) {
+    for (int64_t j = 0; j < n; ++j) row[j] += bias[j];
+  }
+  float lanes[kLanes];
+  for (int l = 0; l < kLanes; ++l) lanes[l] = -INFINITY;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] = row[j + l] > lanes[l] ? row[j + l] : lanes[l];
+  }
+  float top = -INFINITY;
+  for (int l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
+  for (; j < n; ++j) top = std::max(top, row[j]);
+  for (int64_t i = 0; i < n; ++i) row[i] = ExpF(row[i] - top);
+  for (int l = 0; l < kLanes; ++l) lanes[l] = 0.0f;
+  j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += row[j + l];
+  }
+  float sum = 0.0f;
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  for (; j < n; ++j) sum += row[j];
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) row[i] *= inv;
+}
+
+// ds[j] = p[j] * (dp[j] - sum_j p[j] dp[j]) in place over dp, for one row.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void SoftmaxGradRow(const float* p, float* dp, int64_t n) {
+  float lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += p[j + l] * dp[j + l];
+  }
+  float dot = 0.0f;
+  for (int l = 0; l < kLanes; ++l) dot += lanes[l];
+  for (; j < n; ++j) dot += p[j] * dp[j];
+  for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - dot);
+}
+
+// Shapes of one attention call: q [b, lq, h, d], k and v [b, lk, h, d],
+// probabilities [b, h, lq, lk], bias [bb, hb, lq, lk] with bb in {1, b} and
+// hb in {1, h} (broadcast), or none.
+struct Attention {
+  int64_t b, lq, lk, h, d;
+  int64_t bias_b, bias_h;  // element strides of the bias's batch and head; 0 broadcasts
+  bool has_bias;
+
+  const float* Rows(const float* x, int64_t length, int64_t unit) const {
+    return x + (unit / h) * length * h * d + (unit % h) * d;  // [length, d] at stride h*d
+  }
+  float* Rows(float* x, int64_t length, int64_t unit) const {
+    return x + (unit / h) * length * h * d + (unit % h) * d;
+  }
+  int64_t ProbsOffset(int64_t unit) const { return unit * lq * lk; }  // unit = batch * h + head
+};
+
+ffi::Error CheckAttention(const Attention& a, size_t q, size_t k, size_t v, size_t bias) {
+  if (g_sgemm.load() == nullptr) {
+    return ffi::Error::Internal(
+        "promot_attention: no BLAS bound; call promot_t5x.cpu_kernels.load() first");
+  }
+  const size_t qn = a.b * a.lq * a.h * a.d, kn = a.b * a.lk * a.h * a.d;
+  if (q != qn || k != kn || v != kn) {
+    return ffi::Error::InvalidArgument("promot_attention: q/k/v sizes do not match b, lq, lk, h, d");
+  }
+  if (a.has_bias && bias == 0) {
+    return ffi::Error::InvalidArgument("promot_attention: has_bias but the bias is empty");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error AttentionFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                        ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                        ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out,
+                        ffi::ResultBuffer<ffi::F32> probs, int64_t b, int64_t lq,
+                        int64_t lk, int64_t h, int64_t d, int64_t bias_b, int64_t bias_h,
+                        bool has_bias) {
+  const Attention a{b, lq, lk, h, d, bias_b, bias_h, has_bias};
+  if (ffi::Error e = CheckAttention(a, q.element_count(), k.element_count(),
+                                    v.element_count(), bias.element_count());
+      e.failure()) {
+    return e;
+  }
+  if (b * h * lq == 0) return ffi::Error::Success();
+  const Sgemm sgemm = g_sgemm.load();
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  const float* bp = has_bias ? bias.typed_data() : nullptr;
+  float *op = out->typed_data(), *pp = probs->typed_data();
+  const int64_t ld = h * d;
+  ForUnits(pool, b * h, [=](int64_t unit) {
+    float* p = pp + a.ProbsOffset(unit);
+    float* o = a.Rows(op, lq, unit);
+    if (lk == 0) {  // no keys: a zero context, as an empty sum
+      for (int64_t i = 0; i < lq; ++i) std::fill(o + i * ld, o + i * ld + d, 0.0f);
+      return;
+    }
+    sgemm(kRowMajor, kNoTrans, kTrans, lq, lk, d, 1.0f, a.Rows(qp, lq, unit), ld,
+          a.Rows(kp, lk, unit), ld, 0.0f, p, lk);
+    const float* bias_rows =
+        bp == nullptr ? nullptr : bp + (unit / h) * a.bias_b + (unit % h) * a.bias_h;
+    for (int64_t i = 0; i < lq; ++i) {
+      SoftmaxRow(p + i * lk, bias_rows == nullptr ? nullptr : bias_rows + i * lk, lk);
+    }
+    sgemm(kRowMajor, kNoTrans, kNoTrans, lq, d, lk, 1.0f, p, lk, a.Rows(vp, lk, unit),
+          ld, 0.0f, o, ld);
+  });
+  return ffi::Error::Success();
+}
+
+// Gradients of out = softmax(q k^T + bias) v given d_out: d_q, d_k, d_v, and
+// (with_ds) d_scores [b, h, lq, lk], the bias's gradient before any sum over
+// the dimensions it broadcasts.
+ffi::Error AttentionBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                        ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                        ffi::Buffer<ffi::F32> probs, ffi::Buffer<ffi::F32> d_out,
+                        ffi::ResultBuffer<ffi::F32> d_q, ffi::ResultBuffer<ffi::F32> d_k,
+                        ffi::ResultBuffer<ffi::F32> d_v, ffi::ResultBuffer<ffi::F32> d_scores,
+                        int64_t b, int64_t lq, int64_t lk, int64_t h, int64_t d,
+                        bool with_ds) {
+  const Attention a{b, lq, lk, h, d, 0, 0, false};
+  if (ffi::Error e = CheckAttention(a, q.element_count(), k.element_count(),
+                                    v.element_count(), 0);
+      e.failure()) {
+    return e;
+  }
+  if (with_ds && d_scores->element_count() != static_cast<size_t>(b * h * lq * lk)) {
+    return ffi::Error::InvalidArgument("promot_attention: d_scores is not [b, h, lq, lk]");
+  }
+  const size_t qn = b * lq * h * d, kn = b * lk * h * d;
+  if (b * h == 0) return ffi::Error::Success();
+  if (lq == 0 || lk == 0 || d == 0) {
+    std::fill(d_q->typed_data(), d_q->typed_data() + qn, 0.0f);
+    std::fill(d_k->typed_data(), d_k->typed_data() + kn, 0.0f);
+    std::fill(d_v->typed_data(), d_v->typed_data() + kn, 0.0f);
+    if (with_ds) std::fill(d_scores->typed_data(), d_scores->typed_data() + b * h * lq * lk, 0.0f);
+    return ffi::Error::Success();
+  }
+  const Sgemm sgemm = g_sgemm.load();
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  const float *pp = probs.typed_data(), *gp = d_out.typed_data();
+  float *dqp = d_q->typed_data(), *dkp = d_k->typed_data(), *dvp = d_v->typed_data();
+  float* dsp = with_ds ? d_scores->typed_data() : nullptr;
+  const int64_t ld = h * d;
+  ForUnits(pool, b * h, [=](int64_t unit) {
+    thread_local std::vector<float> scratch;
+    const float* p = pp + a.ProbsOffset(unit);
+    const float* g = a.Rows(gp, lq, unit);
+    const float* vu = a.Rows(vp, lk, unit);
+    float* ds;
+    if (dsp != nullptr) {
+      ds = dsp + a.ProbsOffset(unit);
+    } else {
+      if (scratch.size() < static_cast<size_t>(lq * lk)) scratch.resize(lq * lk);
+      ds = scratch.data();
+    }
+    // d_v = p^T g; d_p = g v^T, then the softmax's gradient in place.
+    sgemm(kRowMajor, kTrans, kNoTrans, lk, d, lq, 1.0f, p, lk, g, ld, 0.0f,
+          a.Rows(dvp, lk, unit), ld);
+    sgemm(kRowMajor, kNoTrans, kTrans, lq, lk, d, 1.0f, g, ld, vu, ld, 0.0f, ds, lk);
+    for (int64_t i = 0; i < lq; ++i) SoftmaxGradRow(p + i * lk, ds + i * lk, lk);
+    // d_q = ds k; d_k = ds^T q.
+    sgemm(kRowMajor, kNoTrans, kNoTrans, lq, d, lk, 1.0f, ds, lk, a.Rows(kp, lk, unit), ld,
+          0.0f, a.Rows(dqp, lq, unit), ld);
+    sgemm(kRowMajor, kTrans, kNoTrans, lk, d, lq, 1.0f, ds, lk, a.Rows(qp, lq, unit), ld,
+          0.0f, a.Rows(dkp, lk, unit), ld);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // `sgemm`: cblas_sgemm of a single-threaded ILP64 OpenBLAS.
@@ -199,3 +429,42 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attr<int64_t>("c_s0")
         .Attr<int64_t>("c_s1")
         .Attr<int64_t>("min_rows"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    PromotAttentionFwd, AttentionFwd,
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<ffi::Buffer<ffi::F32>>()  // q
+        .Arg<ffi::Buffer<ffi::F32>>()  // k
+        .Arg<ffi::Buffer<ffi::F32>>()  // v
+        .Arg<ffi::Buffer<ffi::F32>>()  // bias (empty when has_bias is false)
+        .Ret<ffi::Buffer<ffi::F32>>()  // out [b, lq, h, d]
+        .Ret<ffi::Buffer<ffi::F32>>()  // probabilities [b, h, lq, lk]
+        .Attr<int64_t>("b")
+        .Attr<int64_t>("lq")
+        .Attr<int64_t>("lk")
+        .Attr<int64_t>("h")
+        .Attr<int64_t>("d")
+        .Attr<int64_t>("bias_b")
+        .Attr<int64_t>("bias_h")
+        .Attr<bool>("has_bias"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    PromotAttentionBwd, AttentionBwd,
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<ffi::Buffer<ffi::F32>>()  // q
+        .Arg<ffi::Buffer<ffi::F32>>()  // k
+        .Arg<ffi::Buffer<ffi::F32>>()  // v
+        .Arg<ffi::Buffer<ffi::F32>>()  // probabilities
+        .Arg<ffi::Buffer<ffi::F32>>()  // d_out
+        .Ret<ffi::Buffer<ffi::F32>>()  // d_q
+        .Ret<ffi::Buffer<ffi::F32>>()  // d_k
+        .Ret<ffi::Buffer<ffi::F32>>()  // d_v
+        .Ret<ffi::Buffer<ffi::F32>>()  // d_scores (empty unless with_ds)
+        .Attr<int64_t>("b")
+        .Attr<int64_t>("lq")
+        .Attr<int64_t>("lk")
+        .Attr<int64_t>("h")
+        .Attr<int64_t>("d")
+        .Attr<bool>("with_ds"));
