@@ -112,8 +112,8 @@ def _build() -> pathlib.Path:
   out.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
   os.close(fd)
-  cmd = [compiler, '-O3', '-fno-trapping-math', '-fno-math-errno', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{include}',
-         str(SOURCE), '-o', tmp]
+  cmd = [compiler, '-O3', '-fno-trapping-math', '-fno-math-errno', '-std=c++17', '-shared',
+         '-fPIC', '-w', f'-I{include}', str(SOURCE), '-o', tmp]
   result = subprocess.run(cmd, capture_output=True, text=True)
   if result.returncode != 0:
     os.unlink(tmp)
