@@ -16,9 +16,10 @@
 // is inside such a call.
 //
 // `PromotDense` is one plain product, op(A) @ op(B), handed whole to a
-// threaded BLAS (oneMKL, bound by `promot_set_dense_blas`), whose own threads
-// share it out: the dense layers' products are large enough that the BLAS's
-// partitioning (shared packed panels) beats splitting them over XLA's pool.
+// threaded BLAS (oneMKL, bound by `promot_set_dense_blas`), called from one
+// dedicated thread (`BlasThread`), whose own threads share it out: the dense
+// layers' products are large enough that the BLAS's partitioning (shared
+// packed panels) beats splitting them over XLA's pool.
 //
 // `PromotAttentionFwd` / `PromotAttentionBwd` are attention's whole inner part
 // for one (batch, head) at a time, on XLA's pool as above: scores Q K^T, plus
@@ -28,12 +29,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <cmath>
 #include <cstring>
 #include <cstdint>
 #include <memory>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -136,6 +142,61 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
   return ffi::Error::Success();
 }
 
+// One thread makes every threaded-BLAS call (`Dense`); the calling XLA thread
+// waits. With the calls made from whichever XLA thread runs the custom call,
+// oneMKL on oneTBB ran the same products slower inside a jitted program than
+// from one thread (bench/README.md, "One thread for oneMKL's calls").
+// Calls from several XLA threads at once queue here and run one at a time.
+// The primitives are never destroyed (a static destructor would wait on the
+// thread's condition variable at exit); a forked child starts its own thread.
+class BlasThread {
+ public:
+  static void Run(const std::function<void()>& fn) {
+    static std::mutex* once = new std::mutex;
+    static BlasThread* current = nullptr;
+    BlasThread* t;
+    {
+      std::lock_guard<std::mutex> lock(*once);
+      if (current == nullptr || current->pid_ != getpid()) current = new BlasThread;
+      t = current;
+    }
+    t->Call(fn);
+  }
+
+ private:
+  BlasThread() : pid_(getpid()) { std::thread([this] { Loop(); }).detach(); }
+
+  void Call(const std::function<void()>& fn) {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_.wait(lock, [this] { return job_ == nullptr; });  // one call at a time
+    job_ = &fn;
+    done_ = false;
+    work_.notify_one();
+    finished_.wait(lock, [this] { return done_; });
+    job_ = nullptr;
+    idle_.notify_one();
+  }
+
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      work_.wait(lock, [this] { return job_ != nullptr && !done_; });
+      const std::function<void()>* job = job_;
+      lock.unlock();
+      (*job)();
+      lock.lock();
+      done_ = true;
+      finished_.notify_one();
+    }
+  }
+
+  const pid_t pid_;
+  std::mutex mu_;
+  std::condition_variable work_, finished_, idle_;
+  const std::function<void()>* job_ = nullptr;
+  bool done_ = false;
+};
+
 ffi::Error Dense(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                  ffi::ResultBuffer<ffi::F32> c, int64_t m, int64_t n, int64_t k,
                  bool trans_a, bool trans_b) {
@@ -154,9 +215,11 @@ ffi::Error Dense(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
     return ffi::Error::Success();
   }
   // Row-major, packed: op(A) is [m, k] (A stored [k, m] when transposed).
-  sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans,
-        m, n, k, 1.0f, a.typed_data(), trans_a ? m : k, b.typed_data(),
-        trans_b ? k : n, 0.0f, c->typed_data(), n);
+  BlasThread::Run([&] {
+    sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans,
+          m, n, k, 1.0f, a.typed_data(), trans_a ? m : k, b.typed_data(),
+          trans_b ? k : n, 0.0f, c->typed_data(), n);
+  });
   return ffi::Error::Success();
 }
 
