@@ -26,7 +26,9 @@ arrays; fused, stage 1's attention took 166 ms of op time per step against
 
 The dense layers' products (projections, MLP, logits: forward, and both
 gradients) go whole to oneMKL's threaded sgemm (`dense(x, kernel)`, the
-`PromotDense` call of `native/gemm.cc`): MKL's two-thread sgemm runs these
+`PromotDense` call of `native/gemm.cc`, which makes every MKL call from one
+dedicated thread: 5-10 % off the step against calling from whichever XLA
+thread runs the call): MKL's two-thread sgemm runs these
 shapes at 200-255 GFLOP/s on the bench machine where XLA:CPU's own runs them
 at 130-200 (bench/README.md, "Dense layers through oneMKL").
 `T5Config.dense_kernel` picks it; `use_mkl(setting, dtype)` resolves
