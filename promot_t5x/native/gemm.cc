@@ -86,18 +86,30 @@ void RunUnit(const Problem& p, int64_t unit) {
                  b, p.ldb, 0.0f, c, p.ldc);
 }
 
-struct Shared {
-  Problem problem;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-
-  void Work() {
-    for (int64_t u; (u = next.fetch_add(1)) < problem.units;) {
-      RunUnit(problem, u);
-      done.fetch_add(1, std::memory_order_release);
+// Runs fn(unit) for unit < units over the calling thread and up to
+// pool.num_threads() - 1 helpers (claimed from a counter; see the top).
+template <typename Fn>
+void ForUnits(ffi::ThreadPool& pool, int64_t units, Fn fn) {
+  struct State {
+    Fn fn;
+    int64_t units;
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    explicit State(Fn f, int64_t n) : fn(std::move(f)), units(n) {}
+    void Work() {
+      for (int64_t u; (u = next.fetch_add(1)) < units;) {
+        fn(u);
+        done.fetch_add(1, std::memory_order_release);
+      }
     }
-  }
-};
+  };
+  auto state = std::make_shared<State>(std::move(fn), units);
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t helpers = std::min(threads, units) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state] { state->Work(); });
+  state->Work();
+  while (state->done.load(std::memory_order_acquire) < units) std::this_thread::yield();
+}
 
 ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
                 ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> c,
@@ -116,11 +128,9 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
     return ffi::Error::Success();
   }
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  auto shared = std::make_shared<Shared>();
-  Problem& p = shared->problem;
-  p = Problem{a.typed_data(), b.typed_data(), c->typed_data(), nb1, m, n, k,
-              trans_a, trans_b, lda, ldb, ldc, a_s0, a_s1, b_s0, b_s1, c_s0,
-              c_s1, 1, m, 0};
+  Problem p{a.typed_data(), b.typed_data(), c->typed_data(), nb1, m, n, k,
+            trans_a, trans_b, lda, ldb, ldc, a_s0, a_s1, b_s0, b_s1, c_s0,
+            c_s1, 1, m, 0};
   // Enough units for every thread (two per thread when the batch is small,
   // to even out), but no block under min_rows rows.
   if (batches < 2 * threads) {
@@ -131,14 +141,7 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
     p.row_blocks = (m + p.block_rows - 1) / p.block_rows;
   }
   p.units = batches * p.row_blocks;
-  const int64_t helpers = std::min(threads, p.units) - 1;
-  for (int64_t t = 0; t < helpers; ++t) {
-    pool.Schedule([shared] { shared->Work(); });
-  }
-  shared->Work();
-  while (shared->done.load(std::memory_order_acquire) < p.units) {
-    std::this_thread::yield();
-  }
+  ForUnits(pool, p.units, [p](int64_t unit) { RunUnit(p, unit); });
   return ffi::Error::Success();
 }
 
@@ -221,31 +224,6 @@ ffi::Error Dense(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
           trans_b ? k : n, 0.0f, c->typed_data(), n);
   });
   return ffi::Error::Success();
-}
-
-// Runs fn(unit) for unit < units over the calling thread and up to
-// pool.num_threads() - 1 helpers, as `Gemm` does (claimed from a counter).
-template <typename Fn>
-void ForUnits(ffi::ThreadPool& pool, int64_t units, Fn fn) {
-  struct State {
-    Fn fn;
-    int64_t units;
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    explicit State(Fn f, int64_t n) : fn(std::move(f)), units(n) {}
-    void Work() {
-      for (int64_t u; (u = next.fetch_add(1)) < units;) {
-        fn(u);
-        done.fetch_add(1, std::memory_order_release);
-      }
-    }
-  };
-  auto state = std::make_shared<State>(std::move(fn), units);
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t helpers = std::min(threads, units) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state] { state->Work(); });
-  state->Work();
-  while (state->done.load(std::memory_order_acquire) < units) std::this_thread::yield();
 }
 
 constexpr int kLanes = 16;
