@@ -226,7 +226,7 @@ def register_mini_tasks(world_config: world_lib.WorldConfig | None = None,
       add(task_name(family, k, prefix), family, k)
 
   output_features = vocab_lib.output_features(vocabulary)
-  for component in world_lib.PRETRAIN_COMPONENTS:
+  for component in world.pretrain_rates:
     name = pretrain_task_name(component, prefix)
     if name in seqio.TaskRegistry.names():
       seqio.TaskRegistry.remove(name)
@@ -241,7 +241,7 @@ def register_mini_tasks(world_config: world_lib.WorldConfig | None = None,
   mixtures[multitask_mixture_name(prefix)] = [(task_name(f, None, prefix), 1.0)
                                               for f in world_lib.FINETUNE_FAMILIES]
   mixtures[pretrain_mixture_name(prefix)] = [(pretrain_task_name(c, prefix), rate)
-                                             for c, rate in world_lib.PRETRAIN_RATES.items()]
+                                             for c, rate in world.pretrain_rates.items()]
   for name, tasks in mixtures.items():
     _replace_mixture(name, tasks)
     names.append(name)

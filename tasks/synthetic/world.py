@@ -143,6 +143,14 @@ _RELATIONS = (
              'what sport does {e} play?', SPORTS),
 )
 
+# The second world's latent-skill forms (`WorldConfig.latent_skills`): the
+# fine-tuning tasks' semantics in formats other than the fine-tuning templates.
+YES_NO_INFERENCE = 'Q: {premise} Does it say that {hypothesis}? A:'
+YES_NO_LABELS = ('yes', 'no')
+ALT_TRANSLATION = '{source}: {sentence} {target}:'
+# Held out of pretraining: what fine-tuning on `rte` can add (`negation_rate`).
+NEGATION = 'It is not true that {statement}'
+
 # Conventions. Index 0 is the one the evaluation tasks use.
 BINARY_LABEL_SETS = (templates.BINARY_LABELS, ('yes', 'no'), ('right', 'wrong'))
 THREE_WAY_LABEL_SETS = (templates.THREE_WAY_LABELS, ('yes', 'no', 'maybe'),
@@ -229,6 +237,18 @@ class WorldConfig:
       its oldest demonstrations (about 1.25 tokens per word).
     reconstruct_rate: fraction of span-corruption documents (three facts long)
       whose target is the whole document rather than the masked spans.
+    latent_skills: the second world (`WORLD_V2`): the skills the fine-tuning
+      tasks need are latent in pretraining, in other formats (the `skills`
+      component: binary inference as yes/no questions, monolingual Frenka
+      documents, English-to-Frenka in another wording) while the fine-tuning
+      templates themselves still never occur; three-way inference episodes
+      are twice as frequent.
+    negation_rate: share of the fine-tuning inference items (`rte`, every
+      split) whose premise states the hypothesis's fact negated ("It is not
+      true that ..."; label False). Negation never occurs in pretraining, so
+      it is what fine-tuning can add beyond prompt tuning.
+    max_prepositional_phrases: most prepositional phrases in a translation
+      sentence (longer sentences leave the translation analogues headroom).
   """
 
   seed: int = 0
@@ -244,6 +264,9 @@ class WorldConfig:
   mean_span_length: float = 3.0
   max_episode_words: int = 150
   reconstruct_rate: float = 0.5
+  latent_skills: bool = False
+  negation_rate: float = 0.0
+  max_prepositional_phrases: int = 1
 
   def __post_init__(self):
     if self.num_people < 12 or self.num_story_names < 8:
@@ -251,7 +274,7 @@ class WorldConfig:
     if len(self.shot_probs) != self.max_shots + 1 or abs(sum(self.shot_probs) - 1) > 1e-6:
       raise ValueError(f'WorldConfig.shot_probs must have max_shots + 1 = {self.max_shots + 1} '
                        f'entries summing to 1, got {self.shot_probs}.')
-    for name in ('salient_span_rate', 'reconstruct_rate'):
+    for name in ('salient_span_rate', 'reconstruct_rate', 'negation_rate'):
       if not 0 <= getattr(self, name) <= 1:
         raise ValueError(f'WorldConfig.{name} must be in [0, 1], got {getattr(self, name)}.')
     if not 0 < self.noise_density < 1 or self.mean_span_length < 1:
@@ -259,6 +282,9 @@ class WorldConfig:
     for name in ('eval_size', 'demo_pool_size', 'finetune_train_size'):
       if getattr(self, name) <= 0:
         raise ValueError(f'WorldConfig.{name} must be positive.')
+    if self.max_prepositional_phrases not in (1, 2):
+      raise ValueError('WorldConfig.max_prepositional_phrases must be 1 or 2, got '
+                       f'{self.max_prepositional_phrases}.')
     object.__setattr__(self, 'shot_probs', tuple(self.shot_probs))
 
 
@@ -369,16 +395,13 @@ class World:
       out.append(word.capitalize() if capital else word)
     return out
 
-  @staticmethod
-  def english_words() -> set[str]:
+  def english_words(self) -> set[str]:
     """Every English word the world uses (lower case), translation vocabulary included."""
-    return {w.lower() for w in _english_text_sources()} | set(TR_NOUNS + TR_ADJECTIVES
-                                                                + TR_VERBS + TR_PREPOSITIONS)
+    return self.lumic_vocabulary() | set(TR_NOUNS + TR_ADJECTIVES + TR_VERBS + TR_PREPOSITIONS)
 
-  @staticmethod
-  def lumic_vocabulary() -> set[str]:
+  def lumic_vocabulary(self) -> set[str]:
     """English words that Lumic translates: everything but the translation vocabulary."""
-    return {w.lower() for w in _english_text_sources()}
+    return {w.lower() for w in _english_text_sources(self.config.latent_skills)}
 
   def _check(self) -> None:
     tr = set(TR_NOUNS + TR_ADJECTIVES + TR_VERBS + TR_PREPOSITIONS)
@@ -475,11 +498,16 @@ class World:
     return _map_words(text, self.cipher_inverse)
 
   # -- raw items ------------------------------------------------------------------
-  def _sample_item(self, family: str, rng: np.random.Generator) -> _Item:
-    """A random raw item of a family (not QA: QA items are the fixed facts)."""
+  def _sample_item(self, family: str, rng: np.random.Generator, split_item: bool = False) -> _Item:
+    """A random raw item of a family (not QA: QA items are the fixed facts).
+
+    `split_item`: the item is drawn for a task split (not a pretraining episode);
+    only those items of `rte` may be negated (`WorldConfig.negation_rate`).
+    """
     kind = family_kind(family)
     if kind == 'classification' and family in ('rte', 'cb'):
-      return self._inference_item(family, rng)
+      negation_rate = self.config.negation_rate if split_item and family == 'rte' else 0.0
+      return self._inference_item(family, rng, negation_rate)
     if family == 'wic':
       w = POLYSEMOUS[int(rng.integers(len(POLYSEMOUS)))]
       same = bool(rng.integers(2))
@@ -514,7 +542,8 @@ class World:
       return _Item('wikilingua', (sents,), ' '.join(sents))
     raise ValueError(f'No random items for family {family!r}.')
 
-  def _inference_item(self, family: str, rng: np.random.Generator) -> _Item:
+  def _inference_item(self, family: str, rng: np.random.Generator,
+                      negation_rate: float = 0.0) -> _Item:
     """Premise: 2 (cb) or 2-3 (rte) facts about a story name; hypothesis: one fact.
 
     label 0 (True): a premise fact, paraphrased; 1 (False): a premise relation
@@ -527,8 +556,9 @@ class World:
     rel_idx = [int(i) for i in rng.choice(len(self.relations), size=k + 1, replace=False)]
     values = {i: self.relations[i].values[int(rng.integers(len(self.relations[i].values)))]
               for i in rel_idx}
-    premise = ' '.join(self.relations[i].statements[int(rng.integers(3))].format(
-        e=n, v=values[i]) for i in rel_idx[:k])
+    sentences = [self.relations[i].statements[int(rng.integers(3))].format(e=n, v=values[i])
+                 for i in rel_idx[:k]]
+    premise = ' '.join(sentences)
     label = int(rng.integers(3 if family == 'cb' else 2))
     if family == 'rte' and label == 1 and rng.integers(2):
       kind = 'unmentioned'
@@ -544,6 +574,10 @@ class World:
         others = [x for x in self.relations[i].values if x != v]
         v = others[int(rng.integers(len(others)))]
     hypothesis = self.relations[i].statements[int(rng.integers(3))].format(e=n, v=v)
+    if negation_rate > 0 and kind != 'unmentioned' and rng.random() < negation_rate:
+      j = rel_idx[:k].index(i)
+      sentences[j] = negate(sentences[j])
+      premise, label = ' '.join(sentences), 1
     return _Item(family, (premise, hypothesis, label), f'{premise}|{hypothesis}')
 
   def _sample_parse(self, rng: np.random.Generator) -> tuple:
@@ -601,6 +635,26 @@ class World:
       return Example(templates.summarization(' '.join(sents)), sents[pick])
     raise ValueError(f'Unknown family {f!r}.')
 
+  def render_skill(self, item: _Item, form: str, convention: int = 0) -> Example:
+    """Renders an item in a latent-skill form (`SKILL_FORMS`) of the second world.
+
+    `rte_yn`: a binary inference item as a yes/no question (`YES_NO_INFERENCE`);
+    `enfr_alt`: an English-to-Frenka item in `ALT_TRANSLATION`'s wording, the
+    register chosen by `convention`.
+    """
+    if form == 'rte_yn':
+      premise, hypothesis, label = item.fields
+      return Example(YES_NO_INFERENCE.format(premise=premise,
+                                             hypothesis=_lower_article(hypothesis.rstrip('.'))),
+                     YES_NO_LABELS[label])
+    if form == 'enfr_alt':
+      (parsed,) = item.fields
+      register = REGISTERS[convention]
+      return Example(ALT_TRANSLATION.format(source=ENGLISH, target=FRENKA,
+                                            sentence=self.translate_sentence(parsed, ENGLISH)),
+                     self.translate_sentence(parsed, FRENKA, register))
+    raise ValueError(f'Unknown latent-skill form {form!r}; use one of {tuple(SKILL_FORMS)}.')
+
   def canonical_convention(self, family: str) -> int:
     """The convention the evaluation and fine-tuning tasks use."""
     if family in SUMMARY_FAMILIES:
@@ -608,6 +662,8 @@ class World:
     return 0
 
   def num_conventions(self, family: str) -> int:
+    if family in SKILL_FORMS:
+      return 1 if family == 'rte_yn' else len(REGISTERS)
     return {'classification': 3, 'qa': len(QA_STYLES), 'translation': len(REGISTERS),
             'summary': len(SUMMARY_RULES)}[family_kind(family)]
 
@@ -654,7 +710,7 @@ class World:
         tries += 1
         if tries > 50 * sizes[split]:
           raise RuntimeError(f'Could not draw {sizes[split]} distinct {family} items.')
-        item = self._sample_item(family, rng)
+        item = self._sample_item(family, rng, split_item=True)
         if item.key in seen:
           continue
         seen.add(item.key)
@@ -789,8 +845,11 @@ class World:
     base = family
     if family in _REVERSE_DIRECTIONS:
       base, src, tgt = _REVERSE_DIRECTIONS[family]
+    elif family in SKILL_FORMS:
+      base = SKILL_FORMS[family]
     if convention is None:
-      convention = int(rng.integers(self.num_conventions(base)))
+      convention = int(rng.integers(self.num_conventions(family if family in SKILL_FORMS
+                                                         else base)))
     items = []
     if base in QA_FAMILIES:
       pool = self.items(base, 'train')
@@ -803,7 +862,10 @@ class World:
           continue
         keys.add(item.key)
         items.append(item)
-    rendered = [self.render(it, convention, source=src, target=tgt) for it in items]
+    if family in SKILL_FORMS:
+      rendered = [self.render_skill(it, family, convention) for it in items]
+    else:
+      rendered = [self.render(it, convention, source=src, target=tgt) for it in items]
     demos = [(r.inputs, r.targets) for r in rendered[:-1]]
     q = rendered[-1]
     # Long episodes (4 word-sense demonstrations) lose their oldest demonstrations.
@@ -811,6 +873,19 @@ class World:
                      > c.max_episode_words):
       demos = demos[1:]
     return Example(templates.with_demonstrations(q.inputs, demos), q.targets, q.inputs)
+
+  def frenka_document_example(self, rng: np.random.Generator) -> Example:
+    """Span corruption of a monolingual Frenka document (3-5 sentences, one register)."""
+    register = REGISTERS[int(rng.integers(len(REGISTERS)))]
+    words: list[str] = []
+    for _ in range(int(rng.integers(3, 6))):
+      words += self.translate_sentence(self._sample_parse(rng), FRENKA, register).split(' ')
+    return self.span_corruption(rng, words, [])
+
+  @property
+  def pretrain_rates(self) -> dict[str, float]:
+    """The pretraining components of this world and their mixing rates."""
+    return PRETRAIN_RATES_V2 if self.config.latent_skills else PRETRAIN_RATES
 
   def pretraining_example(self, component: str, index: int, split: str = 'train') -> Example:
     """Example `index` of a pretraining component (a pure function of its arguments).
@@ -820,17 +895,28 @@ class World:
                direction), under a random convention.
     lumic / cipher: the same two kinds (30% documents) rendered entirely in Lumic
                or in the vowel cipher (the conjugate forms the transforms use).
+    skills (second world only): the fine-tuning tasks' skills in other formats:
+               yes/no-question inference episodes, English-to-Frenka episodes in
+               another wording, monolingual Frenka documents (`SKILL_RATES`).
     """
-    if component not in PRETRAIN_COMPONENTS:
+    if component not in self.pretrain_rates:
       raise ValueError(f'Unknown pretraining component {component!r}; use one of '
-                       f'{PRETRAIN_COMPONENTS}.')
+                       f'{tuple(self.pretrain_rates)}.')
     rng = self._rng('pretrain', component, split, index)
     if component == 'documents':
       return self.document_example(rng)
     if component == 'episodes':
-      fams = list(PRETRAIN_EPISODE_WEIGHTS)
-      w = np.array([PRETRAIN_EPISODE_WEIGHTS[f] for f in fams])
+      weights = PRETRAIN_EPISODE_WEIGHTS_V2 if self.config.latent_skills else PRETRAIN_EPISODE_WEIGHTS
+      fams = list(weights)
+      w = np.array([weights[f] for f in fams])
       return self.episode(fams[int(rng.choice(len(fams), p=w / w.sum()))], rng)
+    if component == 'skills':
+      kinds = list(SKILL_RATES)
+      w = np.array([SKILL_RATES[k] for k in kinds])
+      kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
+      if kind == 'frenka_documents':
+        return self.frenka_document_example(rng)
+      return self.episode(kind, rng)
     convert = self.to_lumic if component == 'lumic' else self.to_cipher
     if rng.random() < CONJUGATE_DOCUMENT_RATE:
       return self.document_example(rng, convert)
@@ -845,11 +931,19 @@ _REVERSE_DIRECTIONS = {'deen': ('ende', DEUNA, ENGLISH), 'roen': ('enro', ROMALI
 # Relative weights of the families of pretraining episodes.
 PRETRAIN_EPISODE_WEIGHTS = {**{f: 1.0 for f in EVAL_FAMILIES},
                             **{f: 0.4 for f in _REVERSE_DIRECTIONS}}
+# The second world (`latent_skills`): three-way inference twice as frequent, and a
+# `skills` component (its parts' shares in `SKILL_RATES`).
+PRETRAIN_EPISODE_WEIGHTS_V2 = {**PRETRAIN_EPISODE_WEIGHTS, 'cb': 2.0}
+# Latent-skill forms: the episode family they render, and what they render it as.
+SKILL_FORMS = {'rte_yn': 'rte', 'enfr_alt': 'enfr'}
+SKILL_RATES = {'rte_yn': 0.45, 'enfr_alt': 0.35, 'frenka_documents': 0.2}
 # Families whose conjugate (Lumic / cipher) forms appear in pretraining.
 CONJUGATE_FAMILIES = {'lumic': EVAL_FAMILIES, 'cipher': EVAL_FAMILIES}
 # The pretraining components (one seqio task each) and their mixing rates.
 PRETRAIN_COMPONENTS = ('documents', 'episodes', 'lumic', 'cipher')
 PRETRAIN_RATES = {'documents': 0.35, 'episodes': 0.5, 'lumic': 0.1, 'cipher': 0.05}
+PRETRAIN_RATES_V2 = {'documents': 0.3, 'episodes': 0.4, 'skills': 0.2, 'lumic': 0.06,
+                     'cipher': 0.04}
 # Within a conjugate component, the fraction of documents (the rest are episodes).
 CONJUGATE_DOCUMENT_RATE = 0.3
 
@@ -867,7 +961,17 @@ def vowel_decipher(text: str) -> str:
   return text.translate(_DECIPHER)
 
 
-def _english_text_sources() -> list[str]:
+def negate(statement: str) -> str:
+  """`NEGATION` of a fact statement ('The home of X ...' -> 'It is not true that the home ...')."""
+  return NEGATION.format(statement=_lower_article(statement))
+
+
+def _lower_article(sentence: str) -> str:
+  """A sentence that follows other words ('The home of X ...' -> 'the home of X ...')."""
+  return 't' + sentence[1:] if sentence.startswith('The ') else sentence
+
+
+def _english_text_sources(latent_skills: bool = False) -> list[str]:
   """Words of every English string the world renders outside translation sentences."""
   texts = [templates.binary_inference('', ''), templates.three_way_inference('', ''),
            templates.word_in_context('', '', ''), templates.question_answering(''),
@@ -881,6 +985,8 @@ def _english_text_sources() -> list[str]:
     texts += [t, *cues]
   for labels in BINARY_LABEL_SETS + THREE_WAY_LABEL_SETS:
     texts += list(labels)
+  if latent_skills:  # (language names are names, not English words)
+    texts += [YES_NO_INFERENCE.format(premise='', hypothesis=''), NEGATION.format(statement='')]
   out = []
   for t in texts:
     out += [w for w in words_of(t.replace('{e}', '').replace('{v}', '').replace('{n}', '')
@@ -908,6 +1014,12 @@ def _map_words(text: str, mapping: dict[str, str]) -> str:
       out = out[0].upper() + out[1:]
     return out
   return re.sub(r'[A-Za-z]+', sub, text)
+
+
+# The second world: the fine-tuning skills latent in pretraining, negation held out
+# for fine-tuning, 144 people (144 test questions per QA analogue) and 256
+# validation/test items per other family.
+WORLD_V2 = WorldConfig(latent_skills=True, negation_rate=0.2, num_people=144, eval_size=256)
 
 
 @functools.lru_cache(maxsize=8)

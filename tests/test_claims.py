@@ -1,0 +1,94 @@
+"""The claims' statistics: t-intervals, verdicts from intervals, and the miniature's claims."""
+
+import math
+
+import pytest
+
+from promot_t5x import claims as C
+
+
+def test_estimate_is_the_t_interval():
+  est = C.Estimate.of([1.0, 2.0, 3.0, 4.0, 5.0])
+  # mean 3, sd sqrt(2.5), t(0.975, 4) = 2.776445
+  half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)
+  assert est.mean == pytest.approx(3.0)
+  assert est.ci95 == pytest.approx((3.0 - half, 3.0 + half), abs=1e-5)
+  assert est.n == 5
+  assert C.Estimate.of([7.0]).ci95 is None
+  with pytest.raises(ValueError, match='at least one'):
+    C.Estimate.of([])
+
+
+@pytest.mark.parametrize('ci,test,bound,expected', [
+    ((1.0, 2.0), 'above', 0.0, C.SUPPORTED),
+    ((-2.0, -1.0), 'above', 0.0, C.NOT_SUPPORTED),
+    ((-1.0, 1.0), 'above', 0.0, C.INCONCLUSIVE),
+    ((-2.0, -1.0), 'below', 0.0, C.SUPPORTED),
+    ((0.5, 1.0), 'below', 0.0, C.NOT_SUPPORTED),
+    ((-1.5, 1.9), 'within', 2.0, C.SUPPORTED),
+    ((2.5, 4.0), 'within', 2.0, C.NOT_SUPPORTED),
+    ((-9.0, -3.0), 'within', 2.0, C.NOT_SUPPORTED),
+    ((1.0, 3.0), 'within', 2.0, C.INCONCLUSIVE),
+])
+def test_verdicts_follow_from_the_interval(ci, test, bound, expected):
+  assert C.verdict(C.Estimate(sum(ci) / 2, ci, 5), test, bound) == expected
+
+
+def test_one_seed_is_inconclusive_and_unknown_tests_fail():
+  assert C.verdict(C.Estimate(5.0, None, 1), 'above', 0.0) == C.INCONCLUSIVE
+  with pytest.raises(ValueError, match='Unknown test'):
+    C.verdict(C.Estimate(5.0, (4.0, 6.0), 3), 'greater', 0.0)
+
+
+def _tables():
+  seeds = range(5)
+  row = lambda norm, task: {'fewshot_1shot/norm_avg': norm, 'fewshot_1shot/rte/accuracy': task}
+  return {'rte': {
+      'pretrained': [row(60.0, 0.0)],
+      'finetune': [row(30.0 + s, 95.0 + s % 2) for s in seeds],
+      'promot': [row(50.0 + s, 95.5 + s % 2) for s in seeds],
+      'promot_1shot': [row(50.0 + s + (1 if s % 2 else -1), 95.0) for s in seeds],
+  }}
+
+
+def test_miniature_claims_compute_paired_differences_and_verdicts():
+  claims = {c.id: c for c in C.miniature_claims(_tables())}
+  assert claims['C1-rte'].tested.mean == pytest.approx(-28.0)  # 32 - 60
+  assert claims['C1-rte'].verdict == C.SUPPORTED
+  assert claims['C2-rte'].tested.mean == pytest.approx(20.0)  # paired: ProMoT - fine-tuning, per seed
+  assert claims['C2-rte'].tested.ci95 == pytest.approx((20.0, 20.0))
+  assert claims['C2-rte'].verdict == C.SUPPORTED
+  assert claims['C3-rte'].tested.mean == pytest.approx(0.5)
+  assert claims['C3-rte'].verdict == C.SUPPORTED
+  assert claims['C6-rte'].verdict == C.INCONCLUSIVE  # +-1 around ProMoT
+  assert set(claims['C2-rte'].groups) == {'finetune', 'promot'}
+  assert 'inconclusive' in claims['C6-rte'].reading
+
+
+def test_unpaired_seeds_are_refused():
+  tables = _tables()
+  tables['rte']['promot'] = tables['rte']['promot'][:3]
+  with pytest.raises(ValueError, match='same seeds'):
+    C.miniature_claims(tables)
+
+
+def test_curve_claims():
+  curves = {'finetune': [{'qa_true_false': {'0': 0.0, '30': 40.0 + s, '150': 90.0},
+                          'grad_alignment': {'0': 0.95 + s / 100, '30': 0.5}} for s in range(5)],
+            'promot': [{'qa_true_false': {'0': 0.0, '30': 1.0, '150': 5.0 + s}} for s in range(5)]}
+  claims = {c.id: c for c in C.miniature_claims(_tables(), curves)}
+  assert claims['C4'].tested.mean == pytest.approx(42.0)
+  assert claims['C4'].verdict == C.SUPPORTED
+  assert claims['C5'].tested.mean == pytest.approx(-83.0)
+  assert claims['C9'].verdict == C.SUPPORTED
+
+
+def test_claims_file_is_checked(tmp_path):
+  claims = C.miniature_claims(_tables())
+  path = C.write_claims(str(tmp_path / 'claims.json'), claims, {'seeds': [0, 1, 2, 3, 4]})
+  import json
+  data = json.load(open(path))
+  assert C.check_claims_file(data) == []
+  assert (tmp_path / 'claims.md').read_text().count('| C') == len(claims)
+  data['claims'][0]['verdict'] = C.NOT_SUPPORTED
+  assert 'does not follow' in C.check_claims_file(data)[0]
