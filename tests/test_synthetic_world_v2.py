@@ -6,7 +6,6 @@ import re
 import pytest
 from promot_t5x_tasks.synthetic import world as W
 
-
 RTE_TEMPLATE = re.compile(r'question: (?!The word )[^?]*\? Is it true or false\? answer:')
 
 
