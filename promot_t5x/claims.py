@@ -181,7 +181,7 @@ def miniature_claims(tables: Tables, curves: Curves | None = None, *, task_margi
       with runs 'pretrained', 'finetune', 'promot', 'promot_1shot', and where run,
       'finetune_multitask' / 'promot_multitask' and 'finetune_shuffled'.
     curves: run -> per-seed curves ({metric: {step: value}}) of mini_rte
-      fine-tuning ('finetune') and ProMoT stage 2 ('promot').
+      fine-tuning ('finetune') and ProMoT stage 2 ('promot'), seeds in the same order.
     task_margin: points within which ProMoT's task score must stay of fine-tuning's.
     alignment_bound: the cosine the gradient alignment at step 0 must exceed.
 

@@ -70,6 +70,12 @@ from promot_t5x import host_memory
 BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(_synthetic.__file__)), 'data',
                           'base_model')
 MODULE = 'promot_t5x_tasks.synthetic.tasks'
+# The second world (`world.WORLD_V2`: the fine-tuning skills latent in pretraining);
+# its base model is committed once it passes its gate (`promot_t5x.base_model_check`).
+BASE_MODEL_V2 = BASE_MODEL + '_v2'
+# world -> (task name prefix, task module, default base model).
+WORLDS = {'v1': ('mini_', MODULE, BASE_MODEL),
+          'v2': ('mini2_', 'promot_t5x_tasks.synthetic.tasks_v2', BASE_MODEL_V2)}
 FINETUNE_TASKS = ('rte', 'enfr')
 TRANSFORMS = ('toylang', 'cipher')
 # The fine-tuned tasks' label words (format specialization is measured against them).
@@ -81,7 +87,10 @@ class Settings:
   """What the miniature trains and evaluates (the defaults are the README's run)."""
 
   output_dir: str = 'runs/miniature'
-  base_model: str = BASE_MODEL
+  # '' = the world's committed base model (WORLDS).
+  base_model: str = ''
+  # 'v1': the first synthetic world; 'v2': the second (latent skills, `world.WORLD_V2`).
+  world: str = 'v1'
   tasks: tuple[str, ...] = FINETUNE_TASKS
   seeds: tuple[int, ...] = (0, 1)
   stage1_steps: int = 150
@@ -110,10 +119,16 @@ class Settings:
   # Multi-task ProMoT (one prompt per task, stage 2 on the mixture of all
   # `tasks`); needs two or more tasks. `extras` turns it on too.
   multitask: bool = False
+  # The paper's control: fine-tuning on mini_rte with shuffled labels.
+  controls: bool = False
 
   def __post_init__(self):
     for name in ('tasks', 'seeds'):
       object.__setattr__(self, name, tuple(getattr(self, name)))
+    if self.world not in WORLDS:
+      raise ValueError(f'Unknown world {self.world!r}; choose from {tuple(WORLDS)}.')
+    if not self.base_model:
+      object.__setattr__(self, 'base_model', WORLDS[self.world][2])
     unknown = [t for t in self.tasks if t not in FINETUNE_TASKS]
     if unknown or not self.tasks:
       raise ValueError(f'Unknown fine-tuning task(s) {unknown}; choose from {FINETUNE_TASKS}.')
@@ -129,8 +144,18 @@ class Settings:
   def with_multitask(self) -> bool:
     return self.multitask or (self.extras and len(self.tasks) > 1)
 
+  @property
+  def prefix(self) -> str:
+    """The world's task-name prefix ('mini_' or 'mini2_')."""
+    return WORLDS[self.world][0]
 
-QUICK = dict(tasks=('rte',), seeds=(0, 1), stage1_steps=4, stage2_steps=4, finetune_steps=4,
+  @property
+  def module(self) -> str:
+    """The module that registers the world's tasks."""
+    return WORLDS[self.world][1]
+
+
+QUICK = dict(tasks=('rte',), seeds=(0, 1), controls=True, stage1_steps=4, stage2_steps=4, finetune_steps=4,
              prompt_length=4, batch_size=8, max_examples=4, curve_period=2, curve_max_examples=4)
 
 
@@ -148,11 +173,11 @@ TRAIN_BUCKETS = {('rte', 0): (48,), ('rte', 1): (88,), ('enfr', 0): (16,), ('enf
 
 def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
   """The (variants x seeds) experiment of one fine-tuning analogue."""
-  name = f'mini_{task}'
+  name = f'{settings.prefix}{task}'
   lengths = {'inputs': 128, 'targets': 16}
   shared = [
       f'MIXTURE_OR_TASK_NAME = {name!r}',
-      f'MIXTURE_OR_TASK_MODULE = {MODULE!r}',
+      f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',
       f'TASK_FEATURE_LENGTHS = {lengths!r}',
       f'BATCH_SIZE = {settings.batch_size}',
       f'INITIAL_CHECKPOINT_PATH = {settings.base_model!r}',
@@ -168,7 +193,9 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
             f'MODEL_LEARNING_RATE = {settings.model_learning_rate}']
   curves = settings.curves and task == 'rte'
   curve_overrides = (f'EVAL_PERIOD = {settings.curve_period}',
-                     f'CURVE_MAX_EXAMPLES = {settings.curve_max_examples}') if curves else ()
+                     f'CURVE_MAX_EXAMPLES = {settings.curve_max_examples}',
+                     f"CURVE_FEWSHOT = ['{settings.prefix}triviaqa_1shot', '{settings.prefix}webqa_1shot']"
+                     ) if curves else ()
   variants = [
       experiment_lib.Variant('pretrained', train=False, seeds=(settings.seeds[0],)),
       # Standard fine-tuning; on mini_rte it also records the curves.
@@ -202,9 +229,18 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
                                           f'LEARNING_RATE = {settings.model_learning_rate}',
                                           "manager.restore_config.fallback_to_init = ['prompt/.*']")),
     ]
+  if settings.controls and task == 'rte':
+    variants.append(experiment_lib.Variant(
+        SHUFFLED, gin_files=('runs/finetune.gin',),
+        overrides=(f'TRAIN_STEPS = {settings.finetune_steps}', f'LEARNING_RATE = {settings.model_learning_rate}',
+                   f"MIXTURE_OR_TASK_NAME = '{settings.prefix}{task}_shuffled'")))
   if settings.with_multitask:
     variants += multitask_variants(settings, task, promot)
   labels = FORMAT_LABELS[task]
+  world_eval = () if settings.world == 'v1' else (
+      f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',
+      f"EVAL_SUITE = ['{settings.prefix}eval_1shot', '{settings.prefix}eval_4shot']",
+      f"TASK_NAME_PREFIXES = ('{settings.prefix}', 'mini_', 'promot_')")
   return experiment_lib.Experiment(
       name=f'ProMoT miniature: {name}',
       output_dir=os.path.join(settings.output_dir, task),
@@ -213,17 +249,18 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
       overrides=tuple(shared),
       eval_gin_files=('eval/fewshot_miniature.gin',),
       eval_overrides=(f'MIXTURE_OR_TASK_NAME = {name!r}', f'MAX_EXAMPLES = {settings.max_examples}',
-                      f'FORMAT_LABELS = {labels!r}'),
+                      f'FORMAT_LABELS = {labels!r}') + world_eval,
       seeds=settings.seeds)
 
 
 MULTITASK = 'promot_multitask'
 MULTITASK_FINETUNE = 'finetune_multitask'
+SHUFFLED = 'finetune_shuffled'
 
 
-def multitask_mixture(tasks: Sequence[str]) -> str:
+def multitask_mixture(tasks: Sequence[str], prefix: str = 'mini_') -> str:
   """The registered mixture of the fine-tuning tasks (`mini_rte_enfr`)."""
-  return 'mini_' + '_'.join(t for t in FINETUNE_TASKS if t in tasks)
+  return prefix + '_'.join(t for t in FINETUNE_TASKS if t in tasks)
 
 
 def multitask_variants(settings: Settings, task: str, promot: Sequence[str]) -> list[experiment_lib.Variant]:
@@ -242,9 +279,9 @@ def multitask_variants(settings: Settings, task: str, promot: Sequence[str]) -> 
     return [experiment_lib.Variant(name, train=False, overrides=(
         f"INITIAL_CHECKPOINT_PATH = {os.path.join(settings.output_dir, first, name, 'seed_{seed}', *sub)!r}",))
             for name, sub in ((MULTITASK_FINETUNE, ()), (MULTITASK, ('stage2',)))]
-  mixture = f'MIXTURE_OR_TASK_NAME = {multitask_mixture(settings.tasks)!r}'
+  mixture = f'MIXTURE_OR_TASK_NAME = {multitask_mixture(settings.tasks, settings.prefix)!r}'
   buckets = f'TRAIN_LENGTH_BUCKETS = {tuple(sorted({TRAIN_BUCKETS[t, 0][0] for t in settings.tasks}))!r}'
-  routing = {f'mini_{t}': t for t in settings.tasks}
+  routing = {f'{settings.prefix}{t}': t for t in settings.tasks}
   return [
       experiment_lib.Variant(
           MULTITASK_FINETUNE, gin_files=('runs/finetune.gin',),
@@ -440,8 +477,9 @@ def run(settings: Settings) -> str:
   """Runs every part not yet done; writes summary.md/json; returns summary.md's path."""
   if not os.path.isdir(settings.base_model):
     raise FileNotFoundError(
-        f'No base model at {settings.base_model}. It is committed with the project; to '
-        'regenerate it, pretrain with gin/miniature/pretrain.gin (see that file).')
+        f'No base model at {settings.base_model}. The first world\'s is committed with the project '
+        '(regenerate it with gin/miniature/pretrain.gin); the second world\'s comes from '
+        'gin/miniature/pretrain_v2.gin and `python -m promot_t5x.base_model_check`, or pass --base_model.')
   os.makedirs(settings.output_dir, exist_ok=True)
   _configure_jax(settings)
   start = time.time()
@@ -470,18 +508,19 @@ def run(settings: Settings) -> str:
     curve_data = curves(settings, experiments['rte'])
     timings['curves'] = time.time() - t0
   conj = None
-  if settings.conjugate and 'rte' in experiments:
+  if settings.conjugate and settings.world == 'v1' and 'rte' in experiments:  # transforms: first world
     t0 = time.time()
     conj = conjugate_section(settings, experiments['rte'])
     timings['conjugate'] = time.time() - t0
   timings['total'] = time.time() - start
   path = write_summary(settings, tables, curve_data, conj, timings)
+  write_claims(settings, curve_data)
   _log(f'done in {timings["total"] / 60:.1f} min; results: {path}')
   return path
 
 
 RUN_ORDER = ('pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot', 'joint',
-             'finetune_random_prompt', MULTITASK_FINETUNE, MULTITASK)
+             'finetune_random_prompt', SHUFFLED, MULTITASK_FINETUNE, MULTITASK)
 TARGET_METRIC = {'rte': 'rte/accuracy', 'enfr': 'enfr/bleu'}
 
 
@@ -523,7 +562,7 @@ def overview_table(output_dir: str, tasks: Sequence[str]) -> str:
 def write_summary(settings: Settings, tables: Mapping[str, str], curve_data: Any, conj: Any,
                   timings: Mapping[str, float]) -> str:
   parts = [f'# ProMoT miniature ({time.strftime("%Y-%m-%d %H:%M")})', '',
-           f'Settings: {json.dumps(dataclasses.asdict(settings))}', '',
+           f'Settings: {json.dumps(portable_settings(settings))}', '',
            'Wall time of this invocation (finished parts are not re-run): '
            + ', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items()), '']
   parts += ['## Overview', '', 'Task score: accuracy (mini_rte) or BLEU (mini_enfr) on the '
@@ -543,12 +582,45 @@ def write_summary(settings: Settings, tables: Mapping[str, str], curve_data: Any
   with open(path, 'w') as f:
     f.write('\n'.join(parts))
   with open(os.path.join(settings.output_dir, 'summary.json'), 'w') as f:
-    json.dump({'settings': dataclasses.asdict(settings), 'timings_s': dict(timings),
+    json.dump({'settings': portable_settings(settings), 'timings_s': dict(timings),
                'tables': {t: json.load(open(os.path.join(settings.output_dir, t, 'table.json')))
                           for t in tables},
                'curves': curve_data,
                'conjugate': json.loads(conj.json_path.read_text()) if conj is not None else None},
               f, indent=1)
+  return path
+
+
+def portable_settings(settings: Settings) -> dict[str, Any]:
+  """The settings as written to results: paths relative to the working directory, never a machine's."""
+  out = dataclasses.asdict(settings)
+  for key in ('output_dir', 'base_model'):
+    path = out[key]
+    if os.path.isabs(path):
+      rel = os.path.relpath(path)
+      package = os.path.dirname(os.path.dirname(os.path.abspath(_synthetic.__file__)))
+      out[key] = rel if not rel.startswith('..') else os.path.relpath(path, os.path.dirname(package))
+  return out
+
+
+def write_claims(settings: Settings, curve_data: Any) -> str:
+  """claims.json and claims.md in the output folder: the paper's claims, verdicts from intervals."""
+  from promot_t5x import claims
+
+  tables = {}
+  for task in settings.tasks:
+    with open(os.path.join(settings.output_dir, task, 'table.json')) as f:
+      tables[task] = json.load(f)
+  curve_runs = {'finetune': (curve_data or {}).get('finetune', []),
+                'promot': (curve_data or {}).get('promot_stage2', [])}
+  found = claims.miniature_claims(tables, curve_runs if curve_data else None)
+  info = {'seeds': list(settings.seeds), 'eval_examples_per_task': settings.max_examples,
+          'task_test_examples': settings.max_examples, 'world': settings.world,
+          'base_model': portable_settings(settings)['base_model'],
+          'interval': 'two-sided 95 % t-interval over seeds; differences paired by seed',
+          'command': 'promot-miniature ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else 'promot-miniature'}
+  path = claims.write_claims(os.path.join(settings.output_dir, 'claims.json'), found, info)
+  _log(f'claims: {path} (' + ', '.join(f'{c.id} {c.verdict}' for c in found) + ')')
   return path
 
 
@@ -584,6 +656,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--workers', type=int, default=None,
                       help='processes splitting the seeds, one CPU each (default: one per '
                            'seed up to the CPU count; 1: all in this process)')
+  parser.add_argument('--world', default='v1', choices=tuple(WORLDS),
+                      help="the synthetic world: 'v1' (the committed base model) or 'v2' (the fine-tuning "
+                           'skills latent in pretraining; needs its base model, --base_model)')
+  parser.add_argument('--controls', action='store_true',
+                      help='also the control: fine-tuning on mini_rte with shuffled labels')
   parser.add_argument('--no_curves', action='store_true')
   parser.add_argument('--no_conjugate', action='store_true')
   parser.add_argument('--base_model', default=None, help='a params or run folder to start from')
@@ -592,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            'pretrain.gin) to the base model folder, then exit')
   args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
   if args.export_base:
-    print(f'wrote {export_base(args.export_base, args.base_model or BASE_MODEL)}')
+    print(f'wrote {export_base(args.export_base, args.base_model or WORLDS[args.world][2])}')
     return 0
   kwargs: dict[str, Any] = dict(QUICK) if args.quick else {}
   kwargs['output_dir'] = args.output_dir or ('runs/miniature_quick' if args.quick else 'runs/miniature')
@@ -602,6 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs['tasks'] = tuple(args.tasks.split(','))
   if args.base_model:
     kwargs['base_model'] = os.path.abspath(args.base_model)
+  kwargs.update(world=args.world, controls=args.controls or bool(kwargs.get('controls')))
   kwargs.update(extras=args.extras, multitask=args.multitask, curves=not args.no_curves,
                 conjugate=not args.no_conjugate, workers=args.workers)
   try:

@@ -30,11 +30,11 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   for i in (0, 1):
     assert f'worker {i}: seeds [{i}]' in proc.stdout
     assert 'training' in (out / 'logs' / f'worker_{i}.log').read_text()
-  assert '[worker seeds 1] [1/4] finetune seed 1: training' in proc.stdout
+  assert '[worker seeds 1] [1/5] finetune seed 1: training' in proc.stdout
 
   # The paper's table: every variant is a column, the 8 analogues and Norm. Avg. are rows.
   table = json.loads((out / 'rte' / 'table.json').read_text())
-  assert set(table) == {'pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot'}
+  assert set(table) == {'pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot', 'finetune_shuffled'}
   for variant, seeds in table.items():
     assert len(seeds) == (1 if variant == 'pretrained' else 2), variant
     keys = seeds[0]
@@ -87,10 +87,31 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   for heading in ('## mini_rte', '## Format specialization', '## Conjugate prompting'):
     assert heading in summary
 
+  # The paper's claims: one entry each, verdicts computed from the intervals over the seeds.
+  from promot_t5x import claims
+  doc = json.loads((out / 'claims.json').read_text())
+  assert claims.check_claims_file(doc) == []
+  assert doc['settings']['seeds'] == [0, 1] and doc['settings']['world'] == 'v1'
+  assert not os.path.isabs(doc['settings']['base_model'])
+  ids = {c['id'] for c in doc['claims']}
+  assert {'C1-rte', 'C2-rte', 'C3-rte', 'C4', 'C5', 'C6-rte', 'C9', 'C10'} <= ids, ids
+  for c in doc['claims']:
+    assert c['verdict'] in (claims.SUPPORTED, claims.NOT_SUPPORTED, claims.INCONCLUSIVE)
+    assert c['tested']['n'] == 2 and len(c['tested']['ci95']) == 2, c
+    assert c['reading'].endswith(f'{c["verdict"]}.')
+  # The paired difference is computed from the two runs' own numbers.
+  c2 = next(c for c in doc['claims'] if c['id'] == 'C2-rte')
+  assert c2['tested']['mean'] == pytest.approx(c2['groups']['promot']['mean'] - c2['groups']['finetune']['mean'])
+  assert (out / 'claims.md').read_text().count('| C') == len(doc['claims'])
+  # The control trained on shuffled labels and was scored on the real ones.
+  assert "'mini_rte_shuffled'" in (out / 'rte' / 'finetune_shuffled' / 'seed_0' / 'config.gin').read_text()
+  shuffled_eval = json.loads((out / 'rte' / 'finetune_shuffled' / 'seed_0' / 'eval' / 'results.json').read_text())
+  assert next(iter(shuffled_eval['suites']['target']['tasks'].values()))['task'] == 'mini_rte'
+
   # A second invocation re-runs nothing.
   again = _run(out, env)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count('done before') == 9
+  assert again.stdout.count('done before') == 11
   assert 'worker 0' not in again.stdout  # nothing left to do: no workers
   assert 'training' not in again.stdout
 

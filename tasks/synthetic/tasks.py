@@ -7,6 +7,7 @@ Importing this module registers, with the miniature's vocabulary
 |---|---|
 | `mini_rte`, `mini_enfr` | the fine-tuning tasks (0-shot) |
 | `mini_rte_1shot_train`, `mini_enfr_1shot_train` | the same, one train demonstration |
+| `mini_rte_shuffled` | `mini_rte` with its labels permuted within each split (the paper's control) |
 | `mini_{family}_{k}shot`, k in 0, 1, 4 | the 8 evaluation analogues (below) |
 | `mini_eval_{k}shot` | mixture of the 8 at k shots |
 | `mini_rte_enfr` | multi-task fine-tuning mixture (rates 1:1) |
@@ -156,6 +157,32 @@ def _family_source(world: world_lib.World, family: str) -> seqio.FunctionDataSou
   return seqio.FunctionDataSource(dataset_fn, splits=SOURCE_SPLITS, num_input_examples=sizes)
 
 
+def _shuffled_label_source(world: world_lib.World, family: str) -> seqio.FunctionDataSource:
+  """A family's examples with its targets permuted within each split (fixed seed).
+
+  The paper's control (fine-tuning on RTE with shuffled labels): the label words
+  and their balance stay, their relation to the inputs is gone.
+  """
+
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    del shuffle_files, seed
+    split = SCORED_SPLIT if split == EVAL_SPLIT else split
+    examples = world.examples(family, split)
+    order = world._rng('shuffled_labels', family, split).permutation(len(examples))  # pylint: disable=protected-access
+    return tf.data.Dataset.from_tensor_slices({
+        'inputs': tf.constant([e.inputs for e in examples], tf.string),
+        'targets': tf.constant([examples[int(i)].targets for i in order], tf.string)})
+
+  sizes = {s: len(world.items(family, s)) for s in world_lib.SPLITS}
+  sizes[EVAL_SPLIT] = sizes[SCORED_SPLIT]
+  return seqio.FunctionDataSource(dataset_fn, splits=SOURCE_SPLITS, num_input_examples=sizes)
+
+
+def shuffled_label_name(family: str, prefix: str = DEFAULT_PREFIX) -> str:
+  """`mini_rte_shuffled`: the fine-tuning task with its labels shuffled (the paper's control)."""
+  return f'{prefix}{family}_shuffled'
+
+
 def _pretrain_source(world: world_lib.World, component: str) -> seqio.FunctionDataSource:
   """A lazily generated pretraining stream (a pure function of the index)."""
 
@@ -221,6 +248,13 @@ def register_mini_tasks(world_config: world_lib.WorldConfig | None = None,
   for family in world_lib.FINETUNE_FAMILIES:
     add(task_name(family, None, prefix), family, 0)
     add(one_shot_train_name(family, prefix), family, 1)
+  for family in world_lib.CLASSIFICATION_FAMILIES[:1]:  # rte
+    name = shuffled_label_name(family, prefix)
+    fewshot_lib.add_text_task(
+        name, _shuffled_label_source(world, family), _identity_render, vocabulary=vocabulary,
+        fewshot=dataclasses.replace(FEWSHOT, num_shots=0), metric_fns=metric_fns(family),
+        postprocess_fn=postprocessor(family), overwrite=True)
+    names.append(name)
   for family in world_lib.EVAL_FAMILIES:
     for k in shots:
       add(task_name(family, k, prefix), family, k)
