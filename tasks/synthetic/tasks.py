@@ -260,7 +260,7 @@ def register_mini_tasks(world_config: world_lib.WorldConfig | None = None,
       add(task_name(family, k, prefix), family, k)
 
   output_features = vocab_lib.output_features(vocabulary)
-  for component in world.pretrain_rates:
+  for component in world.pretrain_components:
     name = pretrain_task_name(component, prefix)
     if name in seqio.TaskRegistry.names():
       seqio.TaskRegistry.remove(name)

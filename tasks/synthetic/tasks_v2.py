@@ -10,6 +10,7 @@ the base model's gate reads:
 | `mini2_rte_yn_{k}shot` | binary inference as a yes/no question (`world.YES_NO_INFERENCE`), k in 0, 1 |
 | `mini2_enfr_alt_{k}shot` | English to Frenka in `world.ALT_TRANSLATION`'s wording, k in 0, 1 |
 | `mini2_probes_{k}shot` | the two probes' mixture |
+| `mini2_pretrain_phase2` | the second pretraining phase's mixture (a third yes/no inference episodes) |
 
 The probes render the fine-tuning tasks' own validation and test items (never
 seen in pretraining) in the pretraining formats. Conjugate transforms are the
@@ -90,3 +91,9 @@ def probes_mixture_name(num_shots: int = 1) -> str:
 
 for _k in PROBE_SHOTS:
   tasks_lib._replace_mixture(probes_mixture_name(_k), [(probe_name(f, _k), 1.0) for f in _PROBES])  # pylint: disable=protected-access
+
+
+# The second pretraining phase's mixture (`world.PRETRAIN_RATES_V2_PHASE2`, gin/miniature/pretrain_v2_phase2.gin).
+PHASE2_MIXTURE = f'{PREFIX}pretrain_phase2'
+tasks_lib._replace_mixture(  # pylint: disable=protected-access
+    PHASE2_MIXTURE, [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V2_PHASE2.items()])

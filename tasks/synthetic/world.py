@@ -887,6 +887,11 @@ class World:
     """The pretraining components of this world and their mixing rates."""
     return PRETRAIN_RATES_V2 if self.config.latent_skills else PRETRAIN_RATES
 
+  @property
+  def pretrain_components(self) -> tuple[str, ...]:
+    """Every pretraining component of this world (the second adds `inference`)."""
+    return tuple(self.pretrain_rates) + (('inference',) if self.config.latent_skills else ())
+
   def pretraining_example(self, component: str, index: int, split: str = 'train') -> Example:
     """Example `index` of a pretraining component (a pure function of its arguments).
 
@@ -898,10 +903,12 @@ class World:
     skills (second world only): the fine-tuning tasks' skills in other formats:
                yes/no-question inference episodes, English-to-Frenka episodes in
                another wording, monolingual Frenka documents (`SKILL_RATES`).
+    inference (second world only): yes/no-question inference episodes alone (the
+               second pretraining phase's extra share, `PRETRAIN_RATES_V2_PHASE2`).
     """
-    if component not in self.pretrain_rates:
+    if component not in self.pretrain_components:
       raise ValueError(f'Unknown pretraining component {component!r}; use one of '
-                       f'{tuple(self.pretrain_rates)}.')
+                       f'{self.pretrain_components}.')
     rng = self._rng('pretrain', component, split, index)
     if component == 'documents':
       return self.document_example(rng)
@@ -910,6 +917,8 @@ class World:
       fams = list(weights)
       w = np.array([weights[f] for f in fams])
       return self.episode(fams[int(rng.choice(len(fams), p=w / w.sum()))], rng)
+    if component == 'inference':
+      return self.episode('rte_yn', rng)
     if component == 'skills':
       kinds = list(SKILL_RATES)
       w = np.array([SKILL_RATES[k] for k in kinds])
@@ -944,6 +953,10 @@ PRETRAIN_COMPONENTS = ('documents', 'episodes', 'lumic', 'cipher')
 PRETRAIN_RATES = {'documents': 0.35, 'episodes': 0.5, 'lumic': 0.1, 'cipher': 0.05}
 PRETRAIN_RATES_V2 = {'documents': 0.3, 'episodes': 0.4, 'skills': 0.2, 'lumic': 0.06,
                      'cipher': 0.04}
+# The second world's second pretraining phase: a third of the examples are yes/no
+# inference episodes (after phase 1 the model answered them with a constant label).
+PRETRAIN_RATES_V2_PHASE2 = {'documents': 0.2, 'episodes': 0.27, 'skills': 0.15, 'inference': 0.33,
+                            'lumic': 0.03, 'cipher': 0.02}
 # Within a conjugate component, the fraction of documents (the rest are episodes).
 CONJUGATE_DOCUMENT_RATE = 0.3
 
