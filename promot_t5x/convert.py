@@ -12,6 +12,9 @@ r"""`promot-convert`: convert checkpoints between legacy T5X, Hugging Face and o
   promot-convert --from=hf --to=orbax --input=hf_folder --output=/ckpt/params
   promot-convert --from=orbax --to=hf --input=$MODEL_DIR --output=hf_out --gin_file=...
 
+  # A run's latest checkpoint (params + Adafactor state) -> T5X's checkpoint_<step>/ layout:
+  promot-convert --from=orbax --to=t5x --input=$MODEL_DIR --output=gs://bucket/t5x_model
+
 The architecture: `hf` inputs carry theirs (config.json). For `t5x` and
 `orbax` inputs it comes from `--gin_file` (a model gin defining `MODEL`, with
 `--gin_search_paths` / `--gin.NAME=VALUE`), or, without a gin file, from the
@@ -19,6 +22,10 @@ parameter shapes (vocabulary, widths, heads, layers, buckets, gated or ReLU
 MLP, tied or untied head) plus `--relative_attention_max_distance` (default
 128) and `--layer_norm_epsilon`, which shapes cannot tell. Soft prompts are
 never part of an HF model: `orbax -> hf` writes them to `prompts.npz`.
+`--to=t5x` needs no architecture: it writes the parameters under their T5X
+names, the run's Adafactor state, and the prompt by `--t5x_prompt`
+(`npy`: OUTPUT/prompts/<name>.npy; `target`: inside the checkpoint at
+prompt-tuning's `encoder/prompt/prompt/prompt`; `none`); see docs/interop.md.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from promot_t5x import gin_utils, param_sets
-from promot_t5x.checkpoints import hf, matching, orbax_io, t5x_legacy
+from promot_t5x.checkpoints import hf, matching, orbax_io, t5x_export, t5x_legacy
 from promot_t5x.models import t5
 
-CONVERSIONS = (('t5x', 'orbax'), ('t5x', 'hf'), ('hf', 'orbax'), ('orbax', 'hf'))
+CONVERSIONS = (('t5x', 'orbax'), ('t5x', 'hf'), ('hf', 'orbax'), ('orbax', 'hf'), ('orbax', 't5x'),
+               ('hf', 't5x'))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,11 +51,17 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--from', dest='source', required=True, choices=('t5x', 'hf', 'orbax'),
                  help='input format: legacy T5X checkpoint, Hugging Face folder, or orbax '
                       '(run folder, step folder or params folder).')
-  p.add_argument('--to', dest='target', required=True, choices=('orbax', 'hf'),
-                 help='output format.')
+  p.add_argument('--to', dest='target', required=True, choices=('orbax', 'hf', 't5x'),
+                 help='output format (t5x: OUTPUT/checkpoint_<step>/ in the legacy T5X layout).')
   p.add_argument('--input', required=True, help='input path.')
   p.add_argument('--output', required=True, help='output folder.')
   p.add_argument('--force', action='store_true', help='overwrite an existing output.')
+  p.add_argument('--step', default='latest',
+                 help="with --from=orbax and a run folder: 'latest', 'best' or a step number.")
+  p.add_argument('--t5x_prompt', default='npy', choices=t5x_export.PROMPT_PLACEMENTS,
+                 help='--to=t5x: where soft prompts go (npy: OUTPUT/prompts/<name>.npy; target: '
+                      'encoder/prompt/prompt/prompt in the checkpoint, as prompt-tuning names '
+                      'it; none: left out).')
   p.add_argument('--relative_attention_max_distance', type=int, default=None,
                  help='without --gin_file: the max distance of the relative position '
                       'buckets (not stored in checkpoints; T5/mT5 use 128).')
@@ -93,6 +107,8 @@ def convert(args: argparse.Namespace) -> list[str]:
   if (args.source, args.target) not in CONVERSIONS:
     raise ValueError(f'Cannot convert {args.source} -> {args.target}; supported: '
                      f'{", ".join(f"{a}->{b}" for a, b in CONVERSIONS)}.')
+  if args.target == 't5x':
+    return _convert_to_t5x(args)
   if os.path.exists(args.output) and not args.force:
     raise FileExistsError(f'{args.output} exists; pass --force to overwrite it.')
 
@@ -114,6 +130,21 @@ def convert(args: argparse.Namespace) -> list[str]:
     written = [str(orbax_io.save_params(args.output, params, force=args.force))]
   else:
     written = hf.export_hf(params, config, args.output, model_type=args.hf_model_type)
+  for path in written:
+    print(f'wrote {path}')
+  return written
+
+
+def _convert_to_t5x(args: argparse.Namespace) -> list[str]:
+  """orbax (params and Adafactor state of a run) or hf -> OUTPUT/checkpoint_<step>/."""
+  if args.source == 'orbax':
+    step = args.step if args.step in ('latest', 'best') else int(args.step)
+    written = t5x_export.export_run_to_t5x(args.input, args.output, step=step,
+                                           prompt_placement=args.t5x_prompt, force=args.force)
+  else:
+    _, params = hf.import_hf(args.input)
+    written = t5x_export.export_t5x(params, args.output, step=0,
+                                    prompt_placement=args.t5x_prompt, force=args.force)
   for path in written:
     print(f'wrote {path}')
   return written
