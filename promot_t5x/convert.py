@@ -8,6 +8,10 @@ r"""`promot-convert`: convert checkpoints between legacy T5X, Hugging Face and o
   promot-convert --from=t5x --to=hf --input=checkpoint_3 --output=hf_out \
       --relative_attention_max_distance=8
 
+  # The original Mesh-TensorFlow T5/mT5 release -> orbax params:
+  promot-convert --from=mesh_tf --to=orbax --input=gs://t5-data/pretrained_models/mt5/xxl \
+      --output=/ckpt/mt5_xxl_params --gin_file=models/mt5_xxl.gin
+
   # Hugging Face folder -> orbax params, and a run's latest params -> Hugging Face:
   promot-convert --from=hf --to=orbax --input=hf_folder --output=/ckpt/params
   promot-convert --from=orbax --to=hf --input=$MODEL_DIR --output=hf_out --gin_file=...
@@ -15,8 +19,8 @@ r"""`promot-convert`: convert checkpoints between legacy T5X, Hugging Face and o
   # A run's latest checkpoint (params + Adafactor state) -> T5X's checkpoint_<step>/ layout:
   promot-convert --from=orbax --to=t5x --input=$MODEL_DIR --output=gs://bucket/t5x_model
 
-The architecture: `hf` inputs carry theirs (config.json). For `t5x` and
-`orbax` inputs it comes from `--gin_file` (a model gin defining `MODEL`, with
+The architecture: `hf` inputs carry theirs (config.json). For `t5x`,
+`mesh_tf` and `orbax` inputs it comes from `--gin_file` (a model gin defining `MODEL`, with
 `--gin_search_paths` / `--gin.NAME=VALUE`), or, without a gin file, from the
 parameter shapes (vocabulary, widths, heads, layers, buckets, gated or ReLU
 MLP, tied or untied head) plus `--relative_attention_max_distance` (default
@@ -37,20 +41,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from promot_t5x import gin_utils, param_sets
-from promot_t5x.checkpoints import hf, matching, orbax_io, t5x_export, t5x_legacy
+from promot_t5x.checkpoints import hf, matching, mesh_tf, orbax_io, t5x_export, t5x_legacy
 from promot_t5x.models import t5
 
 CONVERSIONS = (('t5x', 'orbax'), ('t5x', 'hf'), ('hf', 'orbax'), ('orbax', 'hf'), ('orbax', 't5x'),
-               ('hf', 't5x'))
+               ('hf', 't5x'), ('mesh_tf', 'orbax'), ('mesh_tf', 'hf'), ('mesh_tf', 't5x'))
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog='promot-convert', description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--from', dest='source', required=True, choices=('t5x', 'hf', 'orbax'),
-                 help='input format: legacy T5X checkpoint, Hugging Face folder, or orbax '
-                      '(run folder, step folder or params folder).')
+  p.add_argument('--from', dest='source', required=True,
+                 choices=('t5x', 'hf', 'orbax', 'mesh_tf'),
+                 help='input format: legacy T5X checkpoint, Hugging Face folder, orbax '
+                      '(run folder, step folder or params folder), or a Mesh-TensorFlow T5/mT5 '
+                      'checkpoint (folder with TensorFlow\'s `checkpoint` file, or a prefix).')
   p.add_argument('--to', dest='target', required=True, choices=('orbax', 'hf', 't5x'),
                  help='output format (t5x: OUTPUT/checkpoint_<step>/ in the legacy T5X layout).')
   p.add_argument('--input', required=True, help='input path.')
@@ -117,6 +123,10 @@ def convert(args: argparse.Namespace) -> list[str]:
     shapes = t5x_legacy.read_t5x_shapes(checkpoint_dir)
     config = _model_config(args, shapes, checkpoint_dir)
     params = t5x_legacy.import_t5x(checkpoint_dir, t5.Transformer(config))
+  elif args.source == 'mesh_tf':
+    shapes = mesh_tf.read_mesh_tf_shapes(args.input)
+    config = _model_config(args, shapes, args.input)
+    params = mesh_tf.import_mesh_tf(args.input, t5.Transformer(config))
   elif args.source == 'hf':
     model, params = hf.import_hf(args.input)
     config = model.config
@@ -136,14 +146,19 @@ def convert(args: argparse.Namespace) -> list[str]:
 
 
 def _convert_to_t5x(args: argparse.Namespace) -> list[str]:
-  """orbax (params and Adafactor state of a run) or hf -> OUTPUT/checkpoint_<step>/."""
+  """orbax (params and Adafactor state of a run), mesh_tf or hf -> OUTPUT/checkpoint_<step>/."""
   if args.source == 'orbax':
     step = args.step if args.step in ('latest', 'best') else int(args.step)
     written = t5x_export.export_run_to_t5x(args.input, args.output, step=step,
                                            prompt_placement=args.t5x_prompt, force=args.force)
   else:
-    _, params = hf.import_hf(args.input)
-    written = t5x_export.export_t5x(params, args.output, step=0,
+    step = 0
+    if args.source == 'mesh_tf':
+      params = param_sets.unflatten(mesh_tf.read_mesh_tf_params(args.input))
+      step = mesh_tf.mesh_tf_checkpoint_step(args.input) or 0
+    else:
+      _, params = hf.import_hf(args.input)
+    written = t5x_export.export_t5x(params, args.output, step=step,
                                     prompt_placement=args.t5x_prompt, force=args.force)
   for path in written:
     print(f'wrote {path}')
