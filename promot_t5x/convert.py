@@ -23,9 +23,13 @@ The architecture: `hf` inputs carry theirs (config.json). For `t5x`,
 `mesh_tf` and `orbax` inputs it comes from `--gin_file` (a model gin defining `MODEL`, with
 `--gin_search_paths` / `--gin.NAME=VALUE`), or, without a gin file, from the
 parameter shapes (vocabulary, widths, heads, layers, buckets, gated or ReLU
-MLP, tied or untied head) plus `--relative_attention_max_distance` (default
-128) and `--layer_norm_epsilon`, which shapes cannot tell. Soft prompts are
-never part of an HF model: `orbax -> hf` writes them to `prompts.npz`.
+MLP, tied or untied head) plus `--relative_attention_max_distance` (required
+for `--to=hf`: no checkpoint stores it) and `--layer_norm_epsilon` (default
+1e-6, the value of every released T5/mT5). Soft prompts are never part of an
+HF model: `orbax -> hf` writes each as a PEFT prompt-tuning adapter
+`OUTPUT/peft/<name>/` and all to `prompts.npz`. The HF export also writes
+`generation_config.json`, and the tokenizer files when the vocabulary is known
+(the gin model's, or `--sentencepiece_model`).
 `--to=t5x` needs no architecture: it writes the parameters under their T5X
 names, the run's Adafactor state, and the prompt by `--t5x_prompt`
 (`npy`: OUTPUT/prompts/<name>.npy; `target`: inside the checkpoint at
@@ -76,28 +80,58 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--mlp_activations', default=None,
                  help="without --gin_file: e.g. 'gelu,linear' (inferred: gated -> gelu,linear; "
                       'single -> relu).')
+  p.add_argument('--sentencepiece_model', default=None,
+                 help='--to=hf: the SentencePiece model for the tokenizer files (default: the gin '
+                      "model's vocabulary; without either no tokenizer is written).")
+  p.add_argument('--extra_ids', type=int, default=100,
+                 help='with --sentencepiece_model: sentinel count (T5/mT5: 100).')
   p.add_argument('--hf_model_type', default='t5', choices=('t5', 'mt5'),
                  help='model_type written to the HF config.json.')
   gin_utils.add_gin_flags(p)
   return p
 
 
+def _gin_model(args: argparse.Namespace) -> Any:
+  """The model (`EncoderDecoderModel`, vocabulary included) the gin files define, or None."""
+  if not args.gin_file:
+    return None
+  from promot_t5x import inspect_model  # gin -> MODEL, shared with promot-inspect
+  return inspect_model.model_from_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+
+
 def _model_config(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]],
                   source: str) -> t5.T5Config:
-  """The architecture for a t5x/orbax input: from the gin file or from the shapes."""
-  if args.gin_file:
-    from promot_t5x import inspect_model  # gin -> MODEL, shared with promot-inspect
-    model = inspect_model.model_from_gin(args.gin_file, args.gin_bindings,
-                                         args.gin_search_paths)
+  """The architecture for a t5x/mesh_tf/orbax input: from the gin file or from the shapes.
+
+  Raises:
+    ValueError: writing a Hugging Face model without a gin file or
+      --relative_attention_max_distance (no checkpoint stores it).
+  """
+  model = _gin_model(args)
+  if model is not None:
     return matching.transformer_of(model).config.replace(prompt=None)
   overrides: dict[str, Any] = {}
   if args.relative_attention_max_distance is not None:
     overrides['relative_attention_max_distance'] = args.relative_attention_max_distance
+  elif args.target == 'hf':
+    raise ValueError(
+        f'{source} does not store relative_attention_max_distance, and the HF config.json must '
+        'hold it: pass --relative_attention_max_distance (128 for the released T5, T5.1.1 and '
+        'mT5 models) or --gin_file with the model gin.')
   if args.layer_norm_epsilon is not None:
     overrides['layer_norm_epsilon'] = args.layer_norm_epsilon
   if args.mlp_activations:
     overrides['mlp_activations'] = tuple(a.strip() for a in args.mlp_activations.split(','))
   return t5x_legacy.config_from_shapes(shapes, source=source, **overrides)
+
+
+def _vocabulary(args: argparse.Namespace) -> Any:
+  """The vocabulary for the HF tokenizer files: the gin model's, or --sentencepiece_model."""
+  if args.sentencepiece_model:
+    import seqio
+    return seqio.SentencePieceVocabulary(args.sentencepiece_model, extra_ids=args.extra_ids)
+  model = _gin_model(args)
+  return getattr(model, 'vocabulary', None)
 
 
 def _describe(config: t5.T5Config) -> str:
@@ -139,7 +173,11 @@ def convert(args: argparse.Namespace) -> list[str]:
   if args.target == 'orbax':
     written = [str(orbax_io.save_params(args.output, params, force=args.force))]
   else:
-    written = hf.export_hf(params, config, args.output, model_type=args.hf_model_type)
+    vocabulary = None if args.source == 'hf' else _vocabulary(args)
+    written = hf.export_hf(params, config, args.output, model_type=args.hf_model_type,
+                           vocabulary=vocabulary)
+    if vocabulary is None and args.source != 'hf':
+      print('no tokenizer files written: pass --gin_file or --sentencepiece_model')
   for path in written:
     print(f'wrote {path}')
   return written
