@@ -39,7 +39,7 @@ from typing import Any
 
 import jax
 
-from promot_t5x import distributed, evaluation, gin_utils, host_memory, param_sets, partitioning, reports
+from promot_t5x import distributed, evaluation, gin_utils, host_memory, param_sets, partitioning, reports, t5x_flags
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.checkpoints import sources
 from promot_t5x.models import encoder_decoder
@@ -244,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--plot', default=None, help='PNG bar plot of Norm. Avg. per run')
   parser.add_argument('--suite', default=None, help='only this suite (default: every suite)')
   distributed.add_flags(parser)
+  t5x_flags.add_flags(parser)
   args = parser.parse_args(argv)
+  t5x_flags.apply(args, 'promot-eval')
   if args.merge:
     if args.gin_file or args.gin_bindings:
       parser.error('--merge reads results files; it takes no gin flags.')
