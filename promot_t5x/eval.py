@@ -246,7 +246,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   distributed.add_flags(parser)
   t5x_flags.add_flags(parser)
   args = parser.parse_args(argv)
-  t5x_flags.apply(args, 'promot-eval')
   if args.merge:
     if args.gin_file or args.gin_bindings:
       parser.error('--merge reads results files; it takes no gin flags.')
@@ -263,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.gin_file:
     parser.error('--gin_file is required (a model gin and an eval gin, e.g. '
                  'eval/fewshot_paper.gin), or --merge.')
+  t5x_flags.apply(args, 'promot-eval')
   # Every process of a multi-host evaluation runs this same command: each reads
   # the checkpoint and the suites' data, feeds its devices' part of every
   # global batch, gathers the outputs; process 0 writes the results.

@@ -82,3 +82,15 @@ def test_learning_rates_and_eta():
   line = summaries.progress_line(100, 1000, 2.5, 0.8, 2.0, 4096.0)
   assert line.endswith('ETA 0:07:30') and '(10%)' in line
   assert summaries.progress_line(1, 10, 1.0, 1.0, 0.0, 0.0).endswith('ETA ?')
+
+
+@pytest.mark.parametrize('program', ['train', 'eval'])
+def test_both_programs_parse_t5x_flags(program, capsys):
+  import importlib
+
+  main = importlib.import_module(f'promot_t5x.{program}').main
+  with pytest.raises(SystemExit) as e:
+    main(['--alsologtostderr', '--tfds_data_dir=/data/tfds', '--seqio_additional_cache_dirs=/c'])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert '--gin_file is required' in err and 'unrecognized arguments' not in err
