@@ -39,7 +39,7 @@ from typing import Any
 
 import jax
 
-from promot_t5x import distributed, evaluation, gin_utils, host_memory, param_sets, partitioning, reports
+from promot_t5x import distributed, evaluation, gin_utils, host_memory, param_sets, partitioning, reports, t5x_flags
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.checkpoints import sources
 from promot_t5x.models import encoder_decoder
@@ -244,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--plot', default=None, help='PNG bar plot of Norm. Avg. per run')
   parser.add_argument('--suite', default=None, help='only this suite (default: every suite)')
   distributed.add_flags(parser)
+  t5x_flags.add_flags(parser)
   args = parser.parse_args(argv)
   if args.merge:
     if args.gin_file or args.gin_bindings:
@@ -261,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.gin_file:
     parser.error('--gin_file is required (a model gin and an eval gin, e.g. '
                  'eval/fewshot_paper.gin), or --merge.')
+  t5x_flags.apply(args, 'promot-eval')
   # Every process of a multi-host evaluation runs this same command: each reads
   # the checkpoint and the suites' data, feeds its devices' part of every
   # global batch, gathers the outputs; process 0 writes the results.

@@ -10,7 +10,8 @@ Read top to bottom, a run is:
   2. resume from MODEL_DIR if it holds a checkpoint, else start from
      INITIAL_CHECKPOINT_PATH (T5X restore semantics) or from initialization;
   3. stream batches of this host's data shard, skipping those already consumed;
-  4. step, log (console, TensorBoard, metrics.jsonl), evaluate every EVAL_PERIOD,
+  4. step, log (console with ETA, TensorBoard in T5X's train/ and inference_eval/
+     folders, metrics.jsonl), evaluate every EVAL_PERIOD,
      checkpoint every CHECKPOINT_PERIOD; stop on a NaN/Inf loss without saving it.
 
 Every run writes config.gin (all gin bindings) and model-info.txt beside its
@@ -32,7 +33,7 @@ from typing import Any
 
 import jax
 
-from promot_t5x import data, distributed, gin_utils, host_memory, param_sets, partitioning, paths
+from promot_t5x import data, distributed, gin_utils, host_memory, param_sets, partitioning, paths, summaries, t5x_flags
 from promot_t5x import trainer as trainer_lib
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.models import encoder_decoder
@@ -60,30 +61,30 @@ def _log(msg: str) -> None:
 
 
 class _RunLog:
-  """Console + TensorBoard + metrics.jsonl (process 0 writes)."""
+  """Console + TensorBoard in T5X's layout (`summaries`) + metrics.jsonl (process 0 writes)."""
+
+  # Our metrics.jsonl names -> T5X's TensorBoard tags.
+  _T5X_TAGS = {'token_accuracy': 'accuracy', 'steps_per_sec': 'timing/steps_per_second',
+               'tokens_per_sec': 'timing/tokens_per_second'}
 
   def __init__(self, model_dir: str):
     self.enabled = jax.process_index() == 0
     self.jsonl = os.path.join(model_dir, 'metrics.jsonl')
-    self.writer = None
-    if self.enabled:
-      from clu import metric_writers
-
-      self.writer = metric_writers.create_default_writer(
-          os.path.join(model_dir, 'tensorboard'), asynchronous=False)
+    self.summaries = summaries.RunSummaries(model_dir, enabled=self.enabled)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self.writer.write_scalars(step, scalars)
+    evals = {k[len('eval/'):]: v for k, v in scalars.items() if k.startswith('eval/')}
+    self.summaries.inference_eval(step, evals)
+    self.summaries.train(step, {self._T5X_TAGS.get(k, k): v for k, v in scalars.items()
+                                if not k.startswith('eval/')})
     with open(self.jsonl, 'a') as f:
       f.write(json.dumps({'step': step, **scalars}) + '\n')
 
   def close(self) -> None:
-    if self.writer is not None:
-      self.writer.flush()
-      self.writer.close()
+    self.summaries.close()
 
 
 def _write_text(path: str, text: str) -> None:
@@ -278,6 +279,7 @@ def train(*,
   last_loss = None
   pending: tuple[int, Any] | None = None  # (step, metrics) not yet checked on the host
   t0, tokens, t_step = time.time(), 0, start
+  t_run = t0
   steps_this_process = 0
   step = start
   try:
@@ -312,11 +314,12 @@ def train(*,
         rate = (step - t_step) / max(now - t0, 1e-9)
         scalars = {'loss': last_loss, 'grad_norm': float(metrics['grad_norm']),
                    'token_accuracy': float(metrics['correct']) / max(float(metrics['weight_sum']), 1.0),
-                   'steps_per_sec': rate, 'tokens_per_sec': tokens / max(now - t0, 1e-9)}
+                   'steps_per_sec': rate, 'tokens_per_sec': tokens / max(now - t0, 1e-9),
+                   'timing/seconds': now - t0, 'timing/uptime': now - t_run,
+                   **summaries.learning_rates(optimizer, step)}
         log.write(step, scalars)
-        _log(f'step {step}/{train_steps}  loss {last_loss:.4f}  grad_norm '
-             f'{scalars["grad_norm"]:.3f}  {rate:.2f} steps/s  '
-             f'{scalars["tokens_per_sec"]:,.0f} tokens/s')
+        _log(summaries.progress_line(step, train_steps, last_loss, scalars['grad_norm'], rate,
+                                     scalars['tokens_per_sec']))
         t0, tokens, t_step = now, 0, step
       if do_eval:
         eval_metrics = evaluate(state.params, step)
@@ -376,9 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help='gin configurable to run (default: the run gin\'s RUN_ENTRY, '
                            'else promot_t5x.train.train).')
   distributed.add_flags(parser)
+  t5x_flags.add_flags(parser)
   args = parser.parse_args(argv)
   if not args.gin_file:
     parser.error('--gin_file is required (a model gin and a run gin, or a recipe).')
+  t5x_flags.apply(args, 'promot-train')
   distributed.initialize(args.coordinator_address, args.process_count, args.process_index,
                          cpu_collectives=True)
   try:

@@ -8,6 +8,7 @@ positions only.
 """
 
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -139,8 +140,10 @@ def test_export_round_trip_through_transformers(tmp_path, model_type, tied):
   module, params = _our_model_params(config)
 
   written = checkpoints.export_hf(params, config, str(tmp_path), model_type=model_type)
-  assert sorted(p.rsplit('/', 1)[1] for p in written) == ['config.json', 'model.safetensors',
-                                                          'prompts.npz']
+  assert sorted(os.path.relpath(p, tmp_path) for p in written) == [
+      'config.json', 'generation_config.json', 'model.safetensors',
+      'peft/enfr/adapter_config.json', 'peft/enfr/adapter_model.safetensors',
+      'peft/rte/adapter_config.json', 'peft/rte/adapter_model.safetensors', 'prompts.npz']
   saved_prompts = np.load(tmp_path / 'prompts.npz')
   np.testing.assert_array_equal(saved_prompts['rte'], params['prompt']['rte'])
 

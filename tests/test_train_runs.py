@@ -220,7 +220,7 @@ def test_readme_user_task_runs_both_stages_by_overrides(tmp_path, fixtures_dir):
     assert (run_dir / 'config.gin').read_text().count('MIXTURE_OR_TASK_NAME') >= 1
     assert 'prompt/task' in (run_dir / 'model-info.txt').read_text()
     assert (run_dir / 'metrics.jsonl').read_text().strip()
-    assert list((run_dir / 'tensorboard').iterdir())
+    assert list((run_dir / 'train').iterdir())  # TensorBoard, T5X's layout
 
 
 # -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
   params = import_t5x('.../checkpoint_1000000', model, allow_missing=('prompt/.*',))
   model, params = import_hf('path/to/hf_folder')
   export_hf(params, model.config, 'out/hf_folder')
+  export_t5x(params, 'out/t5x_model', step=1000)   # -> out/t5x_model/checkpoint_1000/
   save_params('out/params', params); params = load_params(MODEL_DIR)
 
 Every importer returns a nested dict of float32 numpy arrays with exactly the
@@ -28,6 +29,7 @@ from promot_t5x.checkpoints.orbax_io import (
     load_params,
     save_params,
 )
+from promot_t5x.checkpoints.t5x_export import export_run_to_t5x, export_t5x
 from promot_t5x.checkpoints.t5x_legacy import (
     import_t5x,
     read_t5x_legacy_params,
@@ -42,6 +44,8 @@ __all__ = [
     'CheckpointMismatchError',
     'ImportReport',
     'export_hf',
+    'export_run_to_t5x',
+    'export_t5x',
     'find_params_item',
     'hf_config_from_t5',
     'import_hf',

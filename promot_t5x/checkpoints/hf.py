@@ -468,15 +468,21 @@ def export_hf(
     *,
     model_type: str = 't5',
     save_prompts: bool = True,
+    vocabulary: Any = None,
 ) -> list[str]:
   """Writes `config.json` + `model.safetensors` (float32) that transformers loads.
 
   `transformers.T5ForConditionalGeneration.from_pretrained(path)` (or
   `MT5ForConditionalGeneration` with `model_type='mt5'`) loads it with no
-  missing or unexpected keys. Soft prompts are not part of an HF model: with
-  `save_prompts` they go to `prompts.npz` beside it (one `[P, E]` array per
-  prompt name). Returns the files written.
+  missing or unexpected keys; `generation_config.json` holds T5's special ids.
+  Soft prompts are not part of an HF model: with `save_prompts` each becomes a
+  PEFT prompt-tuning adapter `peft/<name>/` (`peft_export`) and all go to
+  `prompts.npz` (one `[P, E]` array per prompt name). With a `vocabulary`
+  (`seqio.SentencePieceVocabulary`) the tokenizer files are written too.
+  Returns the files written.
   """
+  from promot_t5x.checkpoints import peft_export
+
   prompts = {name: np.asarray(v, np.float32)
              for name, v in dict(params.get(param_sets.PROMPT_ROOT, {})).items()}
   tensors = params_to_hf_tensors(params, config)
@@ -492,10 +498,14 @@ def export_hf(
   weights_file = os.path.join(path, WEIGHTS_NAME)
   safetensors.numpy.save_file(tensors, weights_file, metadata={'format': 'pt'})
   written.append(weights_file)
+  written.append(peft_export.write_generation_config(path))
+  if vocabulary is not None:
+    written += peft_export.write_tokenizer(vocabulary, path)
   if prompts and save_prompts:
     prompts_file = os.path.join(path, PROMPTS_NAME)
     np.savez(prompts_file, **prompts)
     written.append(prompts_file)
+    written += peft_export.write_peft_prompts(prompts, path, config)
   elif prompts:
     logging.info('Soft prompts %s not exported (save_prompts=False).', sorted(prompts))
   return written

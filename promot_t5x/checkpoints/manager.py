@@ -96,17 +96,10 @@ class CheckpointError(ValueError):
 
 
 def resolve_source(path: str, step: int | str = 'latest') -> str:
-  """Describes what kind of checkpoint `path` is: 'orbax', 't5x_legacy' or 'hf'."""
-  if not os.path.exists(path):
-    raise CheckpointError(f'Checkpoint path {path!r} does not exist (INITIAL_CHECKPOINT_PATH).')
-  if os.path.isfile(os.path.join(path, 'checkpoint')) and not os.path.isdir(
-      os.path.join(path, 'checkpoints')):
-    return 't5x_legacy'
-  if os.path.isfile(os.path.join(path, 'config.json')) and any(
-      f.endswith('.safetensors') or f.endswith('.safetensors.index.json')
-      for f in os.listdir(path)):
-    return 'hf'
-  return 'orbax'
+  """What kind of checkpoint `path` is: 'orbax', 't5x_legacy', 'mesh_tf' or 'hf' (`sources.detect_kind`)."""
+  from promot_t5x.checkpoints import sources
+
+  return sources.detect_kind(path)
 
 
 def read_params(path: str, module=None, step: int | str = 'latest') -> dict[str, np.ndarray]:

@@ -1,9 +1,11 @@
 """A checkpoint's parameter shapes without its data, and its arrays read shard by shard.
 
 `open_source(path, step)` takes any checkpoint the trainer and the evaluator
-accept (an orbax run, step or params folder; a legacy T5X checkpoint; a Hugging
-Face T5/mT5 folder) and knows each parameter's shape and dtype from metadata
-alone (orbax's tree metadata, the T5X msgpack file, the safetensors headers). `read`
+accept (an orbax run, step or params folder; a legacy T5X checkpoint; a
+Mesh-TensorFlow T5/mT5 checkpoint; a Hugging Face T5/mT5 folder; `detect_kind`
+tells them apart) and knows each parameter's shape and dtype from metadata
+alone (orbax's tree metadata, the T5X msgpack file, the TensorFlow checkpoint
+index, the safetensors headers). `read`
 then reads the parameters asked for, float32:
 
 - with a sharding: a `jax.Array` laid out with it, for which this process reads
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -140,13 +143,71 @@ def _to_dict(tree: Any) -> Any:
   return tree
 
 
+KINDS = {
+    'orbax': 'our orbax run folder (MODEL_DIR, with checkpoints/<step>/), a step folder or a '
+             'params folder',
+    't5x_legacy': 'a legacy T5X checkpoint_<step>/ folder (msgpack `checkpoint` file + zarr '
+                  'arrays) or a T5X model folder holding them',
+    'mesh_tf': 'a Mesh-TensorFlow T5/mT5 checkpoint (TensorFlow `checkpoint` index file + '
+               'model.ckpt-<step>.index/.data-*), or its model.ckpt-<step> prefix',
+    'hf': 'a Hugging Face T5/mT5 folder (config.json + *.safetensors)',
+}
+
+
+def _is_msgpack_checkpoint(path: epath.Path) -> bool:
+  """T5X's `checkpoint` file: a msgpack map (first byte 0x80-0x8f, 0xde or 0xdf)."""
+  if not path.is_file():
+    return False
+  with path.open('rb') as f:
+    head = f.read(1)
+  return bool(head) and (0x80 <= head[0] <= 0x8f or head[0] in (0xde, 0xdf))
+
+
+def detect_kind(path: str) -> str:
+  """Which kind of checkpoint `path` holds: one of `KINDS` ('orbax', 't5x_legacy', 'mesh_tf', 'hf').
+
+  Raises:
+    manager.CheckpointError: `path` does not exist or is none of these (the
+      message lists what each kind looks like).
+  """
+  from promot_t5x.checkpoints import manager, mesh_tf
+
+  p = epath.Path(path)
+  if not p.exists() and not epath.Path(f'{path}.index').exists():
+    raise manager.CheckpointError(f'Checkpoint path {path!r} does not exist.')
+  if mesh_tf.find_checkpoint_prefix(str(path)) is not None:
+    return 'mesh_tf'
+  if p.is_dir():
+    if _is_msgpack_checkpoint(p / 'checkpoint'):
+      return 't5x_legacy'
+    if (p / 'checkpoints').is_dir() or (p / 'params').is_dir() or any(
+        (p / m).exists() for m in ('_METADATA', 'manifest.ocdbt')):
+      return 'orbax'
+    names = [c.name for c in p.iterdir()]
+    if 'config.json' in names and any(n.endswith(('.safetensors', '.safetensors.index.json'))
+                                      for n in names):
+      return 'hf'
+    if any(re.fullmatch(r'checkpoint_\d+', n) and _is_msgpack_checkpoint(p / n / 'checkpoint')
+           for n in names):
+      return 't5x_legacy'
+  elif p.name == 'checkpoint' and _is_msgpack_checkpoint(p):
+    return 't5x_legacy'
+  kinds = '\n'.join(f'  {k}: {v}' for k, v in KINDS.items())
+  raise manager.CheckpointError(
+      f'{path} is not a checkpoint this project reads. The kinds it reads:\n{kinds}')
+
+
 def open_source(path: str, step: int | str = 'latest') -> Source:
   """The checkpoint at `path` (run folders: `step` is 'latest', 'best' or a number)."""
-  from promot_t5x.checkpoints import hf, manager, t5x_legacy
+  from promot_t5x.checkpoints import hf, mesh_tf, t5x_legacy
 
-  kind = manager.resolve_source(path, step)
+  kind = detect_kind(path)
+  if kind == 'mesh_tf':
+    return ArraysSource(path, mesh_tf.lazy_mesh_tf_params(path), kind)
   if kind == 't5x_legacy':
     return ArraysSource(path, t5x_legacy.lazy_t5x_legacy_params(path), kind)
   if kind == 'hf':
     return ArraysSource(path, hf.lazy_hf_params(path), kind)
+  from promot_t5x.checkpoints import manager
+
   return OrbaxSource(path, manager.params_item(path, step))
