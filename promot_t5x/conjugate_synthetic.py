@@ -128,15 +128,15 @@ class ExperimentConfig:
 SIZES: dict[str, ExperimentConfig] = {
     'default': ExperimentConfig(
         dim=4, max_examples=40, tau=0.5, model=ModelConfig(num_layers=2, num_heads=2, width=32),
-        pretrain_steps=3000, pretrain_lr=1e-3, warmup_steps=200, finetune_steps=400,
-        finetune_lr=1e-4, batch_size=32, eval_prompts=2000, seeds=(0, 1, 2)),
+        pretrain_steps=3000, pretrain_lr=3e-3, warmup_steps=200, finetune_steps=400,
+        finetune_lr=1e-3, batch_size=32, eval_prompts=1000, seeds=(0, 1, 2)),
     'paper': ExperimentConfig(
         dim=8, max_examples=40, tau=0.5, model=ModelConfig(num_layers=12, num_heads=8, width=256),
         pretrain_steps=50000, pretrain_lr=1e-4, warmup_steps=2000, finetune_steps=400,
         finetune_lr=1e-5, batch_size=64, eval_prompts=4000, seeds=(0, 1, 2, 3, 4)),
     'tiny': ExperimentConfig(
         dim=2, max_examples=6, tau=0.5, model=ModelConfig(num_layers=1, num_heads=2, width=16),
-        pretrain_steps=30, pretrain_lr=1e-3, warmup_steps=5, finetune_steps=10,
+        pretrain_steps=50, pretrain_lr=1e-3, warmup_steps=5, finetune_steps=50,
         finetune_lr=1e-4, batch_size=16, eval_prompts=64, seeds=(0, 1, 2)),
 }
 

@@ -140,3 +140,18 @@ def test_task_scores_hand_made_outputs_through_seqio(tasks):
   assert predictions[0] == outputs[0]  # Raw: the leading space is the metric's business.
   assert task.metric_fns[0](targets, predictions) == {
       'starts_with_icl_answer': 50.0, 'exact_match_icl_answer': 25.0}
+
+
+def test_eval_gin_decodes_greedy_with_ten_new_tokens_over_every_rendering():
+  import gin  # pylint: disable=g-import-not-at-top
+  from promot_t5x import evaluation, gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.parse(['miniature/model.gin', 'eval/icl_probe_official.gin'],
+                  ["CHECKPOINT_PATH = '/tmp/x'", "EVAL_OUTPUT_DIR = '/tmp/y'"], finalize=False)
+  try:
+    settings = gin.get_configurable(evaluation.EvalSettings)()
+    assert (settings.decoder, settings.max_decode_length) == ('greedy', 10)
+    suites = gin.query_parameter('%EVAL_SUITE')
+    assert suites == [icl_probe.mixture_name(r) for r in nl.PROBE_RENDERINGS]
+    assert all(s in seqio.MixtureRegistry.names() for s in suites)
+  finally:
+    gin.clear_config()
