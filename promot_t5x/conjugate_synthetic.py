@@ -521,13 +521,14 @@ def findings_text(summary: Mapping[str, Any], gammas: Sequence[float]) -> list[s
     share = [v for v in f['share_of_continuous_increase_recovered'][g] if v is not None]
     raised = f['finetuning_raises_continuous_loss_at_k']
     share_at = {k: f['share_of_continuous_increase_recovered'][g][k] for k in raised}
-    shown = ', '.join(f'k={k}: {v:.2f}' for k, v in list(share_at.items())[:6] if v is not None)
+    shown = ', '.join(f'k={k}: {v:.2f}' for k, v in share_at.items() if v is not None)
     lines.append(
         f'- Labels scaled by {gamma:g}: the fine-tuned model\'s continuous-task loss is lower '
         f'than with plain prompts at k = {ranges(f[f"{g}_lowers_finetuned_continuous_loss_at_k"])}'
         f', higher at k = {ranges(f[f"{g}_raises_finetuned_continuous_loss_at_k"])}.'
-        + (f' Share of the fine-tuning increase recovered (seed means; first k where it is '
-           f'significant): {shown}.' if shown and share else ''))
+        + (f' Share of the fine-tuning increase it recovers, (FT - FT_gamma) / (FT - PT) from '
+           f'the seed means, at the k where that increase is significant: {shown}.'
+           if shown and share else ''))
   return lines
 
 
@@ -661,7 +662,30 @@ def run(config: ExperimentConfig, output_dir: str | pathlib.Path, log=None) -> d
             'num_discrete_tasks': NUM_DISCRETE_TASKS, 'num_params': per_seed[0]['num_params'],
             'seconds': seconds, 'per_seed': per_seed, **summary}
   (output_dir / 'results.json').write_text(json.dumps(result, indent=1))
-  (output_dir / 'results.md').write_text(markdown_table(summary, config, TABLE_KS, seconds))
+  write_report(result, output_dir)
+  log(f'wrote {output_dir}/results.json, results.md, curves.png, conjugate.png, '
+      f'pretrained_scaled.png ({seconds / 60:.1f} min)')
+  return result
+
+
+def config_from_json(data: Mapping[str, Any]) -> ExperimentConfig:
+  """The `ExperimentConfig` written into results.json."""
+  data = dict(data)
+  return ExperimentConfig(**{**data, 'model': ModelConfig(**data['model']),
+                             'seeds': tuple(data['seeds']), 'gammas': tuple(data['gammas'])})
+
+
+def write_report(result: Mapping[str, Any], output_dir: str | pathlib.Path) -> None:
+  """results.md and the three PNGs from a results.json object (a run's, or one read back).
+
+  Findings and intervals are recomputed from the per-seed curves, so a
+  report can be re-rendered without training again (`--report_only`).
+  """
+  output_dir = pathlib.Path(output_dir)
+  config = config_from_json(result['config'])
+  summary = summarize([s['curves'] for s in result['per_seed']], config.gammas)
+  (output_dir / 'results.md').write_text(
+      markdown_table(summary, config, TABLE_KS, result.get('seconds')))
   base = ['ridge', 'discrete_posterior', 'pretrained', 'finetuned']
   plot(summary, base, output_dir / 'curves.png', 'Pretrained and fine-tuned vs Bayes-optimal')
   conj = ['ridge', 'pretrained', 'finetuned'] + [f'finetuned_gamma{g:g}' for g in config.gammas]
@@ -669,9 +693,6 @@ def run(config: ExperimentConfig, output_dir: str | pathlib.Path, log=None) -> d
        'Conjugate prompts: labels scaled by gamma, prediction scaled back')
   plot(summary, [f'pretrained_gamma{g:g}' for g in config.gammas] + ['pretrained', 'ridge'],
        output_dir / 'pretrained_scaled.png', 'Label scaling on the pretrained model (control)')
-  log(f'wrote {output_dir}/results.json, results.md, curves.png, conjugate.png, '
-      f'pretrained_scaled.png ({seconds / 60:.1f} min)')
-  return result
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -687,11 +708,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help='Override the seeds (at least 2; the experiment uses 3 or more).')
   parser.add_argument('--pretrain_steps', type=int, default=None, help='Override.')
   parser.add_argument('--tau', type=float, default=None, help='Override the discrete share.')
+  parser.add_argument('--report_only', action='store_true',
+                      help='Re-render results.md and the PNGs from output_dir/results.json '
+                           'without training.')
   return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
+  if args.report_only:
+    path = pathlib.Path(args.output_dir) / 'results.json'
+    if not path.exists():
+      print(f'promot-conjugate-synthetic: --report_only needs {path}; run the experiment first '
+            'or point --output_dir at a finished run.', file=sys.stderr)
+      return 2
+    write_report(json.loads(path.read_text()), args.output_dir)
+    return 0
   config = SIZES[args.size]
   overrides = {}
   if args.seeds is not None:

@@ -104,10 +104,16 @@ def test_tiny_run_end_to_end(tmp_path):
   for png in ('curves.png', 'conjugate.png', 'pretrained_scaled.png'):
     assert (tmp_path / png).read_bytes()[:4] == b'\x89PNG'
   assert str(tmp_path) not in page
+  # The report re-renders from results.json alone, to the same page.
+  (tmp_path / 'results.md').unlink()
+  assert cs.main(['--report_only', '--output_dir', str(tmp_path)]) == 0
+  assert (tmp_path / 'results.md').read_text() == page
 
 
 def test_bad_input_is_named(capsys):
   assert cs.main(['--size', 'tiny', '--seeds', '0', '--output_dir', '/tmp/unused']) == 2
   assert 'at least 2 seeds' in capsys.readouterr().err
+  assert cs.main(['--report_only', '--output_dir', '/tmp/no_such_run_dir']) == 2
+  assert 'run the experiment first' in capsys.readouterr().err
   with pytest.raises(ValueError, match='tau'):
     cs.ExperimentConfig(**{**cs.SIZES['tiny'].__dict__, 'tau': 1.0})
