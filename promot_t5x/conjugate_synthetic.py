@@ -568,6 +568,34 @@ _STYLES = {'ridge': ('black', '--'), 'discrete_posterior': ('gray', ':'),
            'finetuned_gamma1.5': ('tab:orange', '-'), 'finetuned_gamma2': ('tab:green', '-')}
 
 
+def plot_differences(summary: Mapping[str, Any], gammas: Sequence[float],
+                     path: pathlib.Path) -> None:
+  """Paired differences per k with 95 % intervals: what the findings are read from."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  names = ['finetuned_minus_pretrained'] + [f'finetuned_gamma{g:g}_minus_finetuned'
+                                            for g in gammas]
+  fig = Figure(figsize=(10.4, 3.8))
+  FigureCanvasAgg(fig)
+  for i, dist in enumerate(DISTRIBUTIONS):
+    ax = fig.add_subplot(1, len(DISTRIBUTIONS), i + 1)
+    for name, color in zip(names, ('tab:red', 'tab:orange', 'tab:green')):
+      c = summary['comparisons'][name][dist]
+      mean, half = np.array(c['mean']), np.array(c['ci95'])
+      ks = np.arange(len(mean))
+      ax.plot(ks, mean, color=color, label=name.replace('_minus_', ' - '), lw=1.4)
+      ax.fill_between(ks, mean - half, mean + half, color=color, alpha=0.2, lw=0)
+    ax.axhline(0.0, color='black', lw=0.8)
+    ax.set_xlabel('in-context examples k')
+    ax.set_ylabel('difference in squared error')
+    ax.set_title(f'{dist} tasks', fontsize=10)
+    ax.legend(fontsize=7)
+  fig.suptitle('Paired differences across seeds (95 % intervals)', x=0.02, ha='left', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
 def plot(summary: Mapping[str, Any], names: Sequence[str], path: pathlib.Path, title: str,
          distributions: Sequence[str] = DISTRIBUTIONS) -> None:
   """One panel per distribution: MSE per k with shaded 95 % intervals."""
@@ -635,7 +663,7 @@ def run_seed(config: ExperimentConfig, seed: int, model: RegressionTransformer,
 
 
 def run(config: ExperimentConfig, output_dir: str | pathlib.Path, log=None) -> dict[str, Any]:
-  """The whole experiment; writes results.json, results.md and three PNGs to output_dir.
+  """The whole experiment; writes results.json, results.md and four PNGs to output_dir.
 
   Args:
     config: sizes, steps and seeds.
@@ -664,7 +692,7 @@ def run(config: ExperimentConfig, output_dir: str | pathlib.Path, log=None) -> d
   (output_dir / 'results.json').write_text(json.dumps(result, indent=1))
   write_report(result, output_dir)
   log(f'wrote {output_dir}/results.json, results.md, curves.png, conjugate.png, '
-      f'pretrained_scaled.png ({seconds / 60:.1f} min)')
+      f'pretrained_scaled.png, differences.png ({seconds / 60:.1f} min)')
   return result
 
 
@@ -676,7 +704,7 @@ def config_from_json(data: Mapping[str, Any]) -> ExperimentConfig:
 
 
 def write_report(result: Mapping[str, Any], output_dir: str | pathlib.Path) -> None:
-  """results.md and the three PNGs from a results.json object (a run's, or one read back).
+  """results.md and the four PNGs from a results.json object (a run's, or one read back).
 
   Findings and intervals are recomputed from the per-seed curves, so a
   report can be re-rendered without training again (`--report_only`).
@@ -693,6 +721,7 @@ def write_report(result: Mapping[str, Any], output_dir: str | pathlib.Path) -> N
        'Conjugate prompts: labels scaled by gamma, prediction scaled back')
   plot(summary, [f'pretrained_gamma{g:g}' for g in config.gammas] + ['pretrained', 'ridge'],
        output_dir / 'pretrained_scaled.png', 'Label scaling on the pretrained model (control)')
+  plot_differences(summary, config.gammas, output_dir / 'differences.png')
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

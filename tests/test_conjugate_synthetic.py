@@ -101,7 +101,7 @@ def test_tiny_run_end_to_end(tmp_path):
   assert np.mean(disc['discrete_posterior']['mean']) < np.mean(disc['ridge']['mean'])
   page = (tmp_path / 'results.md').read_text()
   assert '## Findings' in page and '| k | ridge |' in page
-  for png in ('curves.png', 'conjugate.png', 'pretrained_scaled.png'):
+  for png in ('curves.png', 'conjugate.png', 'pretrained_scaled.png', 'differences.png'):
     assert (tmp_path / png).read_bytes()[:4] == b'\x89PNG'
   assert str(tmp_path) not in page
   # The report re-renders from results.json alone, to the same page.
