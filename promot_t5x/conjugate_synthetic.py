@@ -116,6 +116,9 @@ class ExperimentConfig:
     if self.model.width % self.model.num_heads:
       raise ValueError(f'width {self.model.width} must be divisible by num_heads '
                        f'{self.model.num_heads}.')
+    for field in ('pretrain_steps', 'finetune_steps', 'batch_size', 'eval_prompts'):
+      if getattr(self, field) < 1:
+        raise ValueError(f'{field} must be >= 1, got {getattr(self, field)}.')
     if not self.seeds:
       raise ValueError('Give at least one seed (three or more for intervals).')
     if any(g <= 0 for g in self.gammas):
