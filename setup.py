@@ -74,6 +74,7 @@ setuptools.setup(
             'promot-miniature=promot_t5x.miniature:console_entry_point',
             'promot-memory-plan=promot_t5x.memory_plan:console_entry_point',
             'promot-experiment=promot_t5x.experiment:console_entry_point',
+            'promot-conjugate-synthetic=promot_t5x.conjugate_synthetic:console_entry_point',
         ],
     },
 )
