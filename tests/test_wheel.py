@@ -11,6 +11,7 @@ and the test asserts that promot_t5x, its tasks and its gin files come from the 
 import email.parser
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -107,3 +108,16 @@ def test_make_run_installs_no_extras_and_make_test_the_test_extras(tmp_path):
   run, test = plan('run'), plan('test')
   assert len(run) == 1 and run[0].rstrip().endswith('-e .'), run
   assert len(test) == 1 and "'.[test,cpu]'" in test[0], test
+
+
+def test_no_test_reads_outside_the_repository():
+  """Every fixture lives in tests/testdata/: a clone with nothing beside it passes `make test`."""
+  pattern = re.compile(r"\.\./shared|shared/fixtures|/work/|parents\[[3-9]\]|'shared'")
+  offenders = []
+  for path in sorted((REPO / 'tests').rglob('*.py')) + sorted((REPO / 'tests').rglob('*.gin')):
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+      if pattern.search(line) and path.name != 'test_wheel.py':
+        offenders.append(f'{path.relative_to(REPO)}:{n}: {line.strip()}')
+  assert not offenders, offenders
+  assert (REPO / 'tests' / 'testdata' / 'sentencepiece.model').is_file()
+  assert (REPO / 'tests' / 'testdata' / 't5x_legacy_t5_1_1_tiny' / 'checkpoint_3' / 'checkpoint').is_file()
