@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from promot_t5x import param_sets
+from promot_t5x.checkpoints import hf, orbax_io, t5x_legacy
 
 Sharding = jax.sharding.Sharding
 
@@ -111,7 +113,7 @@ class OrbaxSource(Source):
   def __init__(self, path: str, item: epath.Path):
     self.item = item.absolute()
     tree = ocp.PyTreeCheckpointHandler().metadata(self.item).tree
-    flat = param_sets.flatten(_to_dict(tree))
+    flat = param_sets.flatten(orbax_io.plain_dict(tree))
     super().__init__(path, {k: ArrayInfo(tuple(m.shape), np.dtype(m.dtype))
                             for k, m in flat.items()})
 
@@ -130,23 +132,78 @@ class OrbaxSource(Source):
     restored = ocp.PyTreeCheckpointer().restore(
         self.item, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
                                                partial_restore=True))
-    flat = param_sets.flatten(_to_dict(restored))
+    flat = param_sets.flatten(orbax_io.plain_dict(restored))
     return {k: flat[k] for k in wanted}
 
 
-def _to_dict(tree: Any) -> Any:
-  if isinstance(tree, Mapping):
-    return {str(k): _to_dict(v) for k, v in tree.items()}
-  return tree
+class CheckpointError(ValueError):
+  """A checkpoint is missing, incomplete or does not fit the model."""
+
+
+def source_kind(path: str) -> str:
+  """What kind of checkpoint `path` is: 'orbax', 't5x_legacy' or 'hf'.
+
+  Args:
+    path: a folder (an orbax run, step or params folder; a legacy T5X checkpoint; a
+      Hugging Face folder with config.json and safetensors).
+
+  Returns:
+    The kind's name.
+
+  Raises:
+    CheckpointError: `path` does not exist.
+  """
+  if not os.path.exists(path):
+    raise CheckpointError(f'Checkpoint path {path!r} does not exist (INITIAL_CHECKPOINT_PATH).')
+  if os.path.isfile(os.path.join(path, 'checkpoint')) and not os.path.isdir(
+      os.path.join(path, orbax_io.CHECKPOINTS_DIR)):
+    return 't5x_legacy'
+  if os.path.isfile(os.path.join(path, 'config.json')) and any(
+      f.endswith('.safetensors') or f.endswith('.safetensors.index.json')
+      for f in os.listdir(path)):
+    return 'hf'
+  return 'orbax'
+
+
+def params_item(path: str, step: int | str = 'latest') -> epath.Path:
+  """The orbax params folder that `path` names.
+
+  Args:
+    path: a run folder (MODEL_DIR), a step folder or a params folder.
+    step: for a run folder, 'latest', 'best' (its best.json) or a step number.
+
+  Returns:
+    The params item folder.
+
+  Raises:
+    CheckpointError: the run has no finished checkpoint, no best.json for 'best', or not
+      the step asked for.
+  """
+  ckdir = orbax_io.checkpoint_dir(path)
+  if os.path.isdir(ckdir):
+    steps = orbax_io.finished_steps(ckdir)
+    if not steps:
+      raise CheckpointError(f'Run folder {path} has no complete checkpoint under {ckdir}.')
+    if step == 'latest':
+      chosen = steps[-1]
+    elif step == 'best':
+      chosen = orbax_io.best_step(path)
+      if chosen is None:
+        raise CheckpointError(f'Run {path} did not track a best checkpoint (no best.json); '
+                              "use step='latest' or a step number.")
+    else:
+      chosen = int(step)
+    if chosen not in steps:
+      raise CheckpointError(f'Step {chosen} is not among the complete checkpoints {steps} of {path}.')
+    path = os.path.join(ckdir, str(chosen))
+  return orbax_io.find_params_item(path)
 
 
 def open_source(path: str, step: int | str = 'latest') -> Source:
   """The checkpoint at `path` (run folders: `step` is 'latest', 'best' or a number)."""
-  from promot_t5x.checkpoints import hf, manager, t5x_legacy
-
-  kind = manager.resolve_source(path, step)
+  kind = source_kind(path)
   if kind == 't5x_legacy':
     return ArraysSource(path, t5x_legacy.lazy_t5x_legacy_params(path), kind)
   if kind == 'hf':
     return ArraysSource(path, hf.lazy_hf_params(path), kind)
-  return OrbaxSource(path, manager.params_item(path, step))
+  return OrbaxSource(path, params_item(path, step))
