@@ -29,8 +29,13 @@ def wheel(tmp_path_factory) -> pathlib.Path:
   out = tmp_path_factory.mktemp('wheel')
   # A copy of the sources: setuptools builds in ./build, whose stale files would join the wheel.
   source = tmp_path_factory.mktemp('source') / 'promot-t5x'
-  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-      '.git', '.venv', 'build', '*.egg-info', '__pycache__', '.pp', 'runs', 'tmp', '.cache', 'experiments'))
+  top_level = {'.git', '.venv', 'build', '.pp', 'runs', 'tmp', '.cache'}  # outputs, environments
+
+  def ignore(directory, names):
+    skip = top_level if pathlib.Path(directory) == REPO else set()
+    return [n for n in names if n in skip or n == '__pycache__' or n.endswith('.egg-info')]
+
+  shutil.copytree(REPO, source, ignore=ignore)
   r = subprocess.run([sys.executable, '-m', 'pip', 'wheel', str(source), '--no-deps', '--no-build-isolation',
                       '--no-index', '-w', str(out), '-q'], capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stdout + r.stderr
