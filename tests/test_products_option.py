@@ -77,3 +77,12 @@ def test_the_default_model_compiles_nothing_and_calls_no_kernel(tmp_path):
   assert 'CUSTOM_CALLS 0 ' in out and 'CONTRIB False' in out, out
   assert int(out.split('DOTS ')[1].split()[0]) > 0
   assert not list(tmp_path.rglob('*'))  # no kernel build, no BLAS copy
+
+
+def test_the_miniature_runs_xla_unless_asked_for_the_kernels():
+  from promot_t5x import miniature
+
+  default = miniature.experiment(miniature.Settings(), 'rte')
+  assert default.model_gin_files == ('miniature/model.gin',)
+  chosen = miniature.experiment(miniature.Settings(cpu_kernels=True), 'rte')
+  assert chosen.model_gin_files == ('miniature/model.gin', 'options/cpu_kernels.gin')

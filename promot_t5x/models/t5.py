@@ -274,10 +274,8 @@ def _add_position_bias(position_bias: Array, mask_bias: Array) -> Array:
 
   The same sum as `+`; only the gradient of the position bias is computed
   differently: its sum over the batch is a `ones @ g` product instead of a
-  reduction over the leading axis, which XLA:CPU runs about 25x slower
-  (bench/README.md, "Where the gap to the peer is": in the bench's
-  fine-tuning step, the encoder's summed score gradients [16, 8, 128, 128]
-  took 39 ms of op time reduced, 2.7 ms as a product). The sharding of the
+  reduction over the leading axis, which XLA:CPU runs much slower
+  (bench/README.md, "Where the gap to the peer is"). The sharding of the
   sum is left to the compiler, as for `+`.
   """
   if position_bias.shape[0] != 1:
@@ -660,7 +658,7 @@ class Transformer(nn.Module):
     `logits_kernel_t`: optionally `params['decoder']['logits_dense']['kernel'].T`
     ([vocab, embed]; untied logits only). Decoding transposes it once, outside
     its loop: XLA:CPU reads a [vocab, embed] kernel for a few rows of
-    activations ~1.7x faster than the stored [embed, vocab] one (the greedy
+    activations faster than the stored [embed, vocab] one (the greedy
     step's largest product; bench/README.md).
     """
     if decode_mode != 'full' and max_decode_length <= 0:
