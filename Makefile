@@ -1,34 +1,47 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11):
 #   make run    the main job: the miniature ProMoT experiment on the embedded default
 #   make test   the test suite
-# Both create .venv and install the pinned environment on first use.
+# Both create .venv on first use and install from requirements.lock (the exact, tested
+# environment, used as pip constraints): `make run` only what the main job needs (no torch,
+# transformers or peft), `make test` the test extras and the CPU kernels' dependencies.
+# Other installs (TPU, GPU, a wheel): docs/install.md.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install --quiet -c requirements.lock
 
 .PHONY: run test quick lint bench clean-venv
 
-$(STAMP): setup.py requirements.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade 'pip==26.3'
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[bench]'
-	touch $(STAMP)
 
-run: $(STAMP)
+$(VENV)/.installed-run: setup.py requirements.lock | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.py requirements.lock | $(BIN)/python
+	$(PIP) -e '.[test,cpu]'
+	touch $@
+
+$(VENV)/.installed-bench: setup.py requirements.lock | $(BIN)/python
+	$(PIP) -e '.[bench,cpu]'
+	touch $@
+
+run: $(VENV)/.installed-run
 	$(BIN)/promot-miniature
 
-quick: $(STAMP)
+quick: $(VENV)/.installed-run
 	$(BIN)/promot-miniature --quick
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check promot_t5x tasks launch tests bench
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run_all.py
 
 clean-venv:

@@ -1,49 +1,63 @@
 """Packaging for promot-t5x.
 
 Import names: `promot_t5x` (the library), `promot_t5x_tasks` (the seqio
-registrations in tasks/) and `promot_t5x_launch` (the launchers in launch/).
-Runtime dependencies are pinned here; requirements.lock pins the rest of the
-environment and is used as a constraints file by the Makefile.
+registrations in tasks/), `promot_t5x_launch` (the launchers in launch/) and
+`promot_t5x_gin` (the gin files of gin/, package data only).
+
+`install_requires` names compatible ranges, so the package installs beside
+t5x or peft; requirements.lock pins the exact environment that `make run` and
+`make test` install (it is passed to pip as a constraints file). Extras:
+
+  tpu      jax for Cloud TPU (jax[tpu])
+  cuda12   jax for NVIDIA GPUs with CUDA 12 (jax[cuda12])
+  cpu      the optional CPU kernels' dependencies (oneMKL and TBB; x86-64 Linux
+           only; see docs/cpu_kernels.md); the kernels also need g++
+  test     pytest, torch and transformers (reference checks), ruff
+  bench    test + peft (the PyTorch peer in bench/)
 """
 
 import setuptools
 
 RUNTIME = [
-    'jax==0.10.2',
-    'jaxlib==0.10.2',
-    'flax==0.12.8',
-    'optax==0.2.8',
-    'orbax-checkpoint==0.12.8',
-    'gin-config==0.5.0',
-    'seqio==0.0.20',
-    # tensorflow-text needs the full tensorflow wheel (tensorflow-cpu does not satisfy it).
-    'tensorflow==2.21.0',
-    'tensorflow-text==2.21.1',
-    'tensorflow-datasets==4.9.10',
-    'sentencepiece==0.2.3',
-    'numpy==2.4.6',
-    'clu==0.0.12',
-    'tensorboard==2.21.0',
-    'rouge-score==0.1.2',
-    'sacrebleu==2.6.0',
-    'msgpack==1.2.4',
-    'tensorstore==0.1.86',
-    'safetensors==0.8.0',
-    'matplotlib==3.11.2',
-    # oneMKL: the dense layers' products on CPU (promot_t5x/cpu_kernels.py).
-    'mkl==2026.2.0; platform_system == "Linux" and platform_machine == "x86_64"',
-    'tbb==2023.2.0; platform_system == "Linux" and platform_machine == "x86_64"',  # MKL's threads
+    'jax>=0.10.2,<0.11',
+    'jaxlib>=0.10.2,<0.11',
+    'flax>=0.12.8,<0.13',
+    'optax>=0.2.8,<0.3',
+    'orbax-checkpoint>=0.12.8,<0.13',
+    'gin-config>=0.5.0,<0.6',
+    'seqio>=0.0.20,<0.1',
+    # tensorflow-text needs the full tensorflow wheel (tensorflow-cpu does not satisfy it),
+    # and its minor version must equal tensorflow's.
+    'tensorflow>=2.21,<2.22',
+    'tensorflow-text>=2.21.1,<2.22',
+    'tensorflow-datasets>=4.9.10,<5',
+    'sentencepiece>=0.2.0,<0.3',
+    'numpy>=2.0,<3',
+    'clu>=0.0.12,<0.1',
+    'tensorboard>=2.21,<2.22',
+    'rouge-score>=0.1.2,<0.2',
+    'sacrebleu>=2.4,<3',
+    'msgpack>=1.0,<2',
+    'tensorstore>=0.1.86,<0.2',
+    'safetensors>=0.4,<1',
+    'matplotlib>=3.8,<4',
 ]
 
-TEST = [
-    'pytest==9.2.0',
-    # Reference checks against Hugging Face (CPU wheel of torch 2.13.0 is on disk).
-    'torch==2.13.0',
-    'transformers==5.23.0',
-    'ruff==0.17.6',  # make lint
-]
-
-BENCH = TEST + ['peft==0.21.2']
+_X86_LINUX = 'platform_system == "Linux" and platform_machine == "x86_64"'
+EXTRAS = {
+    'tpu': ['jax[tpu]>=0.10.2,<0.11'],
+    'cuda12': ['jax[cuda12]>=0.10.2,<0.11'],
+    # promot_t5x.contrib.cpu_kernels: oneMKL for the dense products, TBB for MKL's threads.
+    'cpu': [f'mkl>=2025.0; {_X86_LINUX}', f'tbb>=2022.0; {_X86_LINUX}'],
+    'test': [
+        'pytest>=8,<10',
+        # Reference checks against Hugging Face (the CPU wheel of torch is enough).
+        'torch>=2.5',
+        'transformers>=4.50',
+        'ruff>=0.15',  # make lint
+    ],
+}
+EXTRAS['bench'] = EXTRAS['test'] + ['peft>=0.15']
 
 setuptools.setup(
     name='promot-t5x',
@@ -51,20 +65,24 @@ setuptools.setup(
     description='ProMoT (prompt tuning with model tuning) as a T5X-style JAX pipeline.',
     python_requires='>=3.11,<3.12',
     packages=setuptools.find_packages(include=['promot_t5x', 'promot_t5x.*'])
-    + ['promot_t5x_tasks', 'promot_t5x_tasks.synthetic', 'promot_t5x_launch'],
+    + ['promot_t5x_tasks', 'promot_t5x_tasks.synthetic', 'promot_t5x_launch', 'promot_t5x_gin'],
     package_dir={
         'promot_t5x_tasks': 'tasks',
         'promot_t5x_tasks.synthetic': 'tasks/synthetic',
         'promot_t5x_launch': 'launch',
+        'promot_t5x_gin': 'gin',
     },
     package_data={
-        'promot_t5x': ['native/*.cc'],  # built on first use (promot_t5x/cpu_kernels.py)
+        'promot_t5x.contrib.cpu_kernels': ['native/*.cc'],  # built only when the option is chosen
         'promot_t5x_tasks': ['data/*', 'data/**/*'],
         'promot_t5x_tasks.synthetic': ['data/*', 'data/**/*'],
+        # gin/ has no __init__.py (a package named `gin` would shadow gin-config); the files
+        # travel as package data and promot_t5x.gin_utils finds them (checkout first).
+        'promot_t5x_gin': ['*.gin', '**/*.gin'],
     },
     include_package_data=True,
     install_requires=RUNTIME,
-    extras_require={'test': TEST, 'bench': BENCH},
+    extras_require=EXTRAS,
     entry_points={
         'console_scripts': [
             'promot-train=promot_t5x.train:console_entry_point',

@@ -1,23 +1,28 @@
 r"""Our side of the benchmarks: one measurement per process (run_all.py starts them).
 
-  python bench/bench_jax.py train --stage=prompt_tuning [--config=JSON] [--async_dispatch]
+  python bench/bench_jax.py train --stage=prompt_tuning [--products=xla] [--config=JSON] [--async_dispatch]
   python bench/bench_jax.py decode --decoder=beam [--config=JSON]
   python bench/bench_jax.py peak
   python bench/bench_jax.py export --out=DIR   # initial weights for bench_torch.py
   python bench/bench_jax.py kernel_ab --kernel=dense --stage=finetune [--steps=10] [--config=JSON]
   python bench/bench_jax.py kernel_ab --kernel=attention --settings=blas,fused --stage=prompt_tuning
+  python bench/bench_jax.py kernel_ab --kernel=all --settings=xla,cpu_kernels --stage=finetune
 
 Training uses the project's `Trainer` exactly as `promot-train` does
 (stage = parameter sets, Adafactor as in the run gins, jitted train step with
 donated state) on a one-device mesh; decoding uses
 `EncoderDecoderModel.predict_batch` (key/value cache, greedy or beam 4).
 Each prints one JSON line; `peak_rss_bytes` is this process's peak RSS.
-`kernel_ab` builds the train step twice in one process, with one of
-`T5Config.attention_kernel` (`--kernel=attention`: BLAS here) or
-`T5Config.dense_kernel` (`--kernel=dense`: oneMKL here) set to each of two
-settings (`--settings`, default 'xla,auto'), and alternates their steps (the
-order flipped every step), so the machine's drift hits both; it reports each
-setting's median step and the median of the per-pair ratios.
+`--products` picks the model's products: 'cpu_kernels' (the bench's default: the
+optional kernels of promot_t5x.contrib.cpu_kernels, as gin/options/cpu_kernels.gin
+binds them) or 'xla' (every model gin's default).
+`kernel_ab` builds the train step twice in one process, with the model's
+attention function (`--kernel=attention`: 'xla', 'blas' or 'fused'), its dense
+product (`--kernel=dense`: 'xla' or 'mkl') or both (`--kernel=all`: 'xla' or
+'cpu_kernels') set to each of two settings (`--settings`, default 'xla' and the
+kernel), and alternates their steps (the order flipped every step), so the machine's
+drift hits both; it reports each setting's median step and the median of the
+per-pair ratios.
 """
 
 from __future__ import annotations
@@ -31,9 +36,27 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (bench/ is not a package)
 
+# kernel_ab's settings: {--kernel: {setting: T5Config's product functions}}.
+SETTINGS = {
+    'dense': {'xla': {}, 'mkl': {'dot_general': 'dot_general'}},
+    'attention': {'xla': {}, 'blas': {'attention_fn': 'blas_attention'},
+                  'fused': {'attention_fn': 'attention'}},
+    'all': {'xla': {}, 'cpu_kernels': {'dot_general': 'dot_general', 'attention_fn': 'attention'}},
+}
+
+
+def products(setting: str, kernel: str = 'all') -> dict:
+  """T5Config's `dot_general` / `attention_fn` for a setting of SETTINGS[kernel]."""
+  names = SETTINGS[kernel][setting]
+  if not names:
+    return {}
+  from promot_t5x.contrib import cpu_kernels
+
+  return {field: getattr(cpu_kernels, fn) for field, fn in names.items()}
+
 
 def build_model(cfg: common.BenchConfig, with_prompt: bool, **kernels):
-  """The bench's T5; `kernels`: T5Config's attention_kernel / dense_kernel (default 'auto')."""
+  """The bench's T5; `kernels`: T5Config's dot_general / attention_fn (default XLA's)."""
   from promot_t5x.models import encoder_decoder, prompts, t5
 
   prompt = prompts.PromptConfig(length=cfg.prompt_length) if with_prompt else None
@@ -82,19 +105,15 @@ def train_step_fn(cfg: common.BenchConfig, stage_name: str, **kernels):
   return step, trainer
 
 
-def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
-  step, _ = train_step_fn(cfg, stage_name)
+def bench_train(cfg: common.BenchConfig, stage_name: str, products_setting: str = 'cpu_kernels') -> dict:
+  step, _ = train_step_fn(cfg, stage_name, **products(products_setting))
   usage = {}
   metrics, compile_and_first, times = common.timed_calls(step, cfg.train_steps,
                                                          cfg.warmup_steps - 1, usage)
-  from promot_t5x import cpu_kernels
-
-  # What T5Config's 'auto' kernels resolved to (one CPU device: BLAS / MKL where they load).
-  attention = ('fused' if cpu_kernels.use_fused('auto', 'float32')
-               else 'blas' if cpu_kernels.use_blas('auto', 'float32') else 'xla')
-  dense = 'mkl' if cpu_kernels.use_mkl('auto', 'float32') else 'xla'
-  return {'side': 'ours', 'kind': 'train', 'stage': stage_name, 'attention_kernel': attention,
-          'dense_kernel': dense,
+  # What ran (one float32 CPU device: the option's kernels apply wherever chosen).
+  kernels = products_setting == 'cpu_kernels'
+  return {'side': 'ours', 'kind': 'train', 'stage': stage_name, 'products': products_setting,
+          'attention_kernel': 'fused' if kernels else 'xla', 'dense_kernel': 'mkl' if kernels else 'xla',
           'step_seconds': common.median(times), 'step_seconds_all': times,
           'first_step_seconds': compile_and_first, 'loss': float(metrics['loss']),
           'tokens_per_step': common.train_tokens(cfg),
@@ -102,14 +121,14 @@ def bench_train(cfg: common.BenchConfig, stage_name: str) -> dict:
 
 
 def kernel_ab(cfg: common.BenchConfig, stage_name: str, steps: int, which: str,
-              kernels: tuple[str, str] = ('xla', 'auto')) -> dict:
-  """Seconds per step with T5Config.{which}_kernel at each of `kernels`, alternating in one
-  process."""
+              kernels: tuple[str, str]) -> dict:
+  """Seconds per step with the model's products at each of `kernels` (settings of
+  SETTINGS[which]), alternating in one process."""
   import time
 
   fns = {}
   for kernel in kernels:
-    fns[kernel], _ = train_step_fn(cfg, stage_name, **{f'{which}_kernel': kernel})
+    fns[kernel], _ = train_step_fn(cfg, stage_name, **products(kernel, which))
     for _ in range(cfg.warmup_steps):
       fns[kernel]()
   times = {k: [] for k in kernels}
@@ -199,10 +218,12 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('what', choices=('train', 'decode', 'peak', 'export', 'kernel_ab'))
   p.add_argument('--steps', type=int, default=10, help='kernel_ab: steps per setting')
-  p.add_argument('--kernel', choices=('attention', 'dense'), default='dense',
-                 help='kernel_ab: which T5Config kernel setting to flip')
-  p.add_argument('--settings', default='xla,auto',
-                 help='kernel_ab: the two values of that setting, comma-separated')
+  p.add_argument('--kernel', choices=tuple(SETTINGS), default='dense',
+                 help='kernel_ab: which of the model\'s products to flip')
+  p.add_argument('--settings', default=None,
+                 help='kernel_ab: the two settings, comma-separated (default: xla and the kernel)')
+  p.add_argument('--products', choices=tuple(SETTINGS['all']), default='cpu_kernels',
+                 help='train: the model\'s products (the optional CPU kernels, or XLA\'s)')
   p.add_argument('--out', default=None, help='export: folder for the torch peer\'s weights')
   p.add_argument('--stage', choices=common.STAGES, default='finetune')
   p.add_argument('--decoder', choices=('greedy', 'beam'), default='greedy')
@@ -211,16 +232,19 @@ def main(argv=None) -> int:
                  help='keep JAX\'s asynchronous CPU dispatch (host_memory.configure turns '
                       'it off; for comparisons)')
   args = p.parse_args(argv)
-  # As the promot-* commands do (bench/README.md, "Host allocator").
-  host_memory.configure(inline_cpu_dispatch=not args.async_dispatch)
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  # The bench opts in to the CPU allocator settings (bench/README.md, "Host allocator").
+  os.environ.setdefault(host_memory.ENV_VAR, 'reuse')
+  host_memory.configure(inline_cpu_dispatch=not args.async_dispatch)
   cfg = common.BenchConfig.from_json(args.config) if args.config else common.BenchConfig()
   if args.what == 'train':
-    result = bench_train(cfg, args.stage)
+    result = bench_train(cfg, args.stage, args.products)
   elif args.what == 'kernel_ab':
-    settings = tuple(args.settings.split(','))
-    if len(settings) != 2 or settings[0] == settings[1]:
-      p.error(f'--settings needs two different values, got {args.settings!r}')
+    choices = tuple(SETTINGS[args.kernel])
+    settings = tuple(args.settings.split(',')) if args.settings else (choices[0], choices[-1])
+    if len(settings) != 2 or settings[0] == settings[1] or not set(settings) <= set(choices):
+      p.error(f'--settings needs two different values of {choices} for --kernel={args.kernel}, '
+              f'got {args.settings!r}')
     result = kernel_ab(cfg, args.stage, args.steps, args.kernel, settings)
   elif args.what == 'decode':
     result = bench_decode(cfg, args.decoder)

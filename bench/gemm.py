@@ -12,7 +12,7 @@ times the matmul as each side's model computes it, in its own weight layout:
   dw     x^T @ dy                            dy^T @ x
 
 jitted products as our `Dense` runs them (oneMKL's sgemm through
-`cpu_kernels.dense_product` where `T5Config.dense_kernel='auto'` picks it,
+`cpu_kernels.dense_product` (the optional kernels' dense product) where it loads,
 else `jnp.dot` on XLA:CPU) against torch's, call by call in one process (this
 machine's speed drifts over minutes; a ratio taken side by side holds), the
 median of `--calls` calls per round and the median over rounds. Both sides
@@ -66,7 +66,7 @@ def _products(m: int, k: int, n: int, seed: int) -> dict[str, dict[str, Any]]:
   import numpy as np
   import torch
 
-  from promot_t5x import cpu_kernels
+  from promot_t5x.contrib.cpu_kernels import kernels as cpu_kernels
 
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((m, k), dtype=np.float32)
@@ -75,7 +75,7 @@ def _products(m: int, k: int, n: int, seed: int) -> dict[str, dict[str, Any]]:
   jx, jdy, jw = jnp.asarray(x), jnp.asarray(dy), jnp.asarray(w)
   tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
   tw = torch.from_numpy(np.ascontiguousarray(w.T))  # nn.Linear's [out, in]
-  if cpu_kernels.use_mkl('auto', jnp.float32):  # what the model's Dense does here
+  if cpu_kernels.dense_available():  # what the model's Dense does with gin/options/cpu_kernels.gin
     fwd = jax.jit(cpu_kernels.dense_product)
     dx = jax.jit(lambda a, b: cpu_kernels.dense_product(a, b, trans_b=True))
     dw = jax.jit(lambda a, b: cpu_kernels.dense_product(a, b, trans_a=True))
@@ -149,10 +149,10 @@ def main(argv=None) -> int:
   cfg = common.BenchConfig.from_json(args.config) if args.config else common.BenchConfig()
   raw = measure(cfg, args.rounds, args.calls,
                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
-  from promot_t5x import cpu_kernels
+  from promot_t5x.contrib.cpu_kernels import kernels as cpu_kernels
 
   common.emit({'side': 'both', 'kind': 'gemm', 'rounds': args.rounds, 'calls': args.calls,
-               'dense_kernel': 'mkl' if cpu_kernels.use_mkl('auto', 'float32') else 'xla',
+               'dense_kernel': 'mkl' if cpu_kernels.dense_available() else 'xla',
                **raw, 'steps': step_seconds(cfg, raw['rates'])})
   return 0
 

@@ -21,8 +21,8 @@ medians:
   bmm:      one of its batched products alone, 128 x ([128, 64] @ [64, 128]):
             `jnp.matmul` vs `torch.bmm`;
   attention_blas, bmm_blas: the same with the products through BLAS on XLA's
-            threads (`promot_t5x.cpu_kernels`, what the model runs on CPU
-            with `T5Config.attention_kernel='auto'`) vs torch;
+            threads (`promot_t5x.contrib.cpu_kernels`, what the model runs on CPU
+            with gin/options/cpu_kernels.gin) vs torch;
   xla_blas: the attention core, XLA's einsums vs `cpu_kernels`.
 """
 
@@ -104,7 +104,7 @@ def _attention_rows(repeats: int) -> list[tuple[str, str, str, dict[str, float]]
   import numpy as np
   import torch
 
-  from promot_t5x import cpu_kernels
+  from promot_t5x.contrib.cpu_kernels import kernels as cpu_kernels
   from promot_t5x.models import t5
 
   torch.set_num_threads(common.usable_cores())

@@ -85,6 +85,8 @@ def main(argv=None) -> int:
   p.add_argument('--top', type=int, default=25)
   p.add_argument('--steps', type=int, default=2, help='profiled steps (after 2 warm-up steps)')
   p.add_argument('--config', default=None, help='BenchConfig as JSON')
+  p.add_argument('--products', choices=('xla', 'cpu_kernels'), default='cpu_kernels',
+                 help='train: the model\'s products (the optional CPU kernels, or XLA\'s)')
   args = p.parse_args(argv)
   dump = tempfile.mkdtemp(prefix='profile_step_')
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -94,6 +96,7 @@ def main(argv=None) -> int:
 
   from promot_t5x import host_memory
 
+  os.environ.setdefault(host_memory.ENV_VAR, 'reuse')  # as bench_jax.py: the bench opts in
   host_memory.configure()
   import jax
 
@@ -101,7 +104,8 @@ def main(argv=None) -> int:
   if args.decode:
     step, module_re, label = bench_jax.decode_fn(cfg, args.decode), 'jit_run', args.decode
   else:
-    (step, _), module_re, label = bench_jax.train_step_fn(cfg, args.stage), 'train_step', args.stage
+    (step, _), module_re, label = bench_jax.train_step_fn(
+        cfg, args.stage, **bench_jax.products(args.products)), 'train_step', args.stage
   for _ in range(2):
     step()
   jax.profiler.start_trace(f'{dump}/trace', create_perfetto_trace=True)

@@ -246,22 +246,22 @@ def summarize(cfg: common.BenchConfig, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kernel_note(report: dict[str, Any]) -> str:
-  """What T5Config's 'auto' kernels resolved to in our train runs, as a parenthesis."""
+  """Which products our train runs used (bench_jax.py --products), as a parenthesis."""
   runs = [run for sides in report['raw'].get('train', {}).values() for run in sides.get('ours', [])]
   attention = {run.get('attention_kernel') for run in runs}
   dense = {run.get('dense_kernel') for run in runs}
   parts = []
   if attention == {'fused'}:
     parts.append('attention in one fused kernel per layer (scores, bias, softmax, context) '
-                 'on XLA:CPU\'s threads (`T5Config.attention_kernel=\'auto\'`)')
+                 'on XLA:CPU\'s threads (gin/options/cpu_kernels.gin)')
   elif attention == {'blas'}:
     parts.append('attention\'s batched products through BLAS on XLA:CPU\'s threads '
-                 '(`T5Config.attention_kernel=\'auto\'`)')
+                 '(gin/options/cpu_kernels.gin)')
   elif attention == {'xla'}:
     parts.append('attention\'s products as XLA:CPU einsums')
   if dense == {'mkl'}:
     parts.append('the dense layers\' products through oneMKL\'s threaded sgemm '
-                 '(`T5Config.dense_kernel=\'auto\'`)')
+                 '(gin/options/cpu_kernels.gin)')
   elif dense == {'xla'}:
     parts.append('the dense layers\' products as XLA:CPU dots')
   return f' (ours: {"; ".join(parts)})' if parts else ''

@@ -8,13 +8,17 @@ Every entry point takes
 gin itself has no `--gin.X=Y` parser; `rewrite_gin_args` turns those flags into
 ordinary bindings before parsing, as T5X does.
 
-The repository's `gin/` folder is always on the search path, so
-`--gin_file=models/mt5_xxl.gin` and `--gin_file=gin/models/mt5_xxl.gin` both work.
+The project's gin files are always on the search path, so
+`--gin_file=models/mt5_xxl.gin` works from a checkout and from an installed
+wheel alike (`gin_dir()`: the checkout's `gin/` folder, else the installed
+`promot_t5x_gin` package data); from a checkout `--gin_file=gin/models/mt5_xxl.gin`
+works too.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import pathlib
@@ -24,7 +28,32 @@ from typing import Any
 
 import gin
 
+# The checkout's gin/ folder (a source tree or an editable install).
 REPO_GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / 'gin'
+# A file every copy of the project's gin files has: tells gin/ from gin-config's own package
+# folder (site-packages/gin) when this module runs from an installed wheel.
+_MARKER = pathlib.Path('models') / '_common.gin'
+
+
+def gin_dir() -> pathlib.Path:
+  """The folder holding the project's gin files (models/, runs/, ...).
+
+  Returns:
+    The checkout's `gin/` when this module runs from a source tree, else the
+    folder of the installed `promot_t5x_gin` package (the wheel's copy).
+
+  Raises:
+    GinConfigError: neither exists (a broken install).
+  """
+  if (REPO_GIN_DIR / _MARKER).is_file():
+    return REPO_GIN_DIR
+  spec = importlib.util.find_spec('promot_t5x_gin')
+  for location in (spec.submodule_search_locations or []) if spec else []:
+    if (pathlib.Path(location) / _MARKER).is_file():
+      return pathlib.Path(location)
+  raise GinConfigError(f'the gin files of promot-t5x are neither in a checkout ({REPO_GIN_DIR}) nor '
+                       'installed as the package promot_t5x_gin; reinstall with `pip install promot-t5x` '
+                       '(or `pip install -e .` in a checkout).')
 
 
 def _guard_package_file_reader() -> None:
@@ -102,7 +131,10 @@ def search_paths(extra: Sequence[str] = ()) -> list[str]:
   paths = []
   for item in extra:
     paths.extend(p for p in item.split(',') if p)
-  paths += [str(REPO_GIN_DIR), os.getcwd(), str(REPO_GIN_DIR.parent)]
+  configs = gin_dir()
+  paths += [str(configs), os.getcwd()]
+  if configs == REPO_GIN_DIR:
+    paths.append(str(REPO_GIN_DIR.parent))  # `gin/models/...` from a checkout
   seen, out = set(), []
   for p in paths:
     if p not in seen:

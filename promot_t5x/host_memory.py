@@ -1,12 +1,10 @@
-"""Host-memory allocator settings that make XLA:CPU steps cheaper.
+"""Host-memory allocator settings for XLA:CPU training steps (CPU only, opt-in).
 
-XLA:CPU allocates every step's temporary buffers anew (about 1.2 GB for the
-bench's d_model 512 fine-tuning step). With glibc's default malloc, buffers
-that large are served by fresh `mmap`s and handed back on free, so every step
-touches ~300,000 new pages: the kernel zeroes each one on first touch, which
-cost 0.8 s of system time per 3 s step on this 2-core machine
-(bench/README.md, "Host allocator"). `configure()` tells glibc to keep freed
-memory for reuse instead:
+XLA:CPU allocates every step's temporary buffers anew. With glibc's default
+malloc, buffers that large are served by fresh `mmap`s and handed back on free,
+so every step touches its temporaries' pages anew and the kernel zeroes each one
+on first touch. `configure()` can tell glibc to keep freed memory for reuse
+instead:
 
 - `M_MMAP_MAX = 0`: large blocks come from the heap, not from `mmap`;
 - `M_TRIM_THRESHOLD = -1` (the largest size): freed heap memory is never
@@ -14,33 +12,28 @@ memory for reuse instead:
 - `M_ARENA_MAX = 1`: XLA's worker threads share one arena, so a buffer freed by
   one thread is reused by the next step's allocation on another.
 
-Measured on the bench's train steps (`python bench/bench_jax.py train
---stage=...`): 0 minor page faults per step after the first (glibc's default:
-~240,000-310,000) and ~0 s of system time (default 0.6-0.8 s per step).
-
-The heap keeps its peak, so what sets the peak matters: with JAX's
+The heap then keeps its peak, so what sets the peak matters: with JAX's
 asynchronous CPU dispatch, the next step starts allocating while the last
-one's temporaries are still being released, the heap grows by a whole step's
-temporaries each time that happens (at random steps), and glibc never gives
-the memory back: peak RSS 3.7-4.7 GiB instead of 1.9 on the bench's stage 1,
-with a slow, page-faulting step at each growth (bench/README.md, "Host
-allocator"). `configure()` therefore also runs single-device CPU computations
-inline (`jax_cpu_enable_async_dispatch=False`: a call returns when its result
-and its temporaries are done), which keeps the heap at one step's peak:
-1.9 GiB (stage 1), 2.1 (fine-tuning), 2.3 (stage 2), against 1.85 and 2.19
-with glibc's defaults. It must run before JAX creates its CPU backend (the
-promot-* commands call it first thing); `inline_cpu_dispatch=False` keeps
-asynchronous dispatch (the miniature does: its steps take milliseconds, so
-overlapping the host's work with them pays, and its heap is small).
+one's temporaries are still being released, and the heap can grow by a whole
+step's temporaries that glibc never gives back. `configure()` therefore also runs
+single-device CPU computations inline (`jax_cpu_enable_async_dispatch=False`)
+unless `inline_cpu_dispatch=False` (the miniature: its steps are short and
+overlapping the host's work with them pays). bench/README.md has the measurements.
 
-Set `PROMOT_T5X_MALLOC=default` to keep glibc's defaults and JAX's dispatch.
-`configure()` is a no-op where the C library is not glibc.
+Because the process never returns freed memory, this is opt-in and for the CPU
+backend only: set `PROMOT_T5X_MALLOC=reuse` (default `default`: glibc's own
+settings and JAX's dispatch). It is skipped, with a log line, unless JAX will run
+on the CPU (`JAX_PLATFORMS=cpu`, or no TPU/GPU plugin installed), and is a no-op
+where the C library is not glibc. It must run before JAX creates its CPU backend
+(the promot-* commands call it first thing).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
+import logging
 import os
 
 ENV_VAR = 'PROMOT_T5X_MALLOC'
@@ -58,6 +51,22 @@ GLIBC_TUNABLES = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=184467440
                   'glibc.malloc.arena_max=1')
 
 _configured: bool | None = None
+# Modules whose presence means JAX may pick an accelerator (TPU, NVIDIA or AMD GPU).
+_ACCELERATOR_PLUGINS = ('libtpu', 'jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
+                        'jax_rocm7_plugin')
+
+
+def cpu_only() -> bool:
+  """Whether JAX will run on the CPU backend, decided without starting JAX.
+
+  Returns:
+    True when JAX_PLATFORMS (or jax_platforms) names only 'cpu', or, with no platform
+    named, when no TPU/GPU plugin is installed.
+  """
+  platforms = os.environ.get('JAX_PLATFORMS', '').strip().lower()
+  if platforms:
+    return platforms == 'cpu'
+  return not any(importlib.util.find_spec(name) is not None for name in _ACCELERATOR_PLUGINS)
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -74,20 +83,31 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def configure(inline_cpu_dispatch: bool = True) -> bool:
-  """Applies `SETTINGS` once per process; True if they are in effect.
+  """Applies `SETTINGS` once per process where `PROMOT_T5X_MALLOC=reuse` asks for them.
 
-  False where the C library is not glibc or `PROMOT_T5X_MALLOC=default`.
-  Where they are in effect and `inline_cpu_dispatch`, JAX's single-device CPU
-  computations also run inline (see the module docstring); call this before
-  the first JAX computation. Later calls change nothing.
+  Args:
+    inline_cpu_dispatch: where the settings take effect, also run JAX's
+      single-device CPU computations inline (see the module docstring).
+
+  Returns:
+    True if the settings are in effect; False by default, where JAX will not run on
+    the CPU, and where the C library is not glibc. Call this before the first JAX
+    computation; later calls change nothing.
+
+  Raises:
+    ValueError: PROMOT_T5X_MALLOC is neither 'reuse' nor 'default'.
   """
   global _configured
   if _configured is not None:
     return _configured
-  setting = os.environ.get(ENV_VAR, 'reuse').strip().lower()
+  setting = os.environ.get(ENV_VAR, 'default').strip().lower()
   if setting not in ('reuse', 'default'):
-    raise ValueError(f'{ENV_VAR}={setting!r}: use "reuse" (keep freed memory for the next '
-                     'step, the default) or "default" (glibc\'s own settings)')
+    raise ValueError(f'{ENV_VAR}={setting!r}: use "reuse" (CPU only: keep freed memory for the '
+                     'next step) or "default" (glibc\'s own settings, the default)')
+  if setting == 'reuse' and not cpu_only():
+    logging.info('%s=reuse ignored: JAX may run on a TPU or GPU here (set JAX_PLATFORMS=cpu for '
+                 'a CPU run).', ENV_VAR)
+    setting = 'default'
   libc = _glibc() if setting == 'reuse' else None
   if libc is None:
     _configured = False

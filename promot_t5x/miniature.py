@@ -109,6 +109,9 @@ class Settings:
   curve_max_examples: int = 32
   conjugate: bool = True
   curves: bool = True
+  # The model's products: XLA's (False, every model gin's default) or the optional CPU
+  # kernels (gin/options/cpu_kernels.gin; docs/cpu_kernels.md). Recorded in summary.json.
+  cpu_kernels: bool = False
   extras: bool = False
   # Processes that split the seeds, each pinned to one CPU (None: one per seed,
   # at most one per CPU this process may use; 1: everything in this process).
@@ -245,12 +248,17 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
       name=f'ProMoT miniature: {name}',
       output_dir=os.path.join(settings.output_dir, task),
       variants=tuple(variants),
-      model_gin_files=('miniature/model.gin',),
+      model_gin_files=model_gin_files(settings),
       overrides=tuple(shared),
       eval_gin_files=('eval/fewshot_miniature.gin',),
       eval_overrides=(f'MIXTURE_OR_TASK_NAME = {name!r}', f'MAX_EXAMPLES = {settings.max_examples}',
                       f'FORMAT_LABELS = {labels!r}') + world_eval,
       seeds=settings.seeds)
+
+
+def model_gin_files(settings: Settings) -> tuple[str, ...]:
+  """The miniature's model gin, with the CPU kernels' option gin where `settings.cpu_kernels`."""
+  return ('miniature/model.gin',) + (('options/cpu_kernels.gin',) if settings.cpu_kernels else ())
 
 
 MULTITASK = 'promot_multitask'
@@ -369,7 +377,7 @@ def conjugate_section(settings: Settings, rte: experiment_lib.Experiment) -> Any
       out = os.path.join(settings.output_dir, 'conjugate', model_name, f'seed_{seed}')
       if not os.path.exists(os.path.join(out, 'results.json')):
         _log(f'conjugate: {model_name} seed {seed} under {", ".join(TRANSFORMS)}')
-        gin_utils.parse(['miniature/model.gin', 'eval/fewshot_miniature.gin'], [
+        gin_utils.parse([*model_gin_files(settings), 'eval/fewshot_miniature.gin'], [
             f'CHECKPOINT_PATH = {checkpoint!r}', f'EVAL_OUTPUT_DIR = {out!r}',
             f'RUN_NAME = {model_name!r}', f'EVAL_SUITE = {suites!r}',
             f'EVAL_SUITE_NAMES = {list(TRANSFORMS)!r}', 'MIXTURE_OR_TASK_NAME = None',
@@ -661,6 +669,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            'skills latent in pretraining; needs its base model, --base_model)')
   parser.add_argument('--controls', action='store_true',
                       help='also the control: fine-tuning on mini_rte with shuffled labels')
+  parser.add_argument('--cpu_kernels', action='store_true',
+                      help='run the model\'s products through the optional CPU kernels '
+                           '(gin/options/cpu_kernels.gin; needs the cpu extra and g++)')
   parser.add_argument('--no_curves', action='store_true')
   parser.add_argument('--no_conjugate', action='store_true')
   parser.add_argument('--base_model', default=None, help='a params or run folder to start from')
@@ -680,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.base_model:
     kwargs['base_model'] = os.path.abspath(args.base_model)
   kwargs.update(world=args.world, controls=args.controls or bool(kwargs.get('controls')))
-  kwargs.update(extras=args.extras, multitask=args.multitask, curves=not args.no_curves,
+  kwargs.update(cpu_kernels=args.cpu_kernels, extras=args.extras, multitask=args.multitask, curves=not args.no_curves,
                 conjugate=not args.no_conjugate, workers=args.workers)
   try:
     settings = Settings(**kwargs)

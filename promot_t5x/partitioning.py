@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 LogicalRules = tuple[tuple[str, str | None], ...]
@@ -51,7 +53,16 @@ def make_mesh(data: int = -1, model: int = 1,
   """A `('data', 'model')` mesh; `data=-1` takes every device not used by `model`.
 
   Built with `Mesh` directly so that both axes are of the Auto kind (jit
-  propagates shardings), unlike `jax.make_mesh`'s explicit default.
+  propagates shardings), unlike `jax.make_mesh`'s explicit default. The devices
+  are laid out by `device_grid` (the interconnect's topology on TPU and GPU).
+
+  Args:
+    data: the `data` axis size, or -1 for every device `model` leaves.
+    model: the `model` axis size.
+    devices: the devices to use (default: all of them).
+
+  Returns:
+    The mesh.
   """
   devices = list(jax.devices() if devices is None else devices)
   if model <= 0:
@@ -64,8 +75,43 @@ def make_mesh(data: int = -1, model: int = 1,
     raise ValueError(f'Mesh data={data} x model={model} needs {data * model} devices; '
                      f'{len(devices)} are available. Set MESH_DATA/MESH_MODEL (or '
                      'partitioning.make_mesh.data/model) to match.')
-  grid = np.asarray(devices, dtype=object).reshape(data, model)
-  return Mesh(grid, MESH_AXES)
+  return Mesh(device_grid(data, model, devices), MESH_AXES)
+
+
+def device_grid(data: int, model: int, devices: Sequence[jax.Device]) -> np.ndarray:
+  """The `[data, model]` array of devices for a mesh, laid out along the interconnect.
+
+  TPU and GPU devices go through `jax.experimental.mesh_utils`: the `model` axis
+  (the most communication) on neighbouring chips of the TPU torus, GPUs in their
+  global order; devices of several TPU slices form a hybrid mesh with the slices
+  along `data` (DCN carries only the data-parallel gradient reduction). CPU devices,
+  fake ones included (--xla_force_host_platform_device_count), have no topology:
+  their order is kept. If the topology cannot be mapped to the requested shape
+  (an odd shape on a TPU torus), the devices' order is kept and a warning logged.
+
+  Args:
+    data: rows (the `data` axis).
+    model: columns (the `model` axis).
+    devices: exactly data * model devices.
+
+  Returns:
+    An object array of devices, shape [data, model].
+  """
+  devices = list(devices)
+  if devices[0].platform == 'cpu':
+    return np.asarray(devices, dtype=object).reshape(data, model)
+  slices = sorted({getattr(d, 'slice_index', 0) or 0 for d in devices})
+  try:
+    if len(slices) > 1 and data % len(slices) == 0:
+      return mesh_utils.create_hybrid_device_mesh((data // len(slices), model), (len(slices), 1), devices)
+    try:
+      return mesh_utils.create_device_mesh((data, model), devices)
+    except (ValueError, NotImplementedError, AssertionError):
+      return mesh_utils.create_device_mesh((data, model), devices, allow_split_physical_axes=True)
+  except (ValueError, NotImplementedError, AssertionError) as e:
+    logging.warning('No topology-aware layout for mesh data=%d x model=%d on %s (%s); using the '
+                    'devices in their listed order.', data, model, devices[0].device_kind, e)
+    return np.asarray(devices, dtype=object).reshape(data, model)
 
 
 def abstract_mesh(data: int, model: int) -> jax.sharding.AbstractMesh:

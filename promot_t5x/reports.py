@@ -2,7 +2,7 @@
 
 Files (what `promot-eval` writes, what the miniature runner merges):
 
-  results.json                   one `evaluation.EvalResult` (`write_results` / `read_results`)
+  results.json                   one `results.EvalResult` (`write_results` / `read_results`)
   predictions/<suite>/<task>.jsonl   one line per example (`write_predictions`)
   table.md                       `run_table` + `paper_table` of that run
 
@@ -35,13 +35,13 @@ from typing import Any, Union
 
 import numpy as np
 
-from promot_t5x import evaluation
+from promot_t5x import results as results_lib
+from promot_t5x.results import RESULTS_FORMAT
 
-RESULTS_FORMAT = 'promot-eval-results/1'
 DEFAULT_BASELINE = 'pretrained'
 TARGET_MARK = '‡'
 
-RunResults = Union[evaluation.EvalResult, Sequence[evaluation.EvalResult]]
+RunResults = Union[results_lib.EvalResult, Sequence[results_lib.EvalResult]]
 # A curve: {step: value}; (steps, values); or a list of {step: value}, one per seed.
 CurveLike = Union[Mapping[int, float], tuple, Sequence[Mapping[int, float]]]
 
@@ -49,7 +49,7 @@ CurveLike = Union[Mapping[int, float], tuple, Sequence[Mapping[int, float]]]
 # -----------------------------------------------------------------------------
 # Files.
 # -----------------------------------------------------------------------------
-def write_results(result: evaluation.EvalResult, path: str) -> str:
+def write_results(result: results_lib.EvalResult, path: str) -> str:
   """Writes `result` (without per-example predictions) as JSON; returns the path."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f'{path}.tmp'
@@ -60,7 +60,7 @@ def write_results(result: evaluation.EvalResult, path: str) -> str:
   return path
 
 
-def read_results(path: str) -> evaluation.EvalResult:
+def read_results(path: str) -> results_lib.EvalResult:
   """Reads a results.json written by `write_results` (or a folder holding one)."""
   if os.path.isdir(path):
     path = os.path.join(path, 'results.json')
@@ -69,10 +69,10 @@ def read_results(path: str) -> evaluation.EvalResult:
   if data.get('format') != RESULTS_FORMAT:
     raise ValueError(f'{path} is not a promot-eval results file (format '
                      f'{data.get("format")!r}, expected {RESULTS_FORMAT!r}).')
-  return evaluation.EvalResult.from_json(data)
+  return results_lib.EvalResult.from_json(data)
 
 
-def write_predictions(result: evaluation.EvalResult, directory: str) -> list[str]:
+def write_predictions(result: results_lib.EvalResult, directory: str) -> list[str]:
   """`directory/<suite>/<task>.jsonl`, one JSON object per example; returns the paths.
 
   Each line: index, inputs (the model's input text), target (post-processed),
@@ -123,8 +123,8 @@ def read_metrics_jsonl(path: str, prefix: str = 'eval/') -> dict[str, dict[int, 
 # -----------------------------------------------------------------------------
 # Tables.
 # -----------------------------------------------------------------------------
-def _as_list(results: RunResults) -> list[evaluation.EvalResult]:
-  if isinstance(results, evaluation.EvalResult):
+def _as_list(results: RunResults) -> list[results_lib.EvalResult]:
+  if isinstance(results, results_lib.EvalResult):
     return [results]
   out = list(results)
   if not out:
@@ -155,13 +155,13 @@ def averaged_suite_name(runs: Mapping[str, RunResults]) -> str:
   for results in runs.values():
     for result in _as_list(results):
       for suite in result.suites.values():
-        if suite.role == evaluation.SUITE:
+        if suite.role == results_lib.SUITE:
           return suite.name
   raise ValueError('No run has an averaged (role "suite") suite.')
 
 
 def _suites(results: RunResults, role: str, name: str | None = None
-            ) -> list[evaluation.SuiteResult]:
+            ) -> list[results_lib.SuiteResult]:
   """Per seed, the suite called `name` (role suite) or every suite of `role`."""
   out = []
   for result in _as_list(results):
@@ -171,7 +171,7 @@ def _suites(results: RunResults, role: str, name: str | None = None
   return out
 
 
-def _task_values(suites: Sequence[evaluation.SuiteResult], task: str, field: str = 'score'
+def _task_values(suites: Sequence[results_lib.SuiteResult], task: str, field: str = 'score'
                  ) -> list[float]:
   values = []
   for suite in suites:
@@ -181,7 +181,7 @@ def _task_values(suites: Sequence[evaluation.SuiteResult], task: str, field: str
   return values
 
 
-def _ordered_tasks(groups: Sequence[Sequence[evaluation.SuiteResult]]
+def _ordered_tasks(groups: Sequence[Sequence[results_lib.SuiteResult]]
                    ) -> list[tuple[str, str]]:
   """[(display name, primary metric)] in order of first appearance."""
   seen: dict[str, str] = {}
@@ -198,7 +198,7 @@ def norm_avg_values(runs: Mapping[str, RunResults], suite: str | None = None
   suite = suite or averaged_suite_name(runs)
   out = {}
   for run, results in runs.items():
-    values = [s.norm_avg for s in _suites(results, evaluation.SUITE, suite)
+    values = [s.norm_avg for s in _suites(results, results_lib.SUITE, suite)
               if s.norm_avg is not None]
     if values:
       out[run] = values
@@ -224,8 +224,8 @@ def paper_table(runs: Mapping[str, RunResults], suite: str | None = None,
     raise ValueError('paper_table needs at least one run.')
   suite = suite or averaged_suite_name(runs)
   names = list(runs)
-  suite_of = {run: _suites(results, evaluation.SUITE, suite) for run, results in runs.items()}
-  targets_of = {run: _suites(results, evaluation.TARGET) for run, results in runs.items()}
+  suite_of = {run: _suites(results, results_lib.SUITE, suite) for run, results in runs.items()}
+  targets_of = {run: _suites(results, results_lib.TARGET) for run, results in runs.items()}
   if not any(suite_of.values()):
     raise ValueError(f'No run has a suite named {suite!r}.')
   base = baseline if baseline in runs else None
@@ -268,7 +268,7 @@ def format_specialization_table(runs: Mapping[str, RunResults], suite: str | Non
   """
   suite = suite or averaged_suite_name(runs)
   names = list(runs)
-  suite_of = {run: _suites(results, evaluation.SUITE, suite) for run, results in runs.items()}
+  suite_of = {run: _suites(results, results_lib.SUITE, suite) for run, results in runs.items()}
   labels = next((s.format_labels for group in suite_of.values() for s in group
                  if s.format_labels), None)
   if labels is None:
@@ -283,7 +283,7 @@ def format_specialization_table(runs: Mapping[str, RunResults], suite: str | Non
   return '\n'.join(lines) + '\n'
 
 
-def run_table(result: evaluation.EvalResult, digits: int = 2) -> str:
+def run_table(result: results_lib.EvalResult, digits: int = 2) -> str:
   """One evaluation in detail: per suite and task, every metric and the counts."""
   head = [f'Evaluation of {result.run or "a model"}'
           + (f' ({result.checkpoint}' + (f', step {result.step})' if result.step is not None
@@ -314,7 +314,7 @@ def report_markdown(runs: Mapping[str, RunResults], baseline: str | None = DEFAU
   for results in runs.values():
     for result in _as_list(results):
       for suite in result.suites.values():
-        if suite.role == evaluation.SUITE and suite.name not in names:
+        if suite.role == results_lib.SUITE and suite.name not in names:
           names.append(suite.name)
   parts = []
   for name in names:
@@ -326,7 +326,7 @@ def report_markdown(runs: Mapping[str, RunResults], baseline: str | None = DEFAU
 
 
 def merge_results(paths: Sequence[str], names: Sequence[str] | None = None
-                  ) -> dict[str, list[evaluation.EvalResult]]:
+                  ) -> dict[str, list[results_lib.EvalResult]]:
   """Reads results files into {run name: [results, one per seed]}.
 
   Args:
@@ -337,7 +337,7 @@ def merge_results(paths: Sequence[str], names: Sequence[str] | None = None
   if names is not None and len(names) != len(paths):
     raise ValueError(f'{len(paths)} results files but {len(names)} names; give one name per '
                      'file (repeat a name to group seeds).')
-  runs: dict[str, list[evaluation.EvalResult]] = {}
+  runs: dict[str, list[results_lib.EvalResult]] = {}
   for i, path in enumerate(paths):
     result = read_results(path)
     if names is not None:

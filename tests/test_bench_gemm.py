@@ -72,7 +72,7 @@ def test_gemm_measures_every_shape_and_pass_of_both_sides():
   assert set(out['steps']) == set(common.STAGES)
   assert out['steps']['finetune'] == gemm.step_seconds(TINY, out['rates'])['finetune']
   # Ours are timed as the model's Dense runs them: through oneMKL where it loads.
-  from promot_t5x import cpu_kernels
+  from promot_t5x.contrib.cpu_kernels import kernels as cpu_kernels
   assert out['dense_kernel'] == ('mkl' if cpu_kernels.dense_available() else 'xla')
 
 

@@ -38,12 +38,12 @@ def test_profile_step_names_the_costliest_ops():
   assert times == sorted(times, reverse=True)
   # The ops were found in the optimized HLO: the model's matmuls show up with their shapes,
   # e.g. the logits [batch * targets, vocab] = [32, 512]: an XLA dot, or where oneMKL runs
-  # the dense layers (T5Config.dense_kernel='auto' here), its custom call and operands.
-  from promot_t5x import cpu_kernels
+  # the dense layers (--products=cpu_kernels, the bench's default), its custom call and operands.
+  from promot_t5x.contrib.cpu_kernels import kernels as cpu_kernels
   logits = (r'-> f32\[32,512\]: promot_dense_gemm f32\[32,64\] x f32\[64,512\]$'
             if cpu_kernels.dense_available() else r'-> f32\[[\d,]+\]: dot f32\[32,512\]')
   assert any(re.search(logits, l) for l in rows), '\n'.join(rows)
-  # Attention, fused (T5Config.attention_kernel='auto'): the encoder's call on q, k, v
+  # Attention, fused (--products=cpu_kernels): the encoder's call on q, k, v
   # [batch, 36, heads, head_dim] and its bias, returning the context and the probabilities
   # [batch, heads, 36, 36]; and its gradient.
   assert any(re.search(r'-> \(f32\[4,36,2,32\], f32\[4,2,36,36\]\): promot_attention_fwd '

@@ -90,7 +90,7 @@ def test_a_mesh_tf_t5_1_1_checkpoint_imports_with_the_right_values(tmp_path, fix
     np.testing.assert_array_equal(flat[path], value, err_msg=path)
 
   # The trainer's and evaluator's reader (restore_params, promot-eval) reads it too.
-  read = manager.read_params(str(tmp_path))
+  read = sources.read_params(str(tmp_path))
   np.testing.assert_array_equal(read['decoder/layers_1/mlp/wo/kernel'],
                                 fixture_params['decoder/layers_1/mlp/wo/kernel'])
 
@@ -153,4 +153,4 @@ def test_each_kind_is_detected_and_anything_else_is_a_clear_error(tmp_path, fixt
     sources.detect_kind(str(tmp_path / 'missing'))
   # A restore from such a folder fails with the same message, before anything else starts.
   with pytest.raises(manager.CheckpointError, match='The kinds it reads'):
-    manager.read_params(str(tmp_path / 'notes'))
+    sources.read_params(str(tmp_path / 'notes'))

@@ -10,7 +10,7 @@ from promot_t5x import checkpoints, param_sets
 from promot_t5x.checkpoints import matching
 from promot_t5x.models import encoder_decoder, prompts, t5
 
-# The fixture's architecture (fixtures/README.md).
+# The fixture's architecture (tests/testdata/README.md).
 TINY = t5.T5Config(vocab_size=32128, emb_dim=4, num_heads=2, head_dim=2, mlp_dim=8,
                    num_encoder_layers=2, num_decoder_layers=2,
                    mlp_activations=('gelu', 'linear'), logits_via_embedding=False,

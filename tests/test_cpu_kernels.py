@@ -1,7 +1,11 @@
-"""Attention through BLAS (promot_t5x.cpu_kernels: the batched products, the fused kernel)
-against XLA's einsums and softmax."""
+"""Attention through BLAS (promot_t5x.contrib.cpu_kernels: the batched products, the fused
+kernel) against XLA's einsums and softmax, alone and injected into the model.
+
+Skipped, with the reason, where the kernels cannot be built here (no C++ compiler).
+"""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,8 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from promot_t5x import cpu_kernels, partitioning
+from promot_t5x import partitioning
+from promot_t5x.contrib import cpu_kernels as option
+from promot_t5x.contrib.cpu_kernels import kernels as cpu_kernels
 from promot_t5x.models import t5
+
+COMPILER = os.environ.get('CXX') or 'g++'
+if shutil.which(COMPILER) is None:
+  pytest.skip(f'no C++ compiler {COMPILER!r} on PATH: the optional CPU kernels cannot be built here '
+              '(install g++ to test them)', allow_module_level=True)
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -134,11 +145,15 @@ def test_fused_attention_operands_are_checked():
     cpu_kernels.attention(q.astype(jnp.bfloat16), q, q)
 
 
+# The attention functions the model can be given, by the names the tests use.
+ATTENTION_FNS = {'xla': None, 'blas': option.blas_attention, 'fused': option.attention}
+
+
 def _model(kernel, **kw):
   return t5.Transformer(t5.T5Config(
       vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=2,
       num_decoder_layers=2, relative_attention_num_buckets=8,
-      relative_attention_max_distance=16, attention_kernel=kernel, **kw))
+      relative_attention_max_distance=16, attention_fn=ATTENTION_FNS[kernel], **kw))
 
 
 def _loss_fn(module):
@@ -188,25 +203,25 @@ def _lowered_text(module, mesh=None):
     return jax.jit(loss).lower(params).as_text()
 
 
-def test_auto_uses_blas_only_where_the_program_is_float32_on_one_cpu_device():
+def test_the_kernels_run_only_where_the_program_is_float32_on_one_cpu_device():
   assert jax.default_backend() == 'cpu'
-  # 'auto': the fused kernel for attention (full sequences); decoding's per-step
+  # The option's attention: the fused kernel for full sequences; decoding's per-step
   # products stay XLA's either way.
-  assert cpu_kernels.ATTENTION_FWD_TARGET in _lowered_text(_model('auto'))
+  assert cpu_kernels.ATTENTION_FWD_TARGET in _lowered_text(_model('fused'))
   assert cpu_kernels.ATTENTION_FWD_TARGET not in _lowered_text(_model('blas'))
   assert cpu_kernels.TARGET in _lowered_text(_model('blas'))
   assert cpu_kernels.ATTENTION_FWD_TARGET in _lowered_text(
-      _model('auto'), partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1])))
+      _model('fused'), partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1])))
   # Partitioned over a mesh of several devices: the products stay XLA's, so the
-  # SPMD partitioner can split them.
-  for text in (_lowered_text(_model('auto'), partitioning.Partitioner(
+  # SPMD partitioner can split them; so do bfloat16 and the default model.
+  for text in (_lowered_text(_model('fused'), partitioning.Partitioner(
                    partitioning.make_mesh(2, 1, jax.devices()[:2]))),
-               _lowered_text(_model('auto', dtype='bfloat16')), _lowered_text(_model('xla'))):
+               _lowered_text(_model('fused', dtype='bfloat16')), _lowered_text(_model('xla'))):
     assert 'promot_attention' not in text
 
 
 def test_attention_with_active_dropout_uses_the_separate_products():
-  module = _model('auto', dropout_rate=0.1)
+  module = _model('fused', dropout_rate=0.1)
   params = nn.unbox(t5.init_params(module, jax.random.PRNGKey(0)))
   enc = np.ones((2, 6), np.int32)
   dec = np.ones((2, 4), np.int32)
@@ -222,22 +237,19 @@ def test_attention_with_active_dropout_uses_the_separate_products():
   assert cpu_kernels.ATTENTION_FWD_TARGET in evaluating
 
 
-def test_bad_settings_are_named():
-  with pytest.raises(ValueError, match='attention_kernel must be "auto", "xla", "blas" or "fused"'):
-    _model('cuda')
-  module = _model('blas', dtype='bfloat16')
-  params = nn.unbox(t5.init_params(_model('xla'), jax.random.PRNGKey(0)))
-  with pytest.raises(ValueError, match='computes in float32'):
-    _loss_fn(module)(params)
+def test_a_bad_function_is_named():
+  with pytest.raises(ValueError, match='T5Config.attention_fn must be a function'):
+    t5.T5Config(attention_fn='fused')
 
 
-def test_without_a_compiler_auto_falls_back_and_blas_says_why(tmp_path):
+def test_without_a_compiler_the_chosen_option_says_why(tmp_path):
   code = (
-      'import jax.numpy as jnp\n'
-      'from promot_t5x import cpu_kernels\n'
-      'assert cpu_kernels.use_blas("auto", jnp.float32) is False\n'
+      'import jax, jax.numpy as jnp\n'
+      'from promot_t5x.contrib import cpu_kernels\n'
+      'q = jnp.ones((1, 3, 2, 4), jnp.float32)\n'
+      'assert cpu_kernels.attention(q.astype(jnp.bfloat16), q, q, None, dtype=jnp.bfloat16).shape == q.shape\n'
       'try:\n'
-      '  cpu_kernels.use_blas("blas", jnp.float32)\n'
+      '  jax.jit(lambda q: cpu_kernels.attention(q, q, q, None, dtype=jnp.float32))(q)\n'
       'except RuntimeError as e:\n'
       '  print("ERROR:", e)\n')
   env = dict(os.environ, PROMOT_T5X_CACHE=str(tmp_path), CXX='no-such-compiler-x')
@@ -245,8 +257,7 @@ def test_without_a_compiler_auto_falls_back_and_blas_says_why(tmp_path):
                        timeout=300)
   assert out.returncode == 0, out.stderr
   assert "ERROR: no C++ compiler 'no-such-compiler-x' on PATH" in out.stdout
-  assert 'attention_kernel="xla"' in out.stdout
-  assert 'attention through BLAS unavailable, using XLA' in out.stderr
+  assert 'drop gin/options/cpu_kernels.gin' in out.stdout
   assert not list(tmp_path.rglob('*.so'))
 
 
@@ -264,8 +275,8 @@ def test_the_kernel_is_built_once_per_source_into_the_cache(tmp_path):
   stale = _aged(native / 'promot_gemm-0000000000000000.so', cpu_kernels.STALE_DAYS + 1)
   recent = _aged(native / 'promot_gemm-1111111111111111.so', 1)
   other = _aged(native / 'unrelated.so', 400)
-  code = ('from promot_t5x import cpu_kernels\n'
-          'print(cpu_kernels._build())\n')
+  code = ('from promot_t5x.contrib.cpu_kernels import kernels\n'
+          'print(kernels._build())\n')
   env = dict(os.environ, PROMOT_T5X_CACHE=str(tmp_path))
   runs = [subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                          timeout=300) for _ in range(2)]
@@ -299,7 +310,7 @@ def test_numpys_openblas_keeps_its_threads():
       'from promot_t5x import host_memory\n'
       'host_memory.configure()\n'
       'import jax, jax.numpy as jnp\n'
-      'from promot_t5x import cpu_kernels\n'
+      'from promot_t5x.contrib.cpu_kernels import kernels as cpu_kernels\n'
       'x = jnp.ones((1, 512, 1, 8), jnp.float32)\n'
       'for _ in range(5):\n'
       '  jax.block_until_ready(jax.jit(cpu_kernels.attention_scores)(x, x))\n'

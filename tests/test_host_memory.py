@@ -88,3 +88,20 @@ def test_configured_cpu_computations_run_inline():
   # Kept asynchronous on request (the miniature) and with glibc's defaults.
   assert _dispatch_probe('reuse', 'async') == (True, False)
   assert _dispatch_probe('default', 'inline') == (False, False)
+
+
+def _configured_in_a_fresh_process(**env):
+  base = {k: v for k, v in os.environ.items() if k not in (host_memory.ENV_VAR, 'JAX_PLATFORMS')}
+  out = subprocess.run([sys.executable, '-c', 'from promot_t5x import host_memory; print(host_memory.configure())'],
+                       env={**base, **env}, capture_output=True, text=True, check=True)
+  return out.stdout.split()[-1] == 'True'
+
+
+@pytest.mark.skipif(host_memory._glibc() is None, reason='glibc only')
+def test_opt_in_and_cpu_only():
+  # Off unless asked for: a process that never returns freed memory is the user's choice.
+  assert not _configured_in_a_fresh_process(JAX_PLATFORMS='cpu')
+  assert _configured_in_a_fresh_process(JAX_PLATFORMS='cpu', **{host_memory.ENV_VAR: 'reuse'})
+  # Never where JAX will run on an accelerator.
+  for platforms in ('tpu', 'cuda', 'cuda,cpu'):
+    assert not _configured_in_a_fresh_process(JAX_PLATFORMS=platforms, **{host_memory.ENV_VAR: 'reuse'})

@@ -1,18 +1,43 @@
-"""The dense layers' products through oneMKL (promot_t5x.cpu_kernels.dense) against XLA's."""
+"""The dense layers' products through oneMKL (promot_t5x.contrib.cpu_kernels) against XLA's.
 
+Skipped, with the reason, where the `cpu` extra (the mkl and tbb wheels) or a C++ compiler
+is missing.
+"""
+
+import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_cpu_kernels import _loss_fn, _lowered_text, _same_loss_and_gradients  # same model
 
-from promot_t5x import cpu_kernels, partitioning
+from promot_t5x import partitioning
 from promot_t5x.models import t5
+
+
+def _missing() -> str | None:
+  for wheel in ('mkl', 'tbb'):
+    try:
+      importlib.metadata.distribution(wheel)
+    except importlib.metadata.PackageNotFoundError:
+      return f'the {wheel!r} wheel is not installed (pip install "promot-t5x[cpu]")'
+  compiler = os.environ.get('CXX') or 'g++'
+  if shutil.which(compiler) is None:
+    return f'no C++ compiler {compiler!r} on PATH (install g++)'
+  return None
+
+
+if _missing():
+  pytest.skip(f'the optional oneMKL dense kernel cannot run here: {_missing()}', allow_module_level=True)
+
+from test_cpu_kernels import _lowered_text, _same_loss_and_gradients  # noqa: E402  same model
+
+from promot_t5x.contrib import cpu_kernels as option  # noqa: E402
+from promot_t5x.contrib.cpu_kernels import kernels as cpu_kernels  # noqa: E402
 
 
 def _close(got, want, rtol=1e-5):
@@ -86,8 +111,8 @@ def _model(dense_kernel, **kw):
   return t5.Transformer(t5.T5Config(
       vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=2,
       num_decoder_layers=2, relative_attention_num_buckets=8,
-      relative_attention_max_distance=16, attention_kernel='xla', dense_kernel=dense_kernel,
-      **kw))
+      relative_attention_max_distance=16,
+      dot_general={'xla': None, 'mkl': option.dot_general}[dense_kernel], **kw))
 
 
 def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel():
@@ -98,27 +123,28 @@ def test_the_model_computes_the_same_loss_and_gradients_with_either_kernel():
     assert np.abs(np.asarray(layer['kernel'])).max() > 0
 
 
-def test_auto_uses_mkl_only_where_the_program_is_float32_on_one_cpu_device():
+def test_mkl_runs_only_where_the_program_is_float32_on_one_cpu_device():
   assert jax.default_backend() == 'cpu'
-  text = _lowered_text(_model('auto'))
+  text = _lowered_text(_model('mkl'))
   # Every dense layer, forward and both gradients: 2 encoder layers x 7 (query, key, value,
   # out, wi_0, wi_1, wo), 2 decoder layers x 11 (two attentions), the logits; three calls each.
   assert text.count(cpu_kernels.DENSE_TARGET) == 3 * (2 * 7 + 2 * 11 + 1)
   assert cpu_kernels.DENSE_TARGET in _lowered_text(
-      _model('auto'), partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1])))
+      _model('mkl'), partitioning.Partitioner(partitioning.make_mesh(1, 1, jax.devices()[:1])))
   assert cpu_kernels.DENSE_TARGET not in _lowered_text(
-      _model('auto'), partitioning.Partitioner(partitioning.make_mesh(2, 1, jax.devices()[:2])))
+      _model('mkl'), partitioning.Partitioner(partitioning.make_mesh(2, 1, jax.devices()[:2])))
   # A bfloat16 model: only the logits, which T5 computes in float32.
-  assert _lowered_text(_model('auto', dtype='bfloat16')).count(cpu_kernels.DENSE_TARGET) == 3
+  assert _lowered_text(_model('mkl', dtype='bfloat16')).count(cpu_kernels.DENSE_TARGET) == 3
   assert cpu_kernels.DENSE_TARGET not in _lowered_text(_model('xla'))
 
 
-def test_bad_settings_are_named():
-  with pytest.raises(ValueError, match='dense_kernel must be "auto", "xla" or "mkl"'):
-    _model('blas')
-  params = nn.unbox(t5.init_params(_model('xla'), jax.random.PRNGKey(0)))
-  with pytest.raises(ValueError, match='dense_kernel="mkl" computes in float32'):
-    _loss_fn(_model('mkl', dtype='bfloat16'))(params)
+def test_other_products_fall_back_to_xla():
+  x = jnp.ones((2, 3, 4), jnp.float32)
+  w = jnp.ones((4, 5), jnp.float32)
+  dims = (((2,), (0,)), ((), ()))
+  text = jax.jit(lambda x, w: option.dot_general(x, w, dims)).lower(x, w).as_text()
+  assert cpu_kernels.DENSE_TARGET not in text
+  np.testing.assert_array_equal(option.dot_general(x, w, dims), jax.lax.dot_general(x, w, dims))
 
 
 def _run(code, **env):
@@ -128,7 +154,7 @@ def _run(code, **env):
   return out
 
 
-def test_without_the_mkl_wheel_auto_falls_back_and_mkl_says_how_to_install_it():
+def test_without_the_mkl_wheel_the_chosen_option_says_how_to_install_it():
   # A machine without the wheel: its metadata is not found.
   code = (
       'import importlib.metadata as md\n'
@@ -138,17 +164,17 @@ def test_without_the_mkl_wheel_auto_falls_back_and_mkl_says_how_to_install_it():
       '    raise md.PackageNotFoundError(name)\n'
       '  return real(name)\n'
       'md.files = files\n'
-      'import jax.numpy as jnp\n'
-      'from promot_t5x import cpu_kernels\n'
-      'assert cpu_kernels.use_mkl("auto", jnp.float32) is False\n'
+      'import jax, jax.numpy as jnp\n'
+      'from promot_t5x.contrib import cpu_kernels\n'
+      'x = jnp.ones((3, 4), jnp.float32)\n'
+      'dims = (((1,), (0,)), ((), ()))\n'
       'try:\n'
-      '  cpu_kernels.use_mkl("mkl", jnp.float32)\n'
+      '  jax.jit(lambda x: cpu_kernels.dot_general(x, x.T, dims))(x)\n'
       'except RuntimeError as e:\n'
       '  print("ERROR:", e)\n')
   out = _run(code)
   assert "ERROR: libmkl_rt.so* not found: the 'mkl' wheel is not installed" in out.stdout
-  assert 'dense_kernel="xla"' in out.stdout
-  assert 'dense layers through oneMKL unavailable, using XLA' in out.stderr
+  assert 'promot-t5x[cpu]' in out.stdout and 'drop gin/options/cpu_kernels.gin' in out.stdout
 
 
 def test_products_stay_right_with_torchs_gnu_openmp_loaded_first():
@@ -158,7 +184,7 @@ def test_products_stay_right_with_torchs_gnu_openmp_loaded_first():
   code = (
       'import torch\n'
       'import numpy as np, jax\n'
-      'from promot_t5x import cpu_kernels\n'
+      'from promot_t5x.contrib.cpu_kernels import kernels as cpu_kernels\n'
       'rng = np.random.default_rng(2)\n'
       'x = rng.standard_normal((2048, 512), dtype=np.float32)\n'
       'w = rng.standard_normal((512, 512), dtype=np.float32)\n'

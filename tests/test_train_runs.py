@@ -17,6 +17,7 @@ import pytest
 
 from promot_t5x import param_sets
 from promot_t5x.checkpoints import manager as ckpt_manager
+from promot_t5x.checkpoints import orbax_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TESTDATA = REPO / 'tests' / 'testdata'
@@ -76,7 +77,7 @@ def test_kill_and_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_pa
   assert proc.poll() is None, 'the run finished before it could be killed'
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  steps_at_kill = ckpt_manager._steps(str(ckdir))
+  steps_at_kill = orbax_io.finished_steps(str(ckdir))
   assert steps_at_kill and steps_at_kill[-1] < 30
 
   r = _run(_cmd(*_toy_args(fixtures_dir, killed_dir), *common), env)
@@ -268,7 +269,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
   assert r.returncode == 1
   assert 'NonFiniteLossError' in r.stderr and 'at step 5' in r.stderr
   assert 'last good checkpoint (step 4) is intact' in r.stderr
-  assert ckpt_manager._steps(str(run_dir / 'checkpoints'))[-1] == 4
+  assert orbax_io.finished_steps(str(run_dir / 'checkpoints'))[-1] == 4
   after = _final_params(run_dir)
   assert all(np.array_equal(good[p], after[p]) for p in good)
 

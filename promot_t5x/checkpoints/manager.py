@@ -33,6 +33,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from promot_t5x import param_sets
+from promot_t5x.checkpoints import orbax_io, sources
+
+# Run-folder layout and source resolution live below this module; the names stay here for callers.
+from promot_t5x.checkpoints.orbax_io import best_step, checkpoint_dir  # noqa: F401
+from promot_t5x.checkpoints.sources import CheckpointError, params_item
 
 ITEMS = ('params', 'opt_state', 'meta')
 
@@ -91,25 +96,6 @@ class RestoreReport:
     return '\n'.join(lines)
 
 
-class CheckpointError(ValueError):
-  """A checkpoint is missing, incomplete or does not fit the model."""
-
-
-def resolve_source(path: str, step: int | str = 'latest') -> str:
-  """What kind of checkpoint `path` is: 'orbax', 't5x_legacy', 'mesh_tf' or 'hf' (`sources.detect_kind`)."""
-  from promot_t5x.checkpoints import sources
-
-  return sources.detect_kind(path)
-
-
-def read_params(path: str, module=None, step: int | str = 'latest') -> dict[str, np.ndarray]:
-  """Flat {path: float32 numpy array} of any supported checkpoint format, read whole."""
-  from promot_t5x.checkpoints import sources
-
-  source = sources.open_source(path, step)
-  return source.read(dict.fromkeys(source.shapes))
-
-
 def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
                    init_fn: Callable[[list[str], dict[str, Any]], Mapping[str, Any]] | None = None,
                    module=None, shardings: Mapping[str, Any] | None = None,
@@ -126,8 +112,6 @@ def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
   Raises CheckpointError naming every parameter that is missing (and not
   allowed to fall back) or has the wrong shape (both shapes given).
   """
-  from promot_t5x.checkpoints import sources
-
   source = sources.open_source(cfg.path, cfg.step)
   target = param_sets.flatten(abstract_params)
   flat_shardings = param_sets.flatten(shardings) if shardings is not None else {}
@@ -188,56 +172,10 @@ def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
 # -----------------------------------------------------------------------------
 # Run folders.
 # -----------------------------------------------------------------------------
-def checkpoint_dir(model_dir: str) -> str:
-  return os.path.join(model_dir, 'checkpoints')
-
-
-def _steps(directory: str) -> list[int]:
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'params')))
-
-
-def best_step(model_dir: str) -> int | None:
-  """The step recorded as best on the run's metric (None when not tracked)."""
-  path = os.path.join(checkpoint_dir(model_dir), 'best.json')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return int(json.load(f)['step'])
-
-
-def params_item(path: str, step: int | str = 'latest') -> Any:
-  """The orbax params folder that `path` (a run folder at `step`, a step or params folder) names."""
-  from promot_t5x import checkpoints as ckpt_lib
-
-  ckdir = checkpoint_dir(path)
-  if os.path.isdir(ckdir):
-    steps = _steps(ckdir)
-    if not steps:
-      raise CheckpointError(f'Run folder {path} has no complete checkpoint under {ckdir}.')
-    if step == 'latest':
-      chosen = steps[-1]
-    elif step == 'best':
-      chosen = best_step(path)
-      if chosen is None:
-        raise CheckpointError(f'Run {path} did not track a best checkpoint (no best.json); '
-                              "use step='latest' or a step number.")
-    else:
-      chosen = int(step)
-    if chosen not in steps:
-      raise CheckpointError(f'Step {chosen} is not among the complete checkpoints {steps} of {path}.')
-    path = os.path.join(ckdir, str(chosen))
-  return ckpt_lib.find_params_item(path)
-
-
 def load_run_params(path: str, step: int | str = 'latest') -> dict[str, Any]:
   """Nested numpy params of a run folder (latest, best or a given step), a step folder,
   or a params folder."""
-  from promot_t5x import checkpoints as ckpt_lib
-
-  return ckpt_lib.load_params(params_item(path, step))
+  return orbax_io.load_params(params_item(path, step))
 
 
 _EMPTY = {'_empty': np.zeros((), np.int32)}

@@ -19,6 +19,8 @@ it.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,14 +55,40 @@ def _is_item(path: epath.Path) -> bool:
   return any((path / marker).exists() for marker in _ITEM_MARKERS[:2])
 
 
-def latest_step(checkpoints_dir: str | epath.PathLike) -> int | None:
-  """The highest finished step in `checkpoints_dir` (unfinished saves ignored), or None."""
+def checkpoint_dir(model_dir: str) -> str:
+  """The folder of a run's step folders (MODEL_DIR/checkpoints)."""
+  return os.path.join(model_dir, CHECKPOINTS_DIR)
+
+
+def finished_steps(checkpoints_dir: str | epath.PathLike) -> list[int]:
+  """The finished steps in `checkpoints_dir` with a params item, ascending (unfinished saves ignored).
+
+  Args:
+    checkpoints_dir: a run's `checkpoints/` folder; may be missing.
+
+  Returns:
+    The step numbers, [] when the folder is missing or holds no finished step.
+  """
   checkpoints_dir = epath.Path(checkpoints_dir)
   if not checkpoints_dir.is_dir():
+    return []
+  return sorted(s for s in ocp.step.checkpoint_steps(checkpoints_dir)
+                if (checkpoints_dir / str(s) / PARAMS_ITEM).is_dir())
+
+
+def latest_step(checkpoints_dir: str | epath.PathLike) -> int | None:
+  """The highest finished step in `checkpoints_dir` (unfinished saves ignored), or None."""
+  steps = finished_steps(checkpoints_dir)
+  return steps[-1] if steps else None
+
+
+def best_step(model_dir: str) -> int | None:
+  """The step recorded as best on the run's metric (None when not tracked)."""
+  path = os.path.join(checkpoint_dir(model_dir), 'best.json')
+  if not os.path.exists(path):
     return None
-  steps = [s for s in ocp.step.checkpoint_steps(checkpoints_dir)
-           if (checkpoints_dir / str(s) / PARAMS_ITEM).is_dir()]
-  return max(steps) if steps else None
+  with open(path) as f:
+    return int(json.load(f)['step'])
 
 
 def find_params_item(path: str | epath.PathLike) -> epath.Path:
@@ -101,10 +129,18 @@ def load_params(path: str | epath.PathLike) -> dict[str, Any]:
       lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   restored = checkpointer.restore(item.absolute(),
                                   args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  return _to_dict(restored)
+  return jax.tree_util.tree_map(np.asarray, plain_dict(restored))
 
 
-def _to_dict(tree: Any) -> Any:
+def plain_dict(tree: Any) -> Any:
+  """`tree` with every mapping (orbax's metadata and restored trees) as a dict with str keys.
+
+  Args:
+    tree: nested mappings; leaves are returned as they are.
+
+  Returns:
+    The same tree of plain dicts.
+  """
   if isinstance(tree, Mapping):
-    return {str(k): _to_dict(v) for k, v in tree.items()}
-  return np.asarray(tree)
+    return {str(k): plain_dict(v) for k, v in tree.items()}
+  return tree

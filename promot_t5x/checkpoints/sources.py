@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +38,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from promot_t5x import param_sets
+from promot_t5x.checkpoints import hf, orbax_io, t5x_legacy
 
 Sharding = jax.sharding.Sharding
 
@@ -114,7 +116,7 @@ class OrbaxSource(Source):
   def __init__(self, path: str, item: epath.Path):
     self.item = item.absolute()
     tree = ocp.PyTreeCheckpointHandler().metadata(self.item).tree
-    flat = param_sets.flatten(_to_dict(tree))
+    flat = param_sets.flatten(orbax_io.plain_dict(tree))
     super().__init__(path, {k: ArrayInfo(tuple(m.shape), np.dtype(m.dtype))
                             for k, m in flat.items()})
 
@@ -133,16 +135,50 @@ class OrbaxSource(Source):
     restored = ocp.PyTreeCheckpointer().restore(
         self.item, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
                                                partial_restore=True))
-    flat = param_sets.flatten(_to_dict(restored))
+    flat = param_sets.flatten(orbax_io.plain_dict(restored))
     return {k: flat[k] for k in wanted}
 
 
-def _to_dict(tree: Any) -> Any:
-  if isinstance(tree, Mapping):
-    return {str(k): _to_dict(v) for k, v in tree.items()}
-  return tree
+class CheckpointError(ValueError):
+  """A checkpoint is missing, incomplete or does not fit the model."""
 
 
+def params_item(path: str, step: int | str = 'latest') -> epath.Path:
+  """The orbax params folder that `path` names.
+
+  Args:
+    path: a run folder (MODEL_DIR), a step folder or a params folder.
+    step: for a run folder, 'latest', 'best' (its best.json) or a step number.
+
+  Returns:
+    The params item folder.
+
+  Raises:
+    CheckpointError: the run has no finished checkpoint, no best.json for 'best', or not
+      the step asked for.
+  """
+  ckdir = orbax_io.checkpoint_dir(path)
+  if os.path.isdir(ckdir):
+    steps = orbax_io.finished_steps(ckdir)
+    if not steps:
+      raise CheckpointError(f'Run folder {path} has no complete checkpoint under {ckdir}.')
+    if step == 'latest':
+      chosen = steps[-1]
+    elif step == 'best':
+      chosen = orbax_io.best_step(path)
+      if chosen is None:
+        raise CheckpointError(f'Run {path} did not track a best checkpoint (no best.json); '
+                              "use step='latest' or a step number.")
+    else:
+      chosen = int(step)
+    if chosen not in steps:
+      raise CheckpointError(f'Step {chosen} is not among the complete checkpoints {steps} of {path}.')
+    path = os.path.join(ckdir, str(chosen))
+  return orbax_io.find_params_item(path)
+
+
+# The kind names of `detect_kind` (`source_kind` is the same function under the name
+# the restore path uses).
 KINDS = {
     'orbax': 'our orbax run folder (MODEL_DIR, with checkpoints/<step>/), a step folder or a '
              'params folder',
@@ -167,14 +203,14 @@ def detect_kind(path: str) -> str:
   """Which kind of checkpoint `path` holds: one of `KINDS` ('orbax', 't5x_legacy', 'mesh_tf', 'hf').
 
   Raises:
-    manager.CheckpointError: `path` does not exist or is none of these (the
+    CheckpointError: `path` does not exist or is none of these (the
       message lists what each kind looks like).
   """
-  from promot_t5x.checkpoints import manager, mesh_tf
+  from promot_t5x.checkpoints import mesh_tf
 
   p = epath.Path(path)
   if not p.exists() and not epath.Path(f'{path}.index').exists():
-    raise manager.CheckpointError(f'Checkpoint path {path!r} does not exist.')
+    raise CheckpointError(f'Checkpoint path {path!r} does not exist.')
   if mesh_tf.find_checkpoint_prefix(str(path)) is not None:
     return 'mesh_tf'
   if p.is_dir():
@@ -193,13 +229,13 @@ def detect_kind(path: str) -> str:
   elif p.name == 'checkpoint' and _is_msgpack_checkpoint(p):
     return 't5x_legacy'
   kinds = '\n'.join(f'  {k}: {v}' for k, v in KINDS.items())
-  raise manager.CheckpointError(
+  raise CheckpointError(
       f'{path} is not a checkpoint this project reads. The kinds it reads:\n{kinds}')
 
 
 def open_source(path: str, step: int | str = 'latest') -> Source:
   """The checkpoint at `path` (run folders: `step` is 'latest', 'best' or a number)."""
-  from promot_t5x.checkpoints import hf, mesh_tf, t5x_legacy
+  from promot_t5x.checkpoints import mesh_tf
 
   kind = detect_kind(path)
   if kind == 'mesh_tf':
@@ -208,6 +244,13 @@ def open_source(path: str, step: int | str = 'latest') -> Source:
     return ArraysSource(path, t5x_legacy.lazy_t5x_legacy_params(path), kind)
   if kind == 'hf':
     return ArraysSource(path, hf.lazy_hf_params(path), kind)
-  from promot_t5x.checkpoints import manager
+  return OrbaxSource(path, params_item(path, step))
 
-  return OrbaxSource(path, manager.params_item(path, step))
+
+source_kind = detect_kind
+
+
+def read_params(path: str, step: int | str = 'latest') -> dict[str, np.ndarray]:
+  """Flat {path: numpy array} of any checkpoint kind this project reads, read whole."""
+  source = open_source(path, step)
+  return source.read(dict.fromkeys(source.shapes))

@@ -16,6 +16,13 @@ The soft prompt is a separate module (`prompts.SoftPrompts`): the transformer
 only prepends whatever `[batch, P, embed]` it returns to the embedded encoder
 inputs and extends the masks. Called with `prompt_index=None` the model is
 exactly the plain model.
+
+The model's products are functions it is given (flax's `dot_general` /
+attention-function pattern): `T5Config.dot_general` for every dense layer and
+`T5Config.attention_fn` for attention's inner part, XLA's own by default
+(`jax.lax.dot_general`, `dot_product_attention`). Hardware-specific kernels are
+optional parts that provide such functions (promot_t5x.contrib.cpu_kernels, chosen
+with gin/options/cpu_kernels.gin).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -31,11 +38,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from promot_t5x import cpu_kernels
 from promot_t5x.models import prompts as prompts_lib
 
 Array = jax.Array
 Dtype = Any
+# jax.lax.dot_general's signature: (lhs, rhs, dimension_numbers, precision=None,
+# preferred_element_type=None) -> Array.
+DotGeneral = Callable[..., Array]
+# dot_product_attention's signature: (query, key, value, bias, *, dtype, dropout) -> Array.
+AttentionFn = Callable[..., Array]
 
 _ACTIVATIONS = {
     'relu': nn.relu,
@@ -68,20 +79,11 @@ class T5Config:
   dropout_rate: float = 0.0
   dtype: str = 'float32'  # activations; parameters are always float32.
   layer_norm_epsilon: float = 1e-6
-  # How attention runs: 'xla' (jnp.einsum products, softmax as XLA ops),
-  # 'blas' (the batched products through promot_t5x.cpu_kernels: BLAS on
-  # XLA:CPU's threads), 'fused' (scores, bias, softmax and context in one
-  # cpu_kernels.attention call per layer, and one for its gradient; the
-  # separate BLAS products where dropout is active, and in decoding), or
-  # 'auto' ('fused' for float32 on an unpartitioned CPU program, else 'xla').
-  # The same function either way; not part of the architecture.
-  attention_kernel: str = 'auto'
-  # How the dense layers' products (projections, MLP, logits; forward and
-  # gradients) run: 'xla' (jnp.dot), 'mkl' (promot_t5x.cpu_kernels: oneMKL's
-  # threaded sgemm), or 'auto' ('mkl' for float32 on an unpartitioned CPU
-  # program where oneMKL is installed, else 'xla').
-  # The same function either way; not part of the architecture.
-  dense_kernel: str = 'auto'
+  # The products (not part of the architecture): None means XLA's own,
+  # jax.lax.dot_general for the dense layers and dot_product_attention for attention.
+  # Optional kernels bind other functions here (gin/options/cpu_kernels.gin).
+  dot_general: DotGeneral | None = None
+  attention_fn: AttentionFn | None = None
   # Soft prompts live beside the model, in their own parameter set.
   prompt: prompts_lib.PromptConfig | None = None
 
@@ -100,12 +102,11 @@ class T5Config:
           f'T5.1.0 or ("gelu", "linear") for T5.1.1/mT5; known: {sorted(_ACTIVATIONS)}.')
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}.')
-    if self.attention_kernel not in ('auto', 'xla', 'blas', 'fused'):
-      raise ValueError(f'T5Config.attention_kernel must be "auto", "xla", "blas" or "fused", '
-                       f'got {self.attention_kernel!r}.')
-    if self.dense_kernel not in ('auto', 'xla', 'mkl'):
-      raise ValueError(f'T5Config.dense_kernel must be "auto", "xla" or "mkl", '
-                       f'got {self.dense_kernel!r}.')
+    for name in ('dot_general', 'attention_fn'):
+      if getattr(self, name) is not None and not callable(getattr(self, name)):
+        raise ValueError(f'T5Config.{name} must be a function (or None for XLA\'s own), got '
+                         f'{getattr(self, name)!r}; in gin bind a function reference without '
+                         'parentheses, e.g. `t5.T5Config.dot_general = @cpu_kernels.dot_general`.')
     if self.dtype not in ('float32', 'bfloat16', 'float16'):
       raise ValueError(f'T5Config.dtype must be float32, bfloat16 or float16, got {self.dtype!r}.')
     # Lists from gin become tuples so the config stays hashable.
@@ -114,6 +115,16 @@ class T5Config:
   @property
   def activation_dtype(self) -> Dtype:
     return jnp.dtype(self.dtype)
+
+  @property
+  def dot_general_fn(self) -> DotGeneral:
+    """The dense layers' product: `dot_general`, or XLA's `jax.lax.dot_general`."""
+    return self.dot_general or jax.lax.dot_general
+
+  @property
+  def attention_function(self) -> AttentionFn:
+    """Attention's inner part: `attention_fn`, or XLA's `dot_product_attention`."""
+    return self.attention_fn or dot_product_attention
 
   def replace(self, **changes) -> T5Config:
     return dataclasses.replace(self, **changes)
@@ -165,7 +176,7 @@ class Dense(nn.Module):
   kernel_axes: tuple[str, str]
   kernel_init: Any = dataclasses.field(default_factory=_kernel_init)
   dtype: Dtype = jnp.float32
-  matmul: str = 'xla'  # T5Config.dense_kernel
+  dot_general: DotGeneral = jax.lax.dot_general  # T5Config.dot_general_fn
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -177,13 +188,10 @@ class Dense(nn.Module):
     x = jnp.asarray(x, self.dtype)
     batch_shape = x.shape[:x.ndim - self.in_axes]
     # One 2-D matmul over the flattened leading axes: XLA:CPU runs the
-    # backward of 3-D dot_generals around the gated GELU about 2x slower than
-    # the same work as 2-D matmuls (bench/micro.py: 183 vs 91 ms per MLP).
-    x = x.reshape(-1, kernel.shape[0])
-    if cpu_kernels.use_mkl(self.matmul, self.dtype):
-      y = cpu_kernels.dense(x, kernel)
-    else:
-      y = jnp.dot(x, kernel)
+    # backward of 3-D dot_generals around the gated GELU slower than the same
+    # work as 2-D matmuls (bench/micro.py).
+    x = x.reshape(-1, kernel.shape[0])  # [m, k]
+    y = self.dot_general(x, kernel, (((1,), (0,)), ((), ())))  # [m, n]
     return y.reshape(*batch_shape, *self.features)
 
 
@@ -266,10 +274,8 @@ def _add_position_bias(position_bias: Array, mask_bias: Array) -> Array:
 
   The same sum as `+`; only the gradient of the position bias is computed
   differently: its sum over the batch is a `ones @ g` product instead of a
-  reduction over the leading axis, which XLA:CPU runs about 25x slower
-  (bench/README.md, "Where the gap to the peer is": in the bench's
-  fine-tuning step, the encoder's summed score gradients [16, 8, 128, 128]
-  took 39 ms of op time reduced, 2.7 ms as a product). The sharding of the
+  reduction over the leading axis, which XLA:CPU runs much slower
+  (bench/README.md, "Where the gap to the peer is"). The sharding of the
   sum is left to the compiler, as for `+`.
   """
   if position_bias.shape[0] != 1:
@@ -298,6 +304,32 @@ def _position_bias_sum_bwd(shapes, g):
 
 
 _position_bias_sum.defvjp(_position_bias_sum_fwd, _position_bias_sum_bwd)
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None, *,
+                          dtype: Dtype, dropout: Callable[[Array], Array] | None = None) -> Array:
+  """softmax(query key^T + bias) value per (batch, head), with XLA's own products.
+
+  No scaling (T5 folds 1/sqrt(head_dim) into the query initializer); the softmax runs
+  in float32.
+
+  Args:
+    query: [batch, q_length, heads, head_dim].
+    key, value: [batch, kv_length, heads, head_dim].
+    bias: [batch or 1, heads or 1, q_length, kv_length] (positions, masks) or None.
+    dtype: the activations' dtype (the probabilities are cast to it).
+    dropout: applied to the probabilities [batch, heads, q_length, kv_length], or None.
+
+  Returns:
+    [batch, q_length, heads, head_dim].
+  """
+  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+  if bias is not None:
+    logits = logits + bias.astype(logits.dtype)
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
 
 
 def _mask_to_bias(mask: Array, dtype: Dtype) -> Array:
@@ -329,8 +361,8 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float
   dtype: Dtype
   is_cross_attention: bool = False
-  kernel: str = 'auto'  # T5Config.attention_kernel
-  matmul: str = 'xla'  # T5Config.dense_kernel
+  dot_general: DotGeneral = jax.lax.dot_general  # T5Config.dot_general_fn
+  attention_fn: AttentionFn = dot_product_attention  # T5Config.attention_function
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array | None,
@@ -339,7 +371,7 @@ class MultiHeadAttention(nn.Module):
     features = (self.num_heads, self.head_dim)
     make = functools.partial(Dense, features=features, in_axes=1,
                              kernel_axes=('embed', 'joined_kv'), dtype=self.dtype,
-                             matmul=self.matmul)
+                             dot_general=self.dot_general)
     # The 1/sqrt(head_dim) of dot-product attention is folded into the
     # query initializer; nothing is scaled at run time.
     query = make(kernel_init=_kernel_init(1.0 / self.head_dim), name='query')
@@ -350,14 +382,11 @@ class MultiHeadAttention(nn.Module):
     if mode == 'full':
       k = _constrain(key(inputs_kv), ('batch', 'length', 'heads', 'kv'))
       v = _constrain(value(inputs_kv), ('batch', 'length', 'heads', 'kv'))
-      dropout = not deterministic and self.dropout_rate > 0
-      fused = not dropout and cpu_kernels.use_fused(self.kernel, self.dtype)
-      blas = cpu_kernels.use_blas(self.kernel, self.dtype)
-      if fused:  # scores, bias, softmax and context in one kernel, per (batch, head)
-        out = cpu_kernels.attention(q, k, v, bias)
-      else:
-        logits = (cpu_kernels.attention_scores(q, k) if blas
-                  else jnp.einsum('bqhd,bkhd->bhqk', q, k))
+      dropout = None
+      if not deterministic and self.dropout_rate > 0:
+        drop = nn.Dropout(self.dropout_rate)
+        dropout = functools.partial(drop, deterministic=False)
+      out = self.attention_fn(q, k, v, bias, dtype=self.dtype, dropout=dropout)
     else:
       # Decoding caches are kept in the layouts the per-step products read
       # without a copy: keys [batch, heads, head_dim, length] and values
@@ -399,24 +428,17 @@ class MultiHeadAttention(nn.Module):
             # bias_table: [1, heads, max_len, max_len]; take row i.
             row = jax.lax.dynamic_slice_in_dim(bias_table, i, 1, axis=2)
             bias = bias + row.astype(self.dtype)
+      # Decoding: XLA's products on the cache layouts.
       k_t, v = cached_k.value, cached_v.value
       logits = jnp.einsum('bqhd,bhdk->bhqk', q, k_t)
-      fused = False
-
-    if not fused:
       if bias is not None:
         logits = logits + bias.astype(logits.dtype)
       weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
       if not deterministic and self.dropout_rate > 0:
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-      if mode != 'full':
-        out = jnp.einsum('bhqk,bhkd->bqhd', weights, v)
-      elif blas:
-        out = cpu_kernels.attention_context(weights, v)
-      else:
-        out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+      out = jnp.einsum('bhqk,bhkd->bqhd', weights, v)
     out = Dense(features=(inputs_q.shape[-1],), in_axes=2, kernel_axes=('joined_kv', 'embed'),
-                dtype=self.dtype, matmul=self.matmul, name='out')(out)
+                dtype=self.dtype, dot_general=self.dot_general, name='out')(out)
     return _constrain(out, ('batch', 'length', 'embed'))
 
 
@@ -427,7 +449,7 @@ class MlpBlock(nn.Module):
   activations: tuple[str, ...]
   dropout_rate: float
   dtype: Dtype
-  matmul: str = 'xla'  # T5Config.dense_kernel
+  dot_general: DotGeneral = jax.lax.dot_general  # T5Config.dot_general_fn
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
@@ -435,14 +457,14 @@ class MlpBlock(nn.Module):
     for i, act in enumerate(self.activations):
       name = 'wi' if len(self.activations) == 1 else f'wi_{i}'
       h = Dense(features=(self.mlp_dim,), in_axes=1, kernel_axes=('embed', 'mlp'),
-                dtype=self.dtype, matmul=self.matmul, name=name)(x)
+                dtype=self.dtype, dot_general=self.dot_general, name=name)(x)
       h = _ACTIVATIONS[act](h)
       hidden = h if hidden is None else hidden * h
     hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
         hidden, deterministic=deterministic)
     hidden = _constrain(hidden, ('batch', 'length', 'mlp'))
     return Dense(features=(x.shape[-1],), in_axes=1, kernel_axes=('mlp', 'embed'),
-                 dtype=self.dtype, matmul=self.matmul, name='wo')(hidden)
+                 dtype=self.dtype, dot_general=self.dot_general, name='wo')(hidden)
 
 
 class EncoderLayer(nn.Module):
@@ -455,12 +477,12 @@ class EncoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_attention_layer_norm')(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           kernel=cfg.attention_kernel,
-                           matmul=cfg.dense_kernel, name='attention')(h, h, bias, deterministic)
+                           dot_general=cfg.dot_general_fn, attention_fn=cfg.attention_function,
+                           name='attention')(h, h, bias, deterministic)
     x = x + dropout(h, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(x)
     h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
-                 matmul=cfg.dense_kernel, name='mlp')(h, deterministic)
+                 dot_general=cfg.dot_general_fn, name='mlp')(h, deterministic)
     x = x + dropout(h, deterministic=deterministic)
     return _constrain(x, ('batch', 'length', 'embed'))
 
@@ -477,21 +499,21 @@ class DecoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_self_attention_layer_norm')(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           kernel=cfg.attention_kernel,
-                           matmul=cfg.dense_kernel, name='self_attention')(
+                           dot_general=cfg.dot_general_fn, attention_fn=cfg.attention_function,
+                           name='self_attention')(
                                h, h, self_bias, deterministic, mode,
                                max_decode_length, bias_table)
     x = x + dropout(h, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_cross_attention_layer_norm')(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           is_cross_attention=True, kernel=cfg.attention_kernel,
-                           matmul=cfg.dense_kernel,
+                           is_cross_attention=True, dot_general=cfg.dot_general_fn,
+                           attention_fn=cfg.attention_function,
                            name='encoder_decoder_attention')(
                                h, encoded, cross_bias, deterministic, mode)
     x = x + dropout(h, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(x)
     h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
-                 matmul=cfg.dense_kernel, name='mlp')(h, deterministic)
+                 dot_general=cfg.dot_general_fn, name='mlp')(h, deterministic)
     x = x + dropout(h, deterministic=deterministic)
     return _constrain(x, ('batch', 'length', 'embed'))
 
@@ -561,7 +583,7 @@ class Decoder(nn.Module):
                                    (((x.ndim - 1,), (1,)), ((), ())))
     else:
       logits = Dense(features=(cfg.vocab_size,), in_axes=1, kernel_axes=('embed', 'vocab'),
-                     dtype=jnp.float32, matmul=cfg.dense_kernel, name='logits_dense')(x)
+                     dtype=jnp.float32, dot_general=cfg.dot_general_fn, name='logits_dense')(x)
     logits = _constrain(jnp.asarray(logits, jnp.float32), ('batch', 'length', 'vocab'))
     return logits
 
@@ -636,7 +658,7 @@ class Transformer(nn.Module):
     `logits_kernel_t`: optionally `params['decoder']['logits_dense']['kernel'].T`
     ([vocab, embed]; untied logits only). Decoding transposes it once, outside
     its loop: XLA:CPU reads a [vocab, embed] kernel for a few rows of
-    activations ~1.7x faster than the stored [embed, vocab] one (the greedy
+    activations faster than the stored [embed, vocab] one (the greedy
     step's largest product; bench/README.md).
     """
     if decode_mode != 'full' and max_decode_length <= 0:

@@ -96,4 +96,5 @@ for _k in PROBE_SHOTS:
 # The second pretraining phase's mixture (`world.PRETRAIN_RATES_V2_PHASE2`, gin/miniature/pretrain_v2_phase2.gin).
 PHASE2_MIXTURE = f'{PREFIX}pretrain_phase2'
 tasks_lib._replace_mixture(  # pylint: disable=protected-access
-    PHASE2_MIXTURE, [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V2_PHASE2.items()])
+    PHASE2_MIXTURE,
+    [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V2_PHASE2.items()])

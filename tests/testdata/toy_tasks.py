@@ -4,7 +4,7 @@
 a few steps by a tiny model. `toy_reverse`: targets are the reversed strings.
 `toy_copy_reverse`: a mixture of both (for multi-prompt training).
 The vocabulary is the 26-piece SentencePiece fixture (PROMOT_TEST_SPM, or
-../shared/fixtures/sentencepiece.model next to the repository).
+tests/testdata/sentencepiece.model beside this file).
 """
 
 import os
@@ -13,8 +13,7 @@ import pathlib
 import numpy as np
 import seqio
 
-SPM = os.environ.get('PROMOT_TEST_SPM') or str(
-    pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'fixtures' / 'sentencepiece.model')
+SPM = os.environ.get('PROMOT_TEST_SPM') or str(pathlib.Path(__file__).resolve().parent / 'sentencepiece.model')
 LETTERS = 'abcdefghij'
 
 

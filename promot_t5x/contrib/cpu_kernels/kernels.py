@@ -1,46 +1,40 @@
-"""Attention's batched products and the dense layers' products on XLA:CPU through BLAS.
+"""The CPU kernels: attention's batched products and the dense layers' products through BLAS.
 
 XLA:CPU runs a batched matrix product (the attention scores `bqhd,bkhd->bhqk`
-and the context `bhqk,bkhd->bqhd`, and their gradients) on one thread: on a
-2-core machine the other core idles while it runs (bench/README.md, "One core
-against two"). `native/gemm.cc` computes the same products as one single-
-threaded BLAS sgemm (a private copy of numpy's bundled OpenBLAS, loaded with
-one thread, so numpy's own keeps its threads) per (batch, head) matrix,
-reading q/k/v where they lie in their [batch, length, heads, head_dim]
-buffers, and shares the matrices out over XLA's own intra-op thread pool.
-In the bench's train steps this took 7-19 % off the step
-(bench/README.md, "Attention through BLAS").
+and the context `bhqk,bkhd->bqhd`, and their gradients) on one thread.
+`native/gemm.cc` computes the same products as one single-threaded BLAS sgemm
+(a private copy of numpy's bundled OpenBLAS, loaded with one thread, so numpy's
+own keeps its threads) per (batch, head) matrix, reading q/k/v where they lie in
+their [batch, length, heads, head_dim] buffers, and shares the matrices out over
+XLA's own intra-op thread pool.
 
 `attention_scores(q, k)` and `attention_context(probs, v)` are the two
 products with their gradients (`jax.custom_vjp`; each backward product is
 the same kernel with other transposes and strides). `attention(q, k, v,
 bias)` is attention's whole inner part in one call per layer: for each
-(batch, head) on XLA's pool, the scores, the bias, a vectorized softmax and
-the context, with the scores kept in the cache between them (and one call
-for the gradient, which writes the bias's gradient only where the bias is
-trained: not for a frozen model's relative positions in prompt tuning).
-XLA ran the softmax and the bias as separate passes over [batch, heads, q, k]
-arrays; fused, stage 1's attention took 166 ms of op time per step against
-334 (bench/README.md, "Attention in one kernel"). The model picks these with
-`T5Config.attention_kernel`; `use_blas` / `use_fused` resolve 'auto'.
+(batch, head) on XLA's pool, the scores, the bias, a vectorized softmax (a
+polynomial exp) and the context, with the scores kept in the cache between
+them (and one call for the gradient, which writes the bias's gradient only
+where the bias is trained: not for a frozen model's relative positions in
+prompt tuning).
 
 The dense layers' products (projections, MLP, logits: forward, and both
 gradients) go whole to oneMKL's threaded sgemm (`dense(x, kernel)`, the
 `PromotDense` call of `native/gemm.cc`, which makes every MKL call from one
-dedicated thread: 5-10 % off the step against calling from whichever XLA
-thread runs the call): MKL's two-thread sgemm runs these
-shapes at 200-255 GFLOP/s on the bench machine where XLA:CPU's own runs them
-at 130-200 (bench/README.md, "Dense layers through oneMKL").
-`T5Config.dense_kernel` picks it; `use_mkl(setting, dtype)` resolves
-'auto'. MKL comes from the `mkl` wheel (a dependency on x86-64 Linux), run
-on oneTBB's threads (see `_mkl` for why not OpenMP's).
+dedicated thread). MKL comes from the `mkl` wheel (the `cpu` extra, x86-64
+Linux), run on oneTBB's threads (see `_mkl` for why not OpenMP's).
+
+The numerics differ from XLA's (other summation orders, the polynomial exp):
+results agree to float32 rounding, not bit for bit. What the kernels buy, measured,
+is in docs/cpu_kernels.md. The model uses them only through the injected functions
+of `promot_t5x.contrib.cpu_kernels` (gin/options/cpu_kernels.gin).
 
 The kernels are compiled with the machine's C++ compiler (`$CXX`, else g++)
 against JAX's FFI headers on first use, once per source and JAX version, into
 `$PROMOT_T5X_CACHE/native` (default `~/.cache/promot_t5x/native`). Each new
 build (and each new private OpenBLAS copy) removes the cache's files of its
 kind that are older than `STALE_DAYS`: builds of other sources or JAX
-versions would otherwise pile up (the OpenBLAS copy is ~25 MB).
+versions would otherwise pile up.
 """
 
 from __future__ import annotations
@@ -65,8 +59,6 @@ ATTENTION_FWD_TARGET = 'promot_attention_fwd'
 ATTENTION_BWD_TARGET = 'promot_attention_bwd'
 DENSE_TARGET = 'promot_dense_gemm'
 SOURCE = pathlib.Path(__file__).resolve().parent / 'native' / 'gemm.cc'
-KERNELS = ('auto', 'xla', 'blas', 'fused')
-DENSE_KERNELS = ('auto', 'xla', 'mkl')
 STALE_DAYS = 30
 
 _lock = threading.Lock()
@@ -110,7 +102,7 @@ def _build() -> pathlib.Path:
   compiler = os.environ.get('CXX') or 'g++'
   if shutil.which(compiler) is None:
     raise RuntimeError(f'no C++ compiler {compiler!r} on PATH to build {SOURCE.name}; '
-                       'install g++ or set CXX, or set T5Config.attention_kernel="xla"')
+                       'install g++ or set CXX, or drop gin/options/cpu_kernels.gin (XLA\'s products)')
   out.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
   os.close(fd)
@@ -137,7 +129,7 @@ def _openblas() -> ctypes.CDLL:
   found = sorted(glob.glob(pattern))
   if not found:
     raise RuntimeError(f'numpy\'s bundled OpenBLAS not found ({pattern}); '
-                       'set T5Config.attention_kernel="xla"')
+                       'drop gin/options/cpu_kernels.gin (XLA\'s products)')
   source = pathlib.Path(found[0])
   stat = source.stat()
   copy = cache_dir() / f'{source.stem}-{stat.st_size}-{int(stat.st_mtime)}-private.so'
@@ -214,43 +206,6 @@ def available() -> bool:
   return _loads('blas', 'error', load, 'attention through BLAS')
 
 
-def use_blas(setting: str, dtype) -> bool:
-  """Resolves `T5Config.attention_kernel` while tracing.
-
-  'xla': never. 'blas': always (float32 only; raises if the kernel cannot be
-  built). 'auto': when the computation is float32 on the CPU backend and not
-  partitioned (no mesh, or a mesh of one device), and the kernel builds here.
-  A custom call is opaque to XLA's SPMD partitioner, which would replicate
-  its operands on every device of a larger mesh.
-  """
-  return _resolve(setting, dtype, 'attention_kernel', KERNELS, load, available)
-
-
-def use_fused(setting: str, dtype) -> bool:
-  """Whether attention runs whole through the fused kernel (`attention`): for 'fused', and
-  for 'auto' where `use_blas` picks the kernels; 'blas' keeps the separate products."""
-  return setting in ('auto', 'fused') and use_blas(setting, dtype)
-
-
-def _resolve(setting: str, dtype, name: str, choices: tuple[str, ...], load_fn, available_fn
-             ) -> bool:
-  """T5Config.<name> = `setting` ('auto', 'xla' or the kernel's own name, choices[2]) -> use it?"""
-  if setting not in choices:
-    raise ValueError(f'T5Config.{name}={setting!r}; use one of {choices}.')
-  if setting == 'xla':
-    return False
-  float32 = jnp.dtype(dtype) == jnp.float32
-  if setting != 'auto':
-    if not float32:
-      raise ValueError(f'T5Config.{name}="{setting}" computes in float32; the model\'s '
-                       f'dtype is {jnp.dtype(dtype).name}: use "auto" or "xla".')
-    load_fn()
-    return True
-  mesh = jax.sharding.get_abstract_mesh()
-  return (float32 and jax.default_backend() == 'cpu' and (mesh.empty or mesh.size == 1)
-          and available_fn())
-
-
 def _installed_file(distribution: str, prefix: str) -> pathlib.Path:
   """The file of an installed wheel whose name starts with `prefix` (e.g. libmkl_rt.so)."""
   import importlib.metadata
@@ -262,8 +217,8 @@ def _installed_file(distribution: str, prefix: str) -> pathlib.Path:
   found = sorted(pathlib.Path(f.locate()).resolve() for f in files if f.name.startswith(prefix))
   if not found:
     raise RuntimeError(f'{prefix}* not found: the {distribution!r} wheel is not installed '
-                       '(pip install -e . installs oneMKL on x86-64 Linux); or set '
-                       'T5Config.dense_kernel="xla"')
+                       '(pip install "promot-t5x[cpu]" installs oneMKL on x86-64 Linux); or drop '
+                       'gin/options/cpu_kernels.gin (XLA\'s products)')
   return found[0]
 
 
@@ -289,7 +244,7 @@ def _mkl() -> ctypes.CDLL:
   layer = mkl.MKL_Set_Threading_Layer(MKL_THREADING_TBB)
   if layer != MKL_THREADING_TBB:
     raise RuntimeError(f'oneMKL did not take its TBB threading layer (it reports layer '
-                       f'{layer}); set T5Config.dense_kernel="xla"')
+                       f'{layer}); drop gin/options/cpu_kernels.gin (XLA\'s products)')
   return mkl
 
 
@@ -302,18 +257,6 @@ def load_dense() -> None:
 def dense_available() -> bool:
   """Whether the dense kernel loads here (tried once; the reason is logged)."""
   return _loads('mkl', 'dense_error', load_dense, 'dense layers through oneMKL')
-
-
-def use_mkl(setting: str, dtype) -> bool:
-  """Resolves `T5Config.dense_kernel` while tracing.
-
-  'xla': never. 'mkl': always (float32 only; raises if MKL cannot load).
-  'auto': for float32 on the CPU backend in an unpartitioned program (as
-  `use_blas`), when MKL loads here. (MKL was the faster at every size
-  measured, from [8, 512] @ [512, 512] up: bench/README.md.)
-  """
-  return _resolve(setting, dtype, 'dense_kernel', DENSE_KERNELS, load_dense,
-                  dense_available)
 
 
 def dense_product(a, b, *, trans_a=False, trans_b=False):
