@@ -139,7 +139,7 @@ def check_claims_file(data: Mapping[str, Any]) -> list[str]:
 Tables = Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]]
 Curves = Mapping[str, Sequence[Mapping[str, Mapping[Any, float]]]]
 NORM_AVG = 'fewshot_1shot/norm_avg'
-TASK_SCORE = {'rte': 'fewshot_1shot/rte/accuracy', 'enfr': 'fewshot_1shot/enfr/bleu'}
+TASK_SCORE = {'rte': 'rte/accuracy', 'enfr': 'enfr/bleu'}  # the target task, with the run's prompt
 PAPER_NAMES = {'rte': 'RTE', 'enfr': 'En-Fr'}
 
 
@@ -305,3 +305,40 @@ def write_claims(path: str, claims: Sequence[Claim], settings: Mapping[str, Any]
             encoding='utf-8') as f:
     f.write(claims_markdown(claims))
   return path
+
+
+def claims_from_summary(summary: Mapping[str, Any]) -> tuple[list[Claim], dict[str, Any]]:
+  """The claims of a miniature run's summary.json (its tables and curves), with the settings to record."""
+  curves = summary.get('curves') or None
+  if curves:
+    curves = {'finetune': curves.get('finetune', []), 'promot': curves.get('promot_stage2', [])}
+  s = summary.get('settings', {})
+  info = {'seeds': s.get('seeds'), 'eval_examples_per_task': s.get('max_examples'),
+          'task_test_examples': s.get('max_examples'), 'world': s.get('world', 'v1'),
+          'interval': 'two-sided 95 % t-interval over seeds; differences paired by seed'}
+  return miniature_claims(summary['tables'], curves), info
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m promot_t5x.claims --summary=runs/miniature/summary.json`: (re)computes claims.json beside it."""
+  import argparse
+  import os
+  import sys
+
+  parser = argparse.ArgumentParser(prog='python -m promot_t5x.claims', description=main.__doc__)
+  parser.add_argument('--summary', required=True, help="a miniature run's summary.json")
+  parser.add_argument('--output', default=None, help='default: claims.json beside the summary')
+  args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+  with open(args.summary, encoding='utf-8') as f:
+    summary = json.load(f)
+  found, info = claims_from_summary(summary)
+  info['command'] = f'python -m promot_t5x.claims --summary={args.summary}'
+  path = write_claims(args.output or os.path.join(os.path.dirname(args.summary), 'claims.json'), found, info)
+  for c in found:
+    print(f'{c.id}: {c.verdict}')
+  print(f'claims: {path}')
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())

@@ -42,7 +42,7 @@ def test_one_seed_is_inconclusive_and_unknown_tests_fail():
 
 def _tables():
   seeds = range(5)
-  row = lambda norm, task: {'fewshot_1shot/norm_avg': norm, 'fewshot_1shot/rte/accuracy': task}
+  row = lambda norm, task: {'fewshot_1shot/norm_avg': norm, 'rte/accuracy': task}
   return {'rte': {
       'pretrained': [row(60.0, 0.0)],
       'finetune': [row(30.0 + s, 95.0 + s % 2) for s in seeds],
@@ -92,3 +92,18 @@ def test_claims_file_is_checked(tmp_path):
   assert (tmp_path / 'claims.md').read_text().count('| C') == len(claims)
   data['claims'][0]['verdict'] = C.NOT_SUPPORTED
   assert 'does not follow' in C.check_claims_file(data)[0]
+
+
+def test_committed_claims_are_those_of_the_committed_run():
+  """docs/miniature/claims.json is what the claims code computes from the committed run's tables."""
+  import json
+  import pathlib
+
+  docs = pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'miniature'
+  found, info = C.claims_from_summary(json.loads((docs / 'summary.json').read_text()))
+  committed = json.loads((docs / 'claims.json').read_text())
+  assert C.check_claims_file(committed) == []
+  assert [c['id'] for c in committed['claims']] == [c.id for c in found]
+  for c, new in zip(committed['claims'], found):
+    assert c['verdict'] == new.verdict and c['tested']['mean'] == pytest.approx(new.tested.mean), c['id']
+  assert committed['settings']['seeds'] == info['seeds']
