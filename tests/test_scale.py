@@ -10,14 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_trainer import make_trainer, random_batch, run_steps  # the tests folder is on sys.path
 
 from promot_t5x import eval as eval_lib
 from promot_t5x import optimizers, param_sets
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.checkpoints import matching, orbax_io
 from promot_t5x.models import encoder_decoder, t5
-
-from test_trainer import make_trainer, random_batch, run_steps  # noqa: E402  (tests dir on path)
 
 
 def tiny_config(**changes) -> t5.T5Config:
