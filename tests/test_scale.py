@@ -195,3 +195,33 @@ def test_stacked_layers_compile_one_layer_body():
 def test_stacked_layer_leaves_are_found_by_their_layers_key():
   tree = {'encoder': {'layers': {'k': jnp.zeros((2, 3))}, 'norm': jnp.zeros(3)}}
   assert optimizers.stacked_layer_leaves(tree) == [True, False]
+
+
+def test_promot_train_with_scan_remat_and_2d_restores_and_resumes_in_the_unrolled_layout(
+    tmp_path, fixtures_dir):
+  """promot-train by gin macros: from an unrolled checkpoint, killed-and-resumed, same result.
+
+  A scanned run (remat full, 2-D sharding on 4 devices) starts from an unrolled
+  model's checkpoint, stops after 2 steps and resumes for a third; it ends with
+  the parameters of an unrolled 1-device run of 3 steps, and its checkpoints
+  are unrolled on disk.
+  """
+  from test_train_runs import _cmd, _env, _final_params, _run, _toy_args
+
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'base'), '--gin_file=runs/finetune.gin',
+            '--gin.TRAIN_STEPS=1'), _env(fixtures_dir), timeout=900)
+  start = f'--gin.INITIAL_CHECKPOINT_PATH={tmp_path / "base"}'
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'plain'), '--gin_file=runs/finetune.gin', start,
+            '--gin.TRAIN_STEPS=3'), _env(fixtures_dir), timeout=900)
+  scaled = ['--gin.SCAN_LAYERS=True', "--gin.REMAT_POLICY='full'",
+            '--gin.PARAMETER_PARTITIONING_DIMS=2', '--gin.CHECKPOINT_PERIOD=1']
+  env = _env(fixtures_dir, devices=4)
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'scan'), '--gin_file=runs/finetune.gin', start,
+            '--gin.TRAIN_STEPS=2', *scaled), env, timeout=900)
+  r = _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'scan'), '--gin_file=runs/finetune.gin', start,
+                '--gin.TRAIN_STEPS=3', *scaled), env, timeout=900)
+  assert 'resuming' in r.stdout + r.stderr
+  plain, scan = _final_params(tmp_path / 'plain'), _final_params(tmp_path / 'scan')
+  assert sorted(scan) == sorted(plain) and 'encoder/layers_0/mlp/wi_0/kernel' in scan
+  for path in plain:
+    np.testing.assert_allclose(scan[path], plain[path], rtol=2e-4, atol=2e-6, err_msg=path)
