@@ -16,8 +16,9 @@ if [[ "${1:-}" == "--dry" ]]; then DRY=(--dry); shift; fi
 OUT="${1:-bench/results/device_check}"
 PYTHON="${PYTHON:-python}"
 mkdir -p "$OUT"
-# Single-device tests only: the 8-fake-CPU-device mesh tests do not apply to one GPU.
-SELECT='not 8_devices and not 8_fake and not both_ways'
+# Single-device, in-process tests only: the 8-fake-CPU-device mesh tests do not apply to one GPU,
+# and the promot-train subprocess run is a CPU test.
+SELECT='not 8_devices and not 8_fake and not both_ways and not promot_train'
 TEST_LIMIT=240
 CHECK_LIMIT=330
 if [[ ${#DRY[@]} -gt 0 ]]; then

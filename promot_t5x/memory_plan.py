@@ -1,6 +1,11 @@
 r"""`promot-memory-plan`: per-device memory of the real train step, by compilation.
 
   promot-memory-plan --gin_file=gin/models/mt5_xxl.gin --mesh=8x8 --mesh=32x8
+  promot-memory-plan --gin_file=gin/models/mt5_xxl.gin --mesh=8x8 --remat_policy=minimal \
+    --scan_layers=true --parameter_partitioning_dims=2      # docs/scale.md
+
+Every row records its options (remat_policy, scan_layers,
+parameter_partitioning_dims) and its compile time (wall and CPU seconds).
 
 For each mesh and stage (ProMoT stage 1 = prompt tuning, stage 2, standard
 fine-tuning) this builds the project's `Trainer` exactly as a run would (the
