@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from promot_t5x import data, param_sets
-from promot_t5x.models import encoder_decoder
+from promot_t5x.models import encoder_decoder, t5
 
 Batch = dict[str, np.ndarray]
 _TARGET_KEYS = ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
@@ -113,6 +113,10 @@ class GradientAlignment:
       real['prompt_index'] = np.zeros((len(real['encoder_input_tokens']),), np.int32)
     shuffled = shuffle_labels(real, self.seed)
     params = jax.device_get(params)
+    if model.config.scan_layers:  # "the last decoder layer" by its unrolled (checkpoint) name
+      params = t5.unscan_params(params, model.config)
+      model = dataclasses.replace(model, module=model.module.clone(
+          config=model.config.replace(scan_layers=False)))
     pattern = last_decoder_layer_pattern(params)
     if self._grad_fn is None:
       self._grad_fn = jax.jit(lambda p, b: gradient(model, p, b, pattern))

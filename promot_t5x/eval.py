@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ import jax
 from promot_t5x import distributed, evaluation, gin_utils, host_memory, param_sets, partitioning, reports, t5x_flags
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.checkpoints import sources
-from promot_t5x.models import encoder_decoder
+from promot_t5x.models import encoder_decoder, t5
 from promot_t5x.models import prompts as prompts_lib
 
 
@@ -96,7 +97,9 @@ def load_params(model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str
   if prompt != config.prompt:
     model = dataclasses.replace(model, module=model.module.clone(config=config.replace(
         prompt=prompt)))
-  want = param_sets.flatten(_unboxed_abstract(model))
+  # Checkpoints hold the unrolled layout; a model with scanned layers stacks after reading.
+  unrolled = functools.partial(t5.unscan_params, config=model.config, take=t5.take_layer_abstract)
+  want = param_sets.flatten(unrolled(_unboxed_abstract(model)))
   missing = sorted(set(want) - set(flat))
   extra = sorted(set(flat) - set(want))
   wrong = [f'{p}: checkpoint {tuple(flat[p].shape)} vs model {tuple(want[p].shape)}'
@@ -106,10 +109,15 @@ def load_params(model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str
         f'Checkpoint {checkpoint_path} does not fit the model gin: missing {missing[:10]}, '
         f'unexpected {extra[:10]}, wrong shape {wrong[:10]}. Use the model gin the run was '
         'trained with (sizes, vocabulary).')
-  shardings = (param_sets.flatten(partitioner.param_shardings(model.abstract_params()))
-               if partitioner is not None else {})
-  params = source.read({k: shardings.get(k) for k in flat})
-  return model, param_sets.unflatten(params)
+  model_shardings = (partitioner.param_shardings(model.abstract_params())
+                     if partitioner is not None else None)
+  shardings = param_sets.flatten(unrolled(model_shardings)) if model_shardings else {}
+  params = param_sets.unflatten(source.read({k: shardings.get(k) for k in flat}))
+  if model.config.scan_layers:
+    params = t5.scan_params(params, model.config)
+    if model_shardings is not None:
+      params = jax.device_put(params, model_shardings)
+  return model, params
 
 
 def _unboxed_abstract(model: encoder_decoder.EncoderDecoderModel) -> Any:

@@ -1,6 +1,11 @@
 r"""`promot-memory-plan`: per-device memory of the real train step, by compilation.
 
   promot-memory-plan --gin_file=gin/models/mt5_xxl.gin --mesh=8x8 --mesh=32x8
+  promot-memory-plan --gin_file=gin/models/mt5_xxl.gin --mesh=8x8 --remat_policy=minimal \
+    --scan_layers=true --parameter_partitioning_dims=2      # docs/scale.md
+
+Every row records its options (remat_policy, scan_layers,
+parameter_partitioning_dims) and its compile time (wall and CPU seconds).
 
 For each mesh and stage (ProMoT stage 1 = prompt tuning, stage 2, standard
 fine-tuning) this builds the project's `Trainer` exactly as a run would (the
@@ -80,6 +85,11 @@ class PlanSetting:
   stages: tuple[str, ...] = DEFAULT_STAGES
   dropout_rate: float | None = None
   compile: bool = True
+  # The scale options (T5Config.remat_policy / scan_layers and the partitioner's
+  # parameter_partitioning_dims); None keeps the model gin's value.
+  remat_policy: str | None = None
+  scan_layers: bool | None = None
+  parameter_partitioning_dims: int = 1
 
   def __post_init__(self):
     for name in ('mesh_data', 'mesh_model', 'batch_size', 'input_length', 'target_length',
@@ -127,7 +137,13 @@ class StagePlan:
   alias_bytes: int | None = None
   temp_bytes: int | None = None
   compile_seconds: float | None = None
+  # CPU time of this process (all its threads) for lowering + compiling: on a
+  # shared machine the fairer of the two for comparing compiles.
+  compile_cpu_seconds: float | None = None
   backend: str = ''
+  remat_policy: str = 'none'
+  scan_layers: bool = False
+  parameter_partitioning_dims: int = 1
 
   @property
   def params_bytes(self) -> int:
@@ -187,8 +203,12 @@ class StagePlan:
 # Planning one mesh, in this process (needs mesh_data x mesh_model devices).
 # -----------------------------------------------------------------------------
 def build_model(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
-                prompt_length: int | None = None, dropout_rate: float | None = None):
-  """The `EncoderDecoderModel` of a model gin, with a soft prompt when asked."""
+                prompt_length: int | None = None, dropout_rate: float | None = None,
+                remat_policy: str | None = None, scan_layers: bool | None = None):
+  """The `EncoderDecoderModel` of a model gin, with a soft prompt when asked.
+
+  remat_policy, scan_layers: override the model gin's `T5Config` values (None keeps them).
+  """
   from promot_t5x import inspect_model
   from promot_t5x.models import encoder_decoder, prompts, t5
 
@@ -198,6 +218,10 @@ def build_model(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
     cfg = cfg.replace(prompt=prompts.PromptConfig(length=prompt_length))
   if dropout_rate is not None:
     cfg = cfg.replace(dropout_rate=dropout_rate)
+  if remat_policy is not None:
+    cfg = cfg.replace(remat_policy=remat_policy)
+  if scan_layers is not None:
+    cfg = cfg.replace(scan_layers=scan_layers)
   return encoder_decoder.EncoderDecoderModel(
       t5.Transformer(cfg), None, model.label_smoothing, model.z_loss,
       model.loss_normalizing_factor)
@@ -265,13 +289,14 @@ def plan_mesh(setting: PlanSetting, devices: Sequence[Any] | None = None) -> lis
     # Exact sizes need only the mesh's shape: no devices, any size.
     mesh = partitioning.abstract_mesh(setting.mesh_data, setting.mesh_model)
     backend = 'abstract mesh (not compiled)'
-  partitioner = partitioning.Partitioner(mesh)
+  partitioner = partitioning.Partitioner(
+      mesh, partitioning.standard_logical_axis_rules(setting.parameter_partitioning_dims))
   plans = []
   for stage_name in setting.stages:
     stage = param_sets.stage_by_name(stage_name)
     model = build_model(setting.gin_files, setting.gin_bindings,
                         setting.prompt_length if stage.use_prompt else None,
-                        setting.dropout_rate)
+                        setting.dropout_rate, setting.remat_policy, setting.scan_layers)
     trainer = trainer_lib.Trainer(model, stage, stage_optimizer(stage_name), partitioner,
                                   num_microbatches=setting.num_microbatches)
     state = trainer.abstract_state()
@@ -296,12 +321,15 @@ def plan_mesh(setting: PlanSetting, devices: Sequence[Any] | None = None) -> lis
         # parameter's sharding; the update needs all of them at once); with
         # microbatches, the running sum and one microbatch's gradients.
         gradient_bytes=_tree_bytes(state.trainable) * (2 if setting.num_microbatches > 1 else 1),
-        backend=backend)
+        backend=backend, remat_policy=model.config.remat_policy,
+        scan_layers=model.config.scan_layers,
+        parameter_partitioning_dims=setting.parameter_partitioning_dims)
     if setting.compile:
-      t0 = time.time()
+      t0, c0 = time.time(), time.process_time()
       compiled = trainer.lower_train_step(state, batch).compile()
       stats = compiled.memory_analysis()
       plan.compile_seconds = round(time.time() - t0, 1)
+      plan.compile_cpu_seconds = round(time.process_time() - c0, 1)
       plan.argument_bytes = int(stats.argument_size_in_bytes)
       plan.output_bytes = int(stats.output_size_in_bytes)
       plan.alias_bytes = int(stats.alias_size_in_bytes)
@@ -369,18 +397,21 @@ def format_table(plans: Sequence[StagePlan]) -> str:
     x = n / unit
     return f'{x:.2f}' if x >= 0.1 or x == 0 else f'{x:.2g}'
 
-  header = ['mesh (data x model)', 'stage', 'micro-batches', 'trainable params',
+  header = ['mesh (data x model)', 'stage', 'remat', 'scan', 'param dims', 'micro-batches',
+            'trainable params',
             'params', 'optimizer state', 'gradients', 'activations & temps',
             'compiler temp', 'args (compiled)', 'peak', 'peak if bf16']
-  header += [f'{dev} {gib}G' for dev, gib in DEVICES]
+  header += [f'{dev} {gib}G' for dev, gib in DEVICES] + ['compile s']
   rows = []
   for p in plans:
-    rows.append([f'{p.mesh_data} x {p.mesh_model}', STAGE_LABELS[p.stage],
+    rows.append([f'{p.mesh_data} x {p.mesh_model}', STAGE_LABELS[p.stage], p.remat_policy,
+                 'yes' if p.scan_layers else 'no', str(p.parameter_partitioning_dims),
                  str(p.num_microbatches), f'{p.trainable_params:,}',
                  size(p.params_bytes), size(p.opt_state_bytes), size(p.gradient_bytes),
                  size(p.activations_bytes), size(p.temp_bytes), size(p.argument_bytes),
                  size(p.peak_bytes), size(p.peak_bf16_bytes)]
-                + [p.fit(gib) for _, gib in DEVICES])
+                + [p.fit(gib) for _, gib in DEVICES]
+                + ['-' if p.compile_seconds is None else f'{p.compile_seconds:.0f}'])
   lines = [f'per-device {name}', '', '| ' + ' | '.join(header) + ' |',
            '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
@@ -443,7 +474,10 @@ def settings_from_args(args: argparse.Namespace) -> list[PlanSetting]:
                       mesh_data=d, mesh_model=m, batch_size=args.batch_size,
                       input_length=args.input_length, target_length=args.target_length,
                       prompt_length=args.prompt_length, num_microbatches=n, stages=stages,
-                      dropout_rate=args.dropout_rate, compile=not args.no_compile)
+                      dropout_rate=args.dropout_rate, compile=not args.no_compile,
+                      remat_policy=args.remat_policy,
+                      scan_layers=None if args.scan_layers is None else args.scan_layers == 'true',
+                      parameter_partitioning_dims=args.parameter_partitioning_dims)
           for d, m in meshes for n in microbatches]
 
 
@@ -474,6 +508,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help='gradient accumulation; comma-separated to compare, e.g. 1,4')
   parser.add_argument('--dropout_rate', type=float, default=None,
                       help="default: the model gin's (the paper fine-tunes with 0.1)")
+  parser.add_argument('--remat_policy', default=None, help="T5Config.remat_policy: none, minimal, "
+                      "full (default: the model gin's)")
+  parser.add_argument('--scan_layers', default=None, choices=('true', 'false'),
+                      help="T5Config.scan_layers (default: the model gin's)")
+  parser.add_argument('--parameter_partitioning_dims', type=int, default=1, choices=(1, 2),
+                      help='2: parameters also sharded over data (embed -> data), as T5X')
   parser.add_argument('--no_compile', action='store_true',
                       help='only the exact state sizes (instant; no activations)')
   parser.add_argument('--jobs', type=int, default=1, help='meshes compiled in parallel')

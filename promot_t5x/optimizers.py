@@ -28,7 +28,10 @@ stores `(1,)` dummies). For a matrix `[rows, cols]`, `v_row` is `[rows]` and
 `v_col` is `[cols]` whichever dimension is larger (T5X names them by size
 instead; the estimate `v_row v_col^T / mean(v_row)` is the same either way).
 Higher-rank leaves are factored over their two largest axes (later axes win
-ties), the other axes kept as batch axes, as T5X's heuristic does.
+ties), the other axes kept as batch axes, as T5X's heuristic does. A scanned
+layer stack (a leaf under a `layers` key, leading axis [num_layers]) is L
+parameters: factoring, update clipping and the parameter scale apply per
+layer, as T5X's Adafactor does with its `layers` factor rule.
 
 Shardings of the state follow from the parameters' (`state_partition_specs`,
 `state_shardings`): `v` and `m` take the parameter's spec, `v_row` the spec
@@ -303,12 +306,19 @@ class Adafactor:
       out['m'] = shape
     return out
 
+  def _stacked_leaf_state_shapes(self, shape: Sequence[int], stacked: bool
+                                 ) -> dict[str, tuple[int, ...]]:
+    if not stacked:
+      return self._leaf_state_shapes(shape)
+    return {k: (shape[0], *s) for k, s in self._leaf_state_shapes(shape[1:]).items()}
+
   def init(self, params: PyTree) -> AdafactorState:
     """Zero statistics for every leaf of `params` (arrays or ShapeDtypeStructs)."""
-    def leaf_state(p):
-      return {k: jnp.zeros(s, jnp.float32) for k, s in self._leaf_state_shapes(p.shape).items()}
-    return AdafactorState(count=jnp.zeros((), jnp.int32),
-                          param_states=jax.tree.map(leaf_state, params))
+    leaves, treedef = jax.tree.flatten(params)
+    states = [{k: jnp.zeros(s, jnp.float32)
+               for k, s in self._stacked_leaf_state_shapes(p.shape, stacked).items()}
+              for p, stacked in zip(leaves, stacked_layer_leaves(params), strict=True)]
+    return AdafactorState(count=jnp.zeros((), jnp.int32), param_states=treedef.unflatten(states))
 
   def update(self, updates: PyTree, state: AdafactorState, params: PyTree | None = None
              ) -> tuple[PyTree, AdafactorState]:
@@ -331,8 +341,13 @@ class Adafactor:
     param_leaves = (treedef.flatten_up_to(params) if params is not None
                     else [None] * len(grad_leaves))
     new_updates, new_slots = [], []
-    for g, slots, p in zip(grad_leaves, slot_leaves, param_leaves, strict=True):
-      u, s = self._update_leaf(g, slots, p, beta2, lr)
+    for g, slots, p, stacked in zip(grad_leaves, slot_leaves, param_leaves,
+                                    stacked_layer_leaves(grads), strict=True):
+      if stacked:  # scanned layers: each layer's slice is its own leaf
+        u, s = jax.vmap(lambda g, slots, p: self._update_leaf(g, slots, p, beta2, lr),
+                        in_axes=(0, 0, None if p is None else 0))(g, slots, p)
+      else:
+        u, s = self._update_leaf(g, slots, p, beta2, lr)
       new_updates.append(u)
       new_slots.append(s)
     return (treedef.unflatten(new_updates),
@@ -388,23 +403,39 @@ class Adafactor:
     spec_leaves = treedef.flatten_up_to(param_specs)
     shape_leaves = treedef.flatten_up_to(params_shapes)
     out = []
-    for spec, x in zip(spec_leaves, shape_leaves, strict=True):
+    for spec, x, stacked in zip(spec_leaves, shape_leaves, stacked_layer_leaves(params_shapes),
+                                strict=True):
       if not _is_spec(spec):
         raise TypeError(f'param_specs leaves must be PartitionSpecs, got {spec!r}.')
       shape = tuple(x.shape)
       entries = _padded(spec, len(shape))
+      lead = []
+      if stacked:  # the per-layer rule below, the [layers] axis kept in front
+        lead, entries, shape = entries[:1], entries[1:], shape[1:]
       axes = self.factored_axes(shape)
       leaf = {}
       if axes is None:
-        leaf['v'] = PartitionSpec(*entries)
+        leaf['v'] = PartitionSpec(*lead, *entries)
       else:
         row, col = axes
-        leaf['v_row'] = PartitionSpec(*(entries[:col] + entries[col + 1:]))
-        leaf['v_col'] = PartitionSpec(*(entries[:row] + entries[row + 1:]))
+        leaf['v_row'] = PartitionSpec(*lead, *(entries[:col] + entries[col + 1:]))
+        leaf['v_col'] = PartitionSpec(*lead, *(entries[:row] + entries[row + 1:]))
       if self.beta1 is not None:
-        leaf['m'] = PartitionSpec(*entries)
+        leaf['m'] = PartitionSpec(*lead, *entries)
       out.append(leaf)
     return AdafactorState(count=PartitionSpec(), param_states=treedef.unflatten(out))
+
+
+def stacked_layer_leaves(tree: PyTree) -> list[bool]:
+  """Per leaf of `tree` (in `jax.tree.leaves` order): whether it is a scanned layer stack.
+
+  Scanned layers (`T5Config.scan_layers`) keep all layers of a stack in one
+  leaf under a `layers` key (`encoder/layers/mlp/wi_0/kernel` [L, embed, mlp]);
+  Adafactor treats its leading axis as L separate parameters, so a scanned
+  model takes exactly the steps of the unrolled one.
+  """
+  paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return [any(getattr(k, 'key', None) == 'layers' for k in path) for path, _ in paths]
 
 
 def adafactor(learning_rate: ScalarOrSchedule,

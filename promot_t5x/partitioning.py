@@ -2,10 +2,12 @@
 
 The model names every parameter dimension with a logical axis (`vocab`,
 `embed`, `mlp`, `heads`, `kv`, `joined_kv`, `relpos_buckets`, `prompt`,
-`prompt_embed`) and every activation with `batch`, `length`, ... . The rules
-below map logical names to the axes of a `('data', 'model')` mesh, as T5X's
-`standard_logical_axis_rules` do: the batch is split over `data`; the vocabulary,
-MLP and attention heads over `model`; the rest is replicated.
+`prompt_embed`, and `layers` for scanned stacks) and every activation with
+`batch`, `length`, ... . The rules below map logical names to the axes of a
+`('data', 'model')` mesh, as T5X's `standard_logical_axis_rules` do: the batch
+is split over `data`; the vocabulary, MLP and attention heads over `model`; the
+rest is replicated, or, with `parameter_partitioning_dims=2`, parameters'
+`embed` dimension over `data` too.
 
 The same code runs on 1 CPU, 8 fake CPU devices
 (`--xla_force_host_platform_device_count=8`), a GPU host or a TPU pod. A
@@ -30,20 +32,43 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 LogicalRules = tuple[tuple[str, str | None], ...]
 
+def standard_logical_axis_rules(parameter_partitioning_dims: int = 1) -> LogicalRules:
+  """T5X's standard logical-axis rules.
+
+  Args:
+    parameter_partitioning_dims: 1 shards parameters over `model` only
+      (vocab, mlp, heads, joined_kv), replicating them over `data`; 2 also
+      shards their `embed` dimension over `data`, as T5X's
+      `parameter_partitioning_dims=2` does: every 2-D kernel is split over the
+      whole mesh, and so are its gradients and optimizer state (factored
+      Adafactor rows and columns keep their dimension's axis). Activations are
+      unchanged: their `batch` takes `data` first (rules apply in order and
+      a mesh axis is used once per array), so their `embed` stays whole.
+
+  Returns:
+    (logical name, mesh axis or None) pairs, in order of precedence.
+  """
+  if parameter_partitioning_dims not in (1, 2):
+    raise ValueError(f'parameter_partitioning_dims must be 1 or 2 (T5X\'s values), got '
+                     f'{parameter_partitioning_dims}.')
+  return (
+      ('batch', 'data'),
+      ('vocab', 'model'),
+      ('mlp', 'model'),
+      ('heads', 'model'),
+      ('joined_kv', 'model'),
+      ('kv', None),
+      ('embed', 'data' if parameter_partitioning_dims == 2 else None),
+      ('relpos_buckets', None),
+      ('length', None),
+      ('layers', None),  # the stacked axis of scanned layers
+      ('prompt', None),
+      ('prompt_embed', None),
+  )
+
+
 # T5X's standard rules with 1-D parameter and activation partitioning.
-STANDARD_LOGICAL_AXIS_RULES: LogicalRules = (
-    ('batch', 'data'),
-    ('vocab', 'model'),
-    ('mlp', 'model'),
-    ('heads', 'model'),
-    ('joined_kv', 'model'),
-    ('kv', None),
-    ('embed', None),
-    ('relpos_buckets', None),
-    ('length', None),
-    ('prompt', None),
-    ('prompt_embed', None),
-)
+STANDARD_LOGICAL_AXIS_RULES: LogicalRules = standard_logical_axis_rules(1)
 
 MESH_AXES = ('data', 'model')
 

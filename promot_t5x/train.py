@@ -36,7 +36,7 @@ import jax
 from promot_t5x import data, distributed, gin_utils, host_memory, param_sets, partitioning, paths, summaries, t5x_flags
 from promot_t5x import trainer as trainer_lib
 from promot_t5x.checkpoints import manager as ckpt_manager
-from promot_t5x.models import encoder_decoder
+from promot_t5x.models import encoder_decoder, t5
 from promot_t5x.models import prompts as prompts_lib
 
 Evaluator = Callable[[encoder_decoder.EncoderDecoderModel, Any, int], Mapping[str, float]]
@@ -122,12 +122,21 @@ def _initial_params(trainer: trainer_lib.Trainer, restore: ckpt_manager.RestoreC
   """
   model = trainer.model
   shardings = param_sets.merge(trainer.state_shardings.trainable, trainer.state_shardings.frozen)
-  flat_shardings = param_sets.flatten(shardings)
   rng = jax.random.PRNGKey(seed)
+  # Checkpoints hold the unrolled layout: a model with scanned layers restores
+  # and initializes in that layout, then stacks (t5.scan_params).
+  scanned = model.config if (restore is not None and model.config.scan_layers) else None
+  if scanned is not None:
+    scanned_shardings = shardings
+    shardings = t5.unscan_params(shardings, scanned, take=t5.take_layer_abstract)
+  flat_shardings = param_sets.flatten(shardings)
 
   def init(paths: list[str]) -> dict[str, jax.Array]:
     def selected(key):
-      flat = param_sets.flatten(model.init_params(key))
+      params = model.init_params(key)
+      if scanned is not None:
+        params = t5.unscan_params(params, scanned)
+      flat = param_sets.flatten(params)
       return {p: flat[p] for p in paths}
 
     # Compiled with only `paths` as outputs, the initialization of the rest
@@ -155,9 +164,14 @@ def _initial_params(trainer: trainer_lib.Trainer, restore: ckpt_manager.RestoreC
           fresh[path] = make(jax.random.fold_in(rng, i), embedding=embedding)
     return fresh
 
-  params, report = ckpt_manager.restore_params(restore, trainer.abstract_params,
+  abstract_params = trainer.abstract_params
+  if scanned is not None:
+    abstract_params = t5.unscan_params(abstract_params, scanned, take=t5.take_layer_abstract)
+  params, report = ckpt_manager.restore_params(restore, abstract_params,
                                                init_from_restored, model.module, shardings)
   _log(report.summary())
+  if scanned is not None:
+    params = jax.device_put(t5.scan_params(params, scanned), scanned_shardings)
   return params
 
 
@@ -215,7 +229,7 @@ def train(*,
   _write_text(os.path.join(model_dir, 'config.gin'), _gin_config_or_empty())
 
   manager = ckpt_manager.TrainCheckpointManager(model_dir, keep_checkpoints, best_metric,
-                                                best_mode)
+                                                best_mode, model.config)
   latest = manager.latest_step()
   batches_consumed = 0
   if latest is not None:

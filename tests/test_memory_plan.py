@@ -90,3 +90,32 @@ def test_command_prints_a_table_and_writes_json(tmp_path):
   assert [(p['mesh_data'], p['stage']) for p in plans] == [
       (4, 'prompt_tuning'), (4, 'promot_stage2'), (2, 'prompt_tuning'), (2, 'promot_stage2')]
   assert set(plans[0]['fits']) == {'TPU v4 (32 GiB)', 'TPU v5e (16 GiB)', 'GPU (80 GiB)'}
+
+
+def test_2d_parameter_partitioning_splits_mt5_xxl_state_over_all_64_devices():
+  """parameter_partitioning_dims=2 (embed -> data): 1/64 of the parameters per device, not 1/8."""
+  setting = memory_plan.PlanSetting(gin_files=('gin/models/mt5_xxl.gin',), mesh_data=8,
+                                    mesh_model=8, compile=False, parameter_partitioning_dims=2,
+                                    remat_policy='full', scan_layers=True)
+  stage1, stage2, finetune = memory_plan.plan_mesh(setting)
+  for plan in (stage1, stage2, finetune):
+    assert 0.74 * GiB < plan.params_bytes < 0.77 * GiB
+    assert (plan.remat_policy, plan.scan_layers, plan.parameter_partitioning_dims) == (
+        'full', True, 2)
+  assert 0.74 * GiB < finetune.gradient_bytes < 0.77 * GiB
+  assert finetune.total_params == 12_921_057_280  # scanning changes the layout, not the count
+
+
+def test_compiled_plan_records_the_options_beside_its_sizes():
+  plain, = memory_plan.plan_mesh(tiny_setting(stages=('finetune',)))
+  scaled, = memory_plan.plan_mesh(tiny_setting(stages=('finetune',), remat_policy='full',
+                                               scan_layers=True, parameter_partitioning_dims=2))
+  assert (plain.remat_policy, plain.scan_layers, plain.parameter_partitioning_dims) == (
+      'none', False, 1)
+  assert (scaled.remat_policy, scaled.scan_layers, scaled.parameter_partitioning_dims) == (
+      'full', True, 2)
+  # 2-D on a 4 x 2 mesh: the embed dimension is also split 4 ways.
+  assert scaled.params_bytes < plain.params_bytes / 2
+  assert scaled.compile_cpu_seconds > 0
+  row = memory_plan.format_table([plain, scaled]).splitlines()[-1]
+  assert '| fine-tuning | full | yes | 2 |' in row

@@ -37,9 +37,12 @@ def random_batch(seed=0, batch=8, inputs=10, targets=5, prompt_index=None):
   return out
 
 
-def make_trainer(model, stage, mesh=(1, 1), lr=1e-2, microbatches=None):
+def make_trainer(model, stage, mesh=(1, 1), lr=1e-2, microbatches=None,
+                 parameter_partitioning_dims=1):
   devices = jax.devices()[: mesh[0] * mesh[1]]
-  part = partitioning.Partitioner(partitioning.make_mesh(*mesh, devices=devices))
+  part = partitioning.Partitioner(
+      partitioning.make_mesh(*mesh, devices=devices),
+      partitioning.standard_logical_axis_rules(parameter_partitioning_dims))
   opt = optimizers.adafactor(lr, min_dim_size_to_factor=4)
   return trainer_lib.Trainer(model, stage, opt, part, num_microbatches=microbatches)
 
@@ -119,27 +122,39 @@ def test_multi_task_prompts_are_separate_sets():
   assert np.array_equal(before['prompt/enfr'], after['prompt/enfr'])
 
 
-@pytest.mark.parametrize('mesh', [(8, 1), (4, 2), (2, 4)], ids=['data8', 'data4_model2', 'data2_model4'])
-def test_sharded_steps_match_one_device(mesh):
+@pytest.mark.parametrize('mesh,dims', [((8, 1), 1), ((4, 2), 1), ((2, 4), 1), ((4, 2), 2), ((2, 4), 2)],
+                         ids=['data8', 'data4_model2', 'data2_model4', 'data4_model2_2d',
+                              'data2_model4_2d'])
+def test_sharded_steps_match_one_device(mesh, dims):
   """Data- and model-parallel steps give the single-device loss and parameters.
 
   heads=4 so model=2 and model=4 both split the attention heads; vocab 64 and
-  mlp 32 split too.
+  mlp 32 split too. dims=2 (T5X's parameter_partitioning_dims=2) also splits
+  the parameters' embed dimension, and with it the gradients and Adafactor's
+  factored statistics, over `data`.
   """
   model = tiny_model(prompt_length=4, heads=4)
   params = model.init_params(jax.random.PRNGKey(2))
   batches = [random_batch(i, prompt_index=0) for i in range(2)]
   ref_state, ref_losses = run_steps(make_trainer(model, param_sets.JOINT), params, batches)
-  trainer = make_trainer(model, param_sets.JOINT, mesh=mesh)
+  trainer = make_trainer(model, param_sets.JOINT, mesh=mesh, parameter_partitioning_dims=dims)
   state, losses = run_steps(trainer, params, batches)
   np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
   ref, got = flat_np(ref_state.params), flat_np(state.params)
   for p in ref:
     np.testing.assert_allclose(got[p], ref[p], rtol=2e-4, atol=2e-6, err_msg=p)
   # The parameters really are split over the mesh where the rules say so.
-  kernel = state.trainable['encoder']['layers_0']['mlp']['wi_0']['kernel']
-  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, 'model')
+  kernel = state.trainable['encoder']['layers_0']['mlp']['wi_0']['kernel']  # [embed, mlp]
+  embed_axis = 'data' if dims == 2 else None
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(embed_axis, 'model')
   assert len(kernel.addressable_shards) == mesh[0] * mesh[1]
+  # Adafactor's factored rows [embed] and columns [mlp] keep their dimension's axis.
+  stats = state.opt_state.param_states['encoder']['layers_0']['mlp']['wi_0']['kernel']
+  assert stats['v_row'].sharding.spec == jax.sharding.PartitionSpec(embed_axis)
+  assert stats['v_col'].sharding.spec == jax.sharding.PartitionSpec('model')
+  # 2-D: each device holds 1 / (data x model) of the kernel.
+  shard = kernel.addressable_shards[0].data.shape
+  assert shard == (16 // (mesh[0] if dims == 2 else 1), 32 // mesh[1])
 
 
 def test_gradient_accumulation_matches_the_full_batch():

@@ -38,6 +38,7 @@ from promot_t5x.checkpoints import orbax_io, sources
 # Run-folder layout and source resolution live below this module; the names stay here for callers.
 from promot_t5x.checkpoints.orbax_io import best_step, checkpoint_dir  # noqa: F401
 from promot_t5x.checkpoints.sources import CheckpointError, params_item
+from promot_t5x.models import t5
 
 ITEMS = ('params', 'opt_state', 'meta')
 
@@ -196,7 +197,12 @@ class TrainCheckpointManager:
   """orbax CheckpointManager for a run: periodic saves, keep-N, keep-best."""
 
   def __init__(self, model_dir: str, keep: int | None = 3,
-               best_metric: str | None = None, best_mode: str = 'max'):
+               best_metric: str | None = None, best_mode: str = 'max',
+               model_config: Any = None):
+    """model_config: the run's `t5.T5Config`; with `scan_layers` the parameters are
+    written in the unrolled layout and stacked again on restore (the optimizer
+    state stays in the run's own layout: resume with the same `scan_layers`)."""
+    self._scanned = model_config if getattr(model_config, 'scan_layers', False) else None
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
     self.directory = checkpoint_dir(os.path.abspath(model_dir))
@@ -223,6 +229,8 @@ class TrainCheckpointManager:
     if self.best_metric and metrics is not None and self.best_metric not in metrics:
       raise ValueError(f'best_metric {self.best_metric!r} is not among the evaluation metrics '
                        f'{sorted(metrics)}; fix CHECKPOINT_BEST_METRIC.')
+    if self._scanned is not None:
+      params = t5.unscan_params(params, self._scanned)
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(_non_empty(opt_state)),
@@ -249,6 +257,10 @@ class TrainCheckpointManager:
   def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any
               ) -> tuple[Any, Any, dict[str, Any]]:
     """Restores onto the shardings carried by the abstract trees' ShapeDtypeStructs."""
+    scanned_target = abstract_params
+    if self._scanned is not None:  # on disk: unrolled
+      abstract_params = t5.unscan_params(abstract_params, self._scanned,
+                                         take=t5.take_layer_abstract)
     args = ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params),
         opt_state=ocp.args.StandardRestore(_non_empty(abstract_opt_state)),
@@ -261,10 +273,21 @@ class TrainCheckpointManager:
           'checkpoint of another model or stage; use a fresh MODEL_DIR or the matching gin.'
       ) from e
     opt_state = abstract_opt_state if _is_empty(abstract_opt_state) else out['opt_state']
-    return out['params'], opt_state, dict(out['meta'])
+    params = out['params']
+    if self._scanned is not None:
+      params = place_like(t5.scan_params(params, self._scanned), scanned_target)
+    return params, opt_state, dict(out['meta'])
 
   def close(self) -> None:
     self._manager.close()
+
+
+def place_like(params: Any, abstract: Any) -> Any:
+  """`params` moved onto the shardings of `abstract`'s ShapeDtypeStructs (where they have one)."""
+  def place(x, a):
+    sharding = getattr(a, 'sharding', None)
+    return x if sharding is None else jax.device_put(x, sharding)
+  return jax.tree_util.tree_map(place, params, abstract)
 
 
 def log_report(report: RestoreReport) -> None:

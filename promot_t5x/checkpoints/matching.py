@@ -74,8 +74,13 @@ def transformer_of(model: Any) -> t5.Transformer:
 
 
 def expected_shapes(model: Any) -> dict[str, tuple[int, ...]]:
-  """{'/'-joined path: shape} of every parameter of `model` (nothing allocated)."""
-  abstract = nn.unbox(t5.abstract_params(transformer_of(model)))
+  """{'/'-joined path: shape} of every parameter of `model` (nothing allocated).
+
+  In the checkpoint (unrolled) layout also for a model with `scan_layers`.
+  """
+  module = transformer_of(model)
+  abstract = t5.unscan_params(nn.unbox(t5.abstract_params(module)), module.config,
+                              take=t5.take_layer_abstract)
   flat = param_sets.flatten(abstract)
   return {path: tuple(int(d) for d in leaf.shape) for path, leaf in flat.items()}
 

@@ -205,11 +205,19 @@ def _compiled_decoder(module: t5.Transformer, decoder: str, num_beams: int,
   """jit(params, encoder_input_tokens [B, L], prompt_index [B] | None, alpha) -> dict.
 
   `alpha` is traced, so sweeping the brevity penalty does not recompile.
+  Scanned layers (`scan_layers`) decode through the unrolled module, their
+  parameters sliced per layer once per call (`t5.unscan_params`): the cache
+  and beam search keep their [batch, ...] layout.
   """
+  scanned_config = module.config if module.config.scan_layers else None
+  if scanned_config is not None:
+    module = t5.Transformer(scanned_config.replace(scan_layers=False))
   decode = functools.partial(module.apply, method=t5.Transformer.decode,
                              max_decode_length=max_decode_length)
 
   def run(params, encoder_input_tokens, prompt_index, alpha):
+    if scanned_config is not None:
+      params = t5.unscan_params(params, scanned_config)
     batch_size = encoder_input_tokens.shape[0]
     encoded = module.apply({'params': params}, encoder_input_tokens,
                            prompt_index=prompt_index, method=t5.Transformer.encode)

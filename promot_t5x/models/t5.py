@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +48,11 @@ Dtype = Any
 DotGeneral = Callable[..., Array]
 # dot_product_attention's signature: (query, key, value, bias, *, dtype, dropout) -> Array.
 AttentionFn = Callable[..., Array]
+
+# T5X's remat policy names (t5x/examples/scalable_t5/network.py).
+REMAT_POLICIES = ('none', 'minimal', 'full')
+# Logical name of the stacked-layers axis of scanned parameters.
+LAYERS_AXIS = 'layers'
 
 _ACTIVATIONS = {
     'relu': nn.relu,
@@ -84,6 +90,19 @@ class T5Config:
   # Optional kernels bind other functions here (gin/options/cpu_kernels.gin).
   dot_general: DotGeneral | None = None
   attention_fn: AttentionFn | None = None
+  # Activation rematerialization of each encoder/decoder layer in training, by
+  # T5X's policy names: 'none' (keep every activation for the backward pass),
+  # 'minimal' (keep the products without batch dimensions, i.e. the dense
+  # projections; recompute attention scores, softmax, activations, norms),
+  # 'full' (keep only each layer's input; recompute the whole layer).
+  # The same function and gradients either way; memory against compute.
+  remat_policy: str = 'none'
+  # Run each stack's layers as one flax `nn.scan` over stacked parameters
+  # (`encoder/layers/...` with a leading [layers] axis) instead of unrolling
+  # them: the compiled program holds one layer body, so it compiles several
+  # times faster. Checkpoints stay in the unrolled layout (`layers_0`, ...);
+  # see `scan_params` / `unscan_params`.
+  scan_layers: bool = False
   # Soft prompts live beside the model, in their own parameter set.
   prompt: prompts_lib.PromptConfig | None = None
 
@@ -107,6 +126,11 @@ class T5Config:
         raise ValueError(f'T5Config.{name} must be a function (or None for XLA\'s own), got '
                          f'{getattr(self, name)!r}; in gin bind a function reference without '
                          'parentheses, e.g. `t5.T5Config.dot_general = @cpu_kernels.dot_general`.')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'T5Config.remat_policy must be one of {REMAT_POLICIES} (T5X\'s names), '
+                       f'got {self.remat_policy!r}.')
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f'T5Config.scan_layers must be True or False, got {self.scan_layers!r}.')
     if self.dtype not in ('float32', 'bfloat16', 'float16'):
       raise ValueError(f'T5Config.dtype must be float32, bfloat16 or float16, got {self.dtype!r}.')
     # Lists from gin become tuples so the config stays hashable.
@@ -518,6 +542,56 @@ class DecoderLayer(nn.Module):
     return _constrain(x, ('batch', 'length', 'embed'))
 
 
+def _scan_body(layer_cls: type[nn.Module]) -> type[nn.Module]:
+  """`layer_cls` returning `(x, None)`, the (carry, output) pair `nn.scan` expects."""
+
+  class ScanBody(layer_cls):
+    def __call__(self, x, *args):
+      return super().__call__(x, *args), None
+
+  ScanBody.__name__ = layer_cls.__name__
+  return ScanBody
+
+
+def _run_layers(layer_cls: type[nn.Module], cfg: T5Config, num_layers: int, x: Array,
+                args: tuple, static_argnums: tuple[int, ...], train: bool) -> Array:
+  """Applies `num_layers` layers `layer_cls(cfg)(x, *args)` -> x, as `cfg` asks.
+
+  Unrolled: submodules `layers_0 ... layers_{n-1}`. Scanned (`cfg.scan_layers`):
+  one submodule `layers` whose parameters carry a leading `[num_layers]` axis
+  (logical name `layers`) and whose body runs under `nn.scan`. In training
+  (`train`) each layer is rematerialized by `cfg.remat_policy`.
+
+  Args:
+    layer_cls: EncoderLayer or DecoderLayer (unchanged; wrapped here).
+    cfg: the model config.
+    num_layers: how many layers.
+    x: the carried activations `[batch, length, embed]`.
+    args: the layer's other arguments, the same for every layer.
+    static_argnums: which of `(x, *args)` are Python values (not traced).
+    train: whether gradients may be taken (remat applies only then).
+
+  Returns:
+    The last layer's output `[batch, length, embed]`.
+  """
+  cls = _scan_body(layer_cls) if cfg.scan_layers else layer_cls
+  if train and cfg.remat_policy != 'none':
+    policy = (jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+              if cfg.remat_policy == 'minimal' else None)  # 'full': save only the inputs
+    # flax counts `self` as argument 0.
+    cls = nn.remat(cls, policy=policy, prevent_cse=not cfg.scan_layers,
+                   static_argnums=tuple(i + 1 for i in static_argnums))
+  if not cfg.scan_layers:
+    for i in range(num_layers):
+      x = cls(cfg, name=f'layers_{i}')(x, *args)
+    return x
+  scanned = nn.scan(cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                    in_axes=(nn.broadcast,) * len(args), length=num_layers,
+                    metadata_params={nn.PARTITION_NAME: LAYERS_AXIS})
+  x, _ = scanned(cfg, name='layers')(x, *args)
+  return x
+
+
 class Encoder(nn.Module):
   config: T5Config
 
@@ -535,8 +609,9 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
         embedded, deterministic=deterministic)
     x = _constrain(x.astype(dtype), ('batch', 'length', 'embed'))
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f'layers_{i}')(x, bias, deterministic)
+    # EncoderLayer(x, bias, deterministic): `deterministic` is static.
+    x = _run_layers(EncoderLayer, cfg, cfg.num_encoder_layers, x, (bias, deterministic),
+                    static_argnums=(2,), train=True)
     x = RMSNorm(cfg.layer_norm_epsilon, dtype, name='encoder_norm')(x)
     return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
 
@@ -568,10 +643,16 @@ class Decoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
         embedded, deterministic=deterministic)
     x = _constrain(x.astype(dtype), ('batch', 'length', 'embed'))
-    for i in range(cfg.num_decoder_layers):
-      x = DecoderLayer(cfg, name=f'layers_{i}')(
-          x, encoded, self_bias, cross_bias, deterministic, mode,
-          max_decode_length, bias_table)
+    if mode != 'full' and cfg.scan_layers:
+      raise ValueError('Cached decoding runs the unrolled layers: call it through '
+                       'EncoderDecoderModel (which converts scanned parameters with '
+                       'unscan_params) or set T5Config.scan_layers=False.')
+    # DecoderLayer(x, encoded, self_bias, cross_bias, deterministic, mode,
+    # max_decode_length, bias_table): deterministic, mode and the length are static.
+    x = _run_layers(DecoderLayer, cfg, cfg.num_decoder_layers, x,
+                    (encoded, self_bias, cross_bias, deterministic, mode, max_decode_length,
+                     bias_table),
+                    static_argnums=(4, 5, 6), train=mode == 'full')
     x = RMSNorm(cfg.layer_norm_epsilon, dtype, name='decoder_norm')(x)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     if cfg.logits_via_embedding:
@@ -716,3 +797,97 @@ def init_params(module: Transformer, rng: Array, input_length: int = 8,
 
 def count_params(params: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(nn.unbox(params))))
+
+
+# -----------------------------------------------------------------------------
+# Scanned <-> unrolled parameter layout.
+# -----------------------------------------------------------------------------
+def _stacks(config: T5Config) -> tuple[tuple[str, int], ...]:
+  return (('encoder', config.num_encoder_layers), ('decoder', config.num_decoder_layers))
+
+
+def unscan_params(params: Any, config: T5Config, take=None) -> Any:
+  """Scanned parameters -> the unrolled (T5X, on-disk) layout.
+
+  `{'encoder': {'layers': tree [L, ...]}}` becomes `{'encoder': {'layers_0':
+  tree [...], ..., 'layers_{L-1}': ...}}`; the rest of the tree is unchanged.
+  A tree that is already unrolled is returned as it is.
+
+  Args:
+    params: nested dict of parameters (arrays, or any leaves `take` handles).
+    config: the model config (layer counts).
+    take: `take(leaf, i)` -> layer i's leaf; default `leaf[i]` (numpy and jax
+      arrays; under jit or on sharded arrays alike).
+
+  Returns:
+    The unrolled nested dict.
+  """
+  take = take or (lambda x, i: x[i])
+  out = dict(params)
+  for stack, num_layers in _stacks(config):
+    if stack not in out or LAYERS_AXIS not in out[stack]:
+      continue
+    tree = dict(out[stack])
+    stacked = tree.pop(LAYERS_AXIS)
+    for i in range(num_layers):
+      tree[f'layers_{i}'] = jax.tree_util.tree_map(lambda x, i=i: take(x, i), stacked)
+    out[stack] = tree
+  return out
+
+
+def scan_params(params: Any, config: T5Config, stack_fn=None) -> Any:
+  """Unrolled (T5X, on-disk) parameters -> the scanned layout; inverse of `unscan_params`.
+
+  Args:
+    params: nested dict with `encoder/layers_{i}` and `decoder/layers_{i}`.
+    config: the model config (layer counts).
+    stack_fn: `stack_fn(list of leaves)` -> the stacked leaf; default
+      `jnp.stack` (numpy arrays stay numpy with `np.stack`).
+
+  Returns:
+    The nested dict with `encoder/layers` and `decoder/layers` of leading
+    axis `[num_layers]`. A tree that is already scanned is returned as is.
+
+  Raises:
+    ValueError: when a stack's layers are incomplete.
+  """
+  def default_stack(xs):
+    return np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs) else jnp.stack(xs)
+
+  stack_fn = stack_fn or default_stack
+  out = dict(params)
+  for stack, num_layers in _stacks(config):
+    if stack not in out or 'layers_0' not in out[stack]:
+      continue
+    tree = dict(out[stack])
+    layers = []
+    for i in range(num_layers):
+      if f'layers_{i}' not in tree:
+        raise ValueError(f'{stack}/layers_{i} is missing: cannot stack {num_layers} {stack} '
+                         'layers for scan_layers=True; the checkpoint has another depth.')
+      layers.append(tree.pop(f'layers_{i}'))
+    extra = sorted(k for k in tree if re.fullmatch(r'layers_\d+', k))
+    if extra:
+      raise ValueError(f'{stack} has more layers than num_{stack}_layers={num_layers} '
+                       f'({extra[:3]}...).')
+    tree[LAYERS_AXIS] = jax.tree_util.tree_map(lambda *xs: stack_fn(list(xs)), *layers)
+    out[stack] = tree
+  return out
+
+
+def take_layer_abstract(x: Any, i: int) -> Any:
+  """`unscan_params`'s `take` for ShapeDtypeStructs and NamedShardings.
+
+  Drops the leading [layers] axis from the shape and from the sharding's spec,
+  so that an unrolled restore target lands on the mesh as the scanned
+  parameter would (the layers axis is never sharded).
+  """
+  del i  # every layer has the same shape and sharding
+  if isinstance(x, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(x.mesh, jax.sharding.PartitionSpec(*tuple(x.spec)[1:]))
+  if isinstance(x, jax.ShapeDtypeStruct):
+    sharding = x.sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      sharding = take_layer_abstract(sharding, 0)
+    return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding)
+  raise TypeError(f'take_layer_abstract: unsupported leaf {type(x).__name__}.')
