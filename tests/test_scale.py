@@ -22,8 +22,7 @@ from promot_t5x.models import encoder_decoder, t5
 def tiny_config(**changes) -> t5.T5Config:
   cfg = t5.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
                     num_encoder_layers=2, num_decoder_layers=3,
-                    relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                    attention_kernel='xla', dense_kernel='xla')
+                    relative_attention_num_buckets=8, relative_attention_max_distance=16)
   return cfg.replace(**changes)
 
 
