@@ -2,9 +2,13 @@
 
 A few-shot prompt invites the model to go on writing the next demonstration
 after its answer (`Paris Q: Who wrote ...`). Every output is therefore cut at
-the first demonstration prefix (`templates.DEMONSTRATION_PREFIXES`: `Q:`,
-`Translate`, `Article:`); classification then reads the first word, without
-surrounding punctuation (`True.` -> `True`). Comparisons stay case-sensitive:
+a demonstration prefix (`templates.DEMONSTRATION_PREFIXES`: `Q:`,
+`Translate`, `Article:`): at its first occurrence by default, at its second
+(`occurrence=2`) for the paper's tasks, as the paper's appendix B.2 cuts
+(an output that starts by echoing the query's prefix keeps its answer);
+classification then reads the first word, without surrounding punctuation
+(`True.` -> `True`). Sentinel-format outputs are first reduced to their span
+by the evaluator (`promot_t5x.sentinel.span`). Comparisons stay case-sensitive:
 the labels are `True`, `False`, `Neither`.
 
 The prefixes are an argument, not imported from the task package, so the
@@ -27,18 +31,23 @@ def _text(value: Any) -> str:
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
 
 
-def cut_at_prefixes(text: str, prefixes: Sequence[str]) -> str:
-  """`text` up to the first prefix that starts it or follows whitespace, stripped.
+def cut_at_prefixes(text: str, prefixes: Sequence[str], occurrence: int = 1) -> str:
+  """`text` up to the `occurrence`-th prefix that starts it or follows whitespace, stripped.
 
-  `'Paris Q: Who'` -> `'Paris'`; `'Le chat. Translate English'` -> `'Le chat.'`.
+  `'Paris Q: Who'` -> `'Paris'`; `'Le chat. Translate English'` -> `'Le chat.'`;
+  with `occurrence=2`, `'Q: Who? A: Paris Q: Who'` -> `'Q: Who? A: Paris'`.
   A word that merely starts with a prefix (`'Translated'`) cuts too; a prefix
   in the middle of a word (`'reQ:'`) does not.
   """
+  if occurrence < 1:
+    raise ValueError(f'occurrence counts from 1, got {occurrence}.')
   if not prefixes:
     return text.strip()
   pattern = r'(?:^|(?<=\s))(?:' + '|'.join(re.escape(p) for p in prefixes) + ')'
-  match = re.search(pattern, text)
-  return (text[:match.start()] if match else text).strip()
+  matches = list(re.finditer(pattern, text))
+  if len(matches) >= occurrence:
+    text = text[:matches[occurrence - 1].start()]
+  return text.strip()
 
 
 def first_word(text: str) -> str:
@@ -49,26 +58,27 @@ def first_word(text: str) -> str:
 
 def classification_postprocessor(output: Any, example: Mapping[str, Any] | None = None,
                                  is_target: bool = False, *,
-                                 prefixes: Sequence[str]) -> str:
+                                 prefixes: Sequence[str], occurrence: int = 1) -> str:
   """Predictions: first word after the cut. Targets (the label word): unchanged."""
   del example
   if is_target:
     return _text(output)
-  return first_word(cut_at_prefixes(_text(output), prefixes))
+  return first_word(cut_at_prefixes(_text(output), prefixes, occurrence))
 
 
 def text_postprocessor(output: Any, example: Mapping[str, Any] | None = None,
-                       is_target: bool = False, *, prefixes: Sequence[str]) -> str:
+                       is_target: bool = False, *, prefixes: Sequence[str],
+                       occurrence: int = 1) -> str:
   """Translation and summaries: predictions cut at the next demonstration; targets as is."""
   del example
   if is_target:
     return _text(output)
-  return cut_at_prefixes(_text(output), prefixes)
+  return cut_at_prefixes(_text(output), prefixes, occurrence)
 
 
 def qa_postprocessor(output: Any, example: Mapping[str, Any] | None = None,
                      is_target: bool = False, *, prefixes: Sequence[str],
-                     answers_key: str = 'answers') -> str | list[str]:
+                     answers_key: str = 'answers', occurrence: int = 1) -> str | list[str]:
   """QA: predictions cut at the next demonstration; targets become all acceptable answers.
 
   For a target, `example[answers_key]` (every alias) is returned when the
@@ -78,4 +88,4 @@ def qa_postprocessor(output: Any, example: Mapping[str, Any] | None = None,
     if example is not None and answers_key in example:
       return [_text(a) for a in example[answers_key]]
     return [_text(output)]
-  return cut_at_prefixes(_text(output), prefixes)
+  return cut_at_prefixes(_text(output), prefixes, occurrence)
