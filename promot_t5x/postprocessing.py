@@ -3,9 +3,10 @@
 A few-shot prompt invites the model to go on writing the next demonstration
 after its answer (`Paris Q: Who wrote ...`). Every output is therefore cut at
 a demonstration prefix (`templates.DEMONSTRATION_PREFIXES`: `Q:`,
-`Translate`, `Article:`): at its first occurrence by default, at its second
-(`occurrence=2`) for the paper's tasks, as the paper's appendix B.2 cuts
-(an output that starts by echoing the query's prefix keeps its answer);
+`Translate`, `Article:`): at its first occurrence by default, after the
+second (`occurrence=2`) for the paper's tasks, as the paper's appendix B.2
+cuts, reading the output's own start as the first occurrence (see
+`cut_at_prefixes`);
 classification then reads the first word, without surrounding punctuation
 (`True.` -> `True`). Sentinel-format outputs are first reduced to their span
 by the evaluator (`promot_t5x.sentinel.span`). Comparisons stay case-sensitive:
@@ -34,19 +35,25 @@ def _text(value: Any) -> str:
 def cut_at_prefixes(text: str, prefixes: Sequence[str], occurrence: int = 1) -> str:
   """`text` up to the `occurrence`-th prefix that starts it or follows whitespace, stripped.
 
-  `'Paris Q: Who'` -> `'Paris'`; `'Le chat. Translate English'` -> `'Le chat.'`;
-  with `occurrence=2`, `'Q: Who? A: Paris Q: Who'` -> `'Q: Who? A: Paris'`.
+  `'Paris Q: Who'` -> `'Paris'`; `'Le chat. Translate English'` -> `'Le chat.'`.
+  With `occurrence=2` (the paper's "cut after the second occurrence") the
+  output's start counts as the first occurrence unless a prefix stands there:
+  `'Paris Q: Who'` -> `'Paris'` still, and an output that echoes a prefix
+  first keeps it, `'Q: Who? A: Paris Q: Who'` -> `'Q: Who? A: Paris'`.
   A word that merely starts with a prefix (`'Translated'`) cuts too; a prefix
   in the middle of a word (`'reQ:'`) does not.
   """
   if occurrence < 1:
     raise ValueError(f'occurrence counts from 1, got {occurrence}.')
+  text = text.strip()
   if not prefixes:
-    return text.strip()
+    return text
   pattern = r'(?:^|(?<=\s))(?:' + '|'.join(re.escape(p) for p in prefixes) + ')'
-  matches = list(re.finditer(pattern, text))
-  if len(matches) >= occurrence:
-    text = text[:matches[occurrence - 1].start()]
+  starts = [m.start() for m in re.finditer(pattern, text)]
+  if occurrence > 1 and (not starts or starts[0] != 0):
+    starts.insert(0, 0)  # the answer itself opens the output, as a prefix would
+  if len(starts) >= occurrence:
+    text = text[:starts[occurrence - 1]]
   return text.strip()
 
 

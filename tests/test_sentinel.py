@@ -79,9 +79,13 @@ def test_span_is_the_text_between_the_first_two_sentinels(text, expected):
 def test_prefix_cut_at_the_second_occurrence():
   cut = postprocessing.cut_at_prefixes
   assert cut('Q: Who? A: Paris Q: Who else? A: Rome', PREFIXES, occurrence=2) == 'Q: Who? A: Paris'
-  assert cut('Paris Q: x', PREFIXES, occurrence=2) == 'Paris Q: x'
+  # The output's start is the first occurrence unless it echoes a prefix.
+  assert cut('Paris Q: x', PREFIXES, occurrence=2) == 'Paris'
   assert cut('Paris Q: x', PREFIXES) == 'Paris'
-  assert cut('Le chat. Translate a Translate b', PREFIXES, occurrence=2) == 'Le chat. Translate a'
+  assert cut('Q: x', PREFIXES) == ''
+  assert cut('Le chat. Translate a Translate b', PREFIXES, occurrence=2) == 'Le chat.'
+  assert cut('Translate a: le chat Translate b', PREFIXES, occurrence=3) == (
+      'Translate a: le chat Translate b')
   with pytest.raises(ValueError, match='occurrence'):
     cut('x', PREFIXES, occurrence=0)
 
