@@ -6,7 +6,9 @@ labels point the same way (both mostly teach the output format), so their
 cosine is near 1; once the format is learned, the real-label gradient carries
 the task's content and the cosine falls (the paper: ~1 at step 0, ~0.2 by
 step 400 on RTE). `GradientAlignment` measures that cosine on the parameters
-of the last decoder layer.
+of the last decoder layer, pooled and per module as the paper reports it
+(`MODULES`: the MLP, and the self-attention's query, key and value), each
+averaged over the first `num_batches` batches of the task.
 
 `CombinedEvaluator` runs several evaluators (e.g. this one and the few-shot
 `evaluation.TrainingEvaluator`) at the same steps.
@@ -27,6 +29,14 @@ from promot_t5x import data, param_sets
 from promot_t5x.models import encoder_decoder, t5
 
 Batch = dict[str, np.ndarray]
+# The modules of the last decoder layer the paper reports separately: name -> parameter
+# path pattern within the layer.
+MODULES = {
+    'mlp': r'mlp/.*',
+    'query': r'self_attention/query/.*',
+    'key': r'self_attention/key/.*',
+    'value': r'self_attention/value/.*',
+}
 _TARGET_KEYS = ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
 
 
@@ -77,41 +87,64 @@ def cosine(a: Mapping[str, jax.Array], b: Mapping[str, jax.Array]) -> float:
   return float(dot / jnp.maximum(na * nb, 1e-30))
 
 
+def module_cosines(a: Mapping[str, jax.Array], b: Mapping[str, jax.Array], layer_prefix: str
+                   ) -> dict[str, float]:
+  """Cosine of two last-layer gradients per module of `MODULES` (and 'all', pooled).
+
+  Args:
+    a, b: flat {parameter path: gradient} over the same parameters.
+    layer_prefix: the layer's path, e.g. 'decoder/layers_23/'.
+  """
+  out = {'all': cosine(a, b)}
+  for name, pattern in MODULES.items():
+    keys = [k for k in a if re.fullmatch(layer_prefix + pattern, k)]
+    if not keys:
+      raise ValueError(f'No parameter of {layer_prefix} matches module {name!r} ({pattern}).')
+    out[name] = cosine({k: a[k] for k in keys}, {k: b[k] for k in keys})
+  return out
+
+
 @dataclasses.dataclass
 class GradientAlignment:
   """Cosine between real-label and shuffled-label gradients on the last decoder layer.
 
-  task: the fine-tuning task; its first `batch_size` examples of `split`
-  (fixed, so every step sees the same batch). The prompt is attached when the
-  model has one (as in ProMoT stage 2's training).
+  task: the fine-tuning task; its first `num_batches` batches of `batch_size`
+  examples of `split` (fixed, so every step sees the same batches). The
+  prompt is attached when the model has one (as in ProMoT stage 2's
+  training). Reports `{name}/cosine` (the whole layer) and
+  `{name}/{module}/cosine` for each of `MODULES`, each the mean over the batches.
   """
 
   task: str
   task_feature_lengths: Mapping[str, int]
   batch_size: int = 32
+  num_batches: int = 4
   split: str = 'validation'
   seed: int = 0
   module: str | None = None
   name: str = 'grad_alignment'
+  sentinel_format: bool = False
 
   def __post_init__(self):
-    self._batch: Batch | None = None
+    if self.num_batches <= 0:
+      raise ValueError(f'GradientAlignment.num_batches must be positive, got {self.num_batches}.')
+    self._batches: list[Batch] | None = None
     self._grad_fn = None
 
-  def batch(self) -> Batch:
-    if self._batch is None:
+  def batches(self) -> list[Batch]:
+    if self._batches is None:
       cfg = data.DatasetConfig(self.task, self.task_feature_lengths, split=self.split,
                                batch_size=self.batch_size, shuffle=False, seed=self.seed,
-                               module=self.module)
-      self._batch = next(data.numpy_batches(data.get_dataset(cfg, num_epochs=1)))
-    return self._batch
+                               module=self.module, sentinel_format=self.sentinel_format)
+      stream = data.numpy_batches(data.get_dataset(cfg, num_epochs=1))
+      self._batches = [b for _, b in zip(range(self.num_batches), stream)]
+      if not self._batches:
+        raise ValueError(f'{self.task!r} has no full batch of {self.batch_size} on split '
+                         f'{self.split!r} for the gradient alignment.')
+    return self._batches
 
   def __call__(self, model: encoder_decoder.EncoderDecoderModel, params: Any, step: int
                ) -> dict[str, float]:
-    real = dict(self.batch())
-    if model.config.prompt is not None:
-      real['prompt_index'] = np.zeros((len(real['encoder_input_tokens']),), np.int32)
-    shuffled = shuffle_labels(real, self.seed)
     params = jax.device_get(params)
     if model.config.scan_layers:  # "the last decoder layer" by its unrolled (checkpoint) name
       params = t5.unscan_params(params, model.config)
@@ -120,9 +153,18 @@ class GradientAlignment:
     pattern = last_decoder_layer_pattern(params)
     if self._grad_fn is None:
       self._grad_fn = jax.jit(lambda p, b: gradient(model, p, b, pattern))
-    g_real = self._grad_fn(params, real)
-    g_shuffled = self._grad_fn(params, shuffled)
-    return {f'{self.name}/cosine': cosine(g_real, g_shuffled)}
+    per_batch = []
+    for i, batch in enumerate(self.batches()):
+      real = dict(batch)
+      if model.config.prompt is not None:
+        real['prompt_index'] = np.zeros((len(real['encoder_input_tokens']),), np.int32)
+      shuffled = shuffle_labels(real, self.seed + i)
+      per_batch.append(module_cosines(self._grad_fn(params, real), self._grad_fn(params, shuffled),
+                                      pattern[:-len('.*')]))
+    mean = {k: float(np.mean([c[k] for c in per_batch])) for k in per_batch[0]}
+    out = {f'{self.name}/cosine': mean.pop('all')}
+    out.update({f'{self.name}/{k}/cosine': v for k, v in mean.items()})
+    return out
 
 
 @dataclasses.dataclass

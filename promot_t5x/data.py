@@ -43,6 +43,11 @@ class DatasetConfig:
   length_buckets: tuple[int, ...] | None = None
   # Modules to import before looking the task up (where the user registers it).
   module: str | tuple[str, ...] | None = None
+  # mT5's span-corruption format (`promot_t5x.sentinel`): inputs end with
+  # <extra_id_0>, targets are `<extra_id_0> target <extra_id_1>` (SENTINEL_FORMAT).
+  sentinel_format: bool = False
+  # seqio's in-memory cache of small datasets (False for tfds.testing.mock_data).
+  try_in_mem_cache: bool = True
 
   def __post_init__(self):
     object.__setattr__(self, 'task_feature_lengths', dict(self.task_feature_lengths))
@@ -122,11 +127,16 @@ def get_dataset(cfg: DatasetConfig, shard_index: int = 0, num_shards: int = 1,
   batch = host_batch_size(cfg.batch_size, num_shards)
 
   def converted(task_or_mixture):
-    return seqio.get_dataset(
-        task_or_mixture, task_feature_lengths=cfg.task_feature_lengths,
-        feature_converter=converter, dataset_split=cfg.split, use_cached=cfg.use_cached,
+    # seqio.get_dataset's two steps, with the sentinel format between them.
+    ds = task_or_mixture.get_dataset(
+        sequence_length=cfg.task_feature_lengths, split=cfg.split, use_cached=cfg.use_cached,
         shuffle=cfg.shuffle, num_epochs=num_epochs, shard_info=shard, seed=cfg.seed,
-        verbose=False)
+        try_in_mem_cache=cfg.try_in_mem_cache)
+    if cfg.sentinel_format:
+      from promot_t5x import sentinel
+
+      ds = sentinel.format_dataset(ds, task_or_mixture.output_features, cfg.task_feature_lengths)
+    return converter(ds, cfg.task_feature_lengths)
 
   def with_prompt(ds, index):
     return ds.map(lambda ex: {**ex, 'prompt_index': tf.constant(index, tf.int32)})

@@ -70,7 +70,7 @@ import jax
 import numpy as np
 
 from promot_t5x import metrics as metrics_lib
-from promot_t5x import param_sets, postprocessing, reports
+from promot_t5x import param_sets, postprocessing, reports, sentinel
 from promot_t5x.models import encoder_decoder
 
 # The result types live in their own module (below this one and reports); their names stay here.
@@ -120,6 +120,9 @@ class EvalSettings:
     length_buckets: input lengths a batch is padded to (the smallest that fits;
       the `inputs` feature length is always the last bucket).
     try_in_mem_cache: seqio's in-memory dataset cache; False for mock TFDS.
+    sentinel_format: prompt in mT5's span-corruption style (`promot_t5x.sentinel`):
+      inputs end with `<extra_id_0>`, outputs are decoded with their sentinels
+      and the answer is the span after `<extra_id_0>` (the paper's mT5 runs).
   """
 
   decoder: str = GREEDY
@@ -130,6 +133,7 @@ class EvalSettings:
   max_decode_length: int | None = None
   length_buckets: tuple[int, ...] = (64, 128, 256, 512)
   try_in_mem_cache: bool = True
+  sentinel_format: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'length_buckets', tuple(sorted(int(b) for b in self.length_buckets)))
@@ -387,12 +391,15 @@ def _full_length(feature, text: str | None) -> int | None:
 
 
 def load_task_data(task_name: str, split: str, task_feature_lengths: Mapping[str, int],
-                   max_examples: int | None = None, try_in_mem_cache: bool = True) -> TaskData:
+                   max_examples: int | None = None, try_in_mem_cache: bool = True,
+                   sentinel_format: bool = False) -> TaskData:
   """Reads (or returns the cached) evaluation examples of one task.
 
   The task's dataset is read unshuffled at `task_feature_lengths`, so its own
   preprocessors truncate (k-shot tasks from the left) exactly as in training
   and as `seqio.Evaluator` would, and the first `max_examples` are kept.
+  With `sentinel_format`, the tokens are then put into sentinel format as in
+  training (`promot_t5x.sentinel.format_dataset`).
   """
   import seqio
 
@@ -402,7 +409,7 @@ def load_task_data(task_name: str, split: str, task_feature_lengths: Mapping[str
   lengths = {'inputs': int(task_feature_lengths['inputs']),
              'targets': int(task_feature_lengths['targets'])}
   key = (task_name, id(task), split, tuple(sorted(lengths.items())), max_examples,
-         try_in_mem_cache)
+         try_in_mem_cache, sentinel_format)
   if key in _DATA_CACHE:
     return _DATA_CACHE[key]
   if split not in task.splits:
@@ -418,6 +425,8 @@ def load_task_data(task_name: str, split: str, task_feature_lengths: Mapping[str
                         seed=_DATA_SEED, try_in_mem_cache=try_in_mem_cache)
   if max_examples:
     ds = ds.take(max_examples)
+  if sentinel_format:
+    ds = sentinel.format_dataset(ds, task.output_features, lengths)
   ds = ds.cache()
   examples = list(ds.as_numpy_iterator())
   if not examples:
@@ -642,6 +651,9 @@ def _outputs(runner: _Runner, data: TaskData, settings: EvalSettings, input_leng
   vocab = data.task.output_features['targets'].vocabulary
   pending = []
   label_ids = [list(vocab.encode(label)) for label in labels] if labels else None
+  if label_ids and settings.sentinel_format:
+    s0, s1 = sentinel.sentinel_ids(vocab)
+    label_ids = [[s0, *ids, s1] for ids in label_ids]
   # Dispatch every batch before reading any result: host work overlaps device work.
   for idx, batch in _batches(data, settings, input_length):
     batch = _batch_with_prompt(
@@ -656,6 +668,8 @@ def _outputs(runner: _Runner, data: TaskData, settings: EvalSettings, input_leng
     for row, i in enumerate(idx):
       if labels:
         outputs[i] = labels[int(result[row])]
+      elif settings.sentinel_format:
+        outputs[i] = sentinel.decode(vocab, result[row])
       else:
         outputs[i] = vocab.decode([int(t) for t in result[row]])
   return outputs
@@ -691,7 +705,7 @@ def evaluate_task(model: encoder_decoder.EncoderDecoderModel, params: Any, suite
   """Evaluates one task of `suite` (see the module docstring)."""
   lengths = suite.task_feature_lengths
   data = load_task_data(task_name, suite.split, lengths, settings.max_examples,
-                        settings.try_in_mem_cache)
+                        settings.try_in_mem_cache, settings.sentinel_format)
   _check_vocabulary(data, model)
   task = data.task
   prompt = _resolve_prompt(suite, task_name, model, params)
@@ -709,8 +723,10 @@ def evaluate_task(model: encoder_decoder.EncoderDecoderModel, params: Any, suite
 
   outputs = _outputs(runner, data, settings, lengths['inputs'], prompt_index,
                      max_decode_length, labels)
+  answers = ([sentinel.span(out) for out in outputs]
+             if settings.sentinel_format and not labels else outputs)
   predictions = [_postprocess(task, out, ex, is_target=False)
-                 for out, ex in zip(outputs, data.examples)]
+                 for out, ex in zip(answers, data.examples)]
   results: dict[str, float] = {}
 
   def add(metric_result: Mapping[str, Any]) -> None:
@@ -822,7 +838,8 @@ class Evaluator:
     for suite in self.suites:
       for task in suite.tasks:
         load_task_data(task, suite.split, suite.task_feature_lengths,
-                       self.settings.max_examples, self.settings.try_in_mem_cache)
+                       self.settings.max_examples, self.settings.try_in_mem_cache,
+                       self.settings.sentinel_format)
 
   def evaluate(self, model: encoder_decoder.EncoderDecoderModel, params: Any,
                step: int | None = None, run: str | None = None,

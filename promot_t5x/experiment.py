@@ -29,10 +29,18 @@ final table:
 
 Each (variant, seed) trains in `output_dir/<variant>/seed_<seed>` (the
 recipe's RUN_ENTRY: one stage, or ProMoT's two), is evaluated into
-`.../eval/results.json`, and all results are merged into
-`output_dir/table.md`, `table.json` and `norm_avg.png`. A variant whose
-results exist is not re-run; an interrupted one resumes from its checkpoints.
-Overrides are `--gin.NAME=VALUE` flags or plain gin bindings.
+`.../eval/results.json` (from the run's best checkpoint when it selected one
+by validation, else its latest: `promot_t5x.selection`), and all results are
+merged into `output_dir/table.md`, `table.json` and `norm_avg.png`. A
+variant whose results exist is not re-run; an interrupted one resumes from
+its checkpoints. Overrides are `--gin.NAME=VALUE` flags or plain gin
+bindings; `--gin.NAME=VALUE` on the command line is added to every run's
+(e.g. the starting checkpoint).
+
+A spec may carry the paper's numbers for its table (`[reference]`: the
+columns as `[label, metric]` pairs, the paper's value per variant and
+column, and where they come from); `output_dir/paper_table.md` then shows
+ours beside the paper's, in the paper's layout (experiments/paper/*.toml).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import os
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from promot_t5x import gin_utils, host_memory
 
@@ -73,6 +81,29 @@ class Variant:
 
 
 @dataclasses.dataclass(frozen=True)
+class Reference:
+  """The paper's numbers for an experiment's table.
+
+  Attributes:
+    columns: (label, flat metric name) per column, e.g.
+      ('Norm. Avg. (1-shot)', 'fewshot_1shot/norm_avg').
+    values: {variant: [the paper's value per column, or None where it has none]}.
+    source: where the numbers are from (table and page of the paper).
+  """
+
+  columns: tuple[tuple[str, str], ...]
+  values: Mapping[str, Sequence[float | None]]
+  source: str = ''
+
+  def __post_init__(self):
+    object.__setattr__(self, 'columns', tuple((str(a), str(b)) for a, b in self.columns))
+    for variant, row in self.values.items():
+      if len(row) != len(self.columns):
+        raise ValueError(f'reference.values[{variant!r}] has {len(row)} numbers for '
+                         f'{len(self.columns)} columns.')
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
   name: str
   output_dir: str
@@ -85,8 +116,11 @@ class Experiment:
   seeds: tuple[int, ...] = (0,)
   baseline: str = 'pretrained'
   gin_search_paths: tuple[str, ...] = ()
+  reference: Reference | None = None
 
   def __post_init__(self):
+    if isinstance(self.reference, Mapping):
+      object.__setattr__(self, 'reference', Reference(**self.reference))
     for f in ('variants', 'model_gin_files', 'gin_files', 'overrides', 'eval_gin_files', 'eval_overrides', 'seeds',
               'gin_search_paths'):
       object.__setattr__(self, f, tuple(getattr(self, f)))
@@ -177,10 +211,15 @@ def initial_checkpoint(exp: Experiment, variant: Variant, seed: int = 0) -> str:
 
 def evaluate_variant(exp: Experiment, variant: Variant, seed: int, checkpoint: str) -> str:
   """Evaluates `checkpoint` with the experiment's eval gins; returns results.json's path."""
+  from promot_t5x import selection
+
   out = os.path.dirname(exp.results_path(variant, seed))
+  # A run that selected a checkpoint by validation is evaluated there (the spec may override).
+  step = ([f'CHECKPOINT_STEP = {selection.checkpoint_step(checkpoint)!r}']
+          if os.path.isdir(os.path.join(checkpoint, 'checkpoints')) else [])
   gin_utils.parse(
       exp.model_gin_files + exp.eval_gin_files,
-      bindings(exp.eval_overrides) + bindings(variant.eval_overrides)
+      step + bindings(exp.eval_overrides) + bindings(variant.eval_overrides)
       + [f'CHECKPOINT_PATH = {checkpoint!r}', f'EVAL_OUTPUT_DIR = {out!r}',
          f'RUN_NAME = {variant.name!r}'],
       exp.gin_search_paths, finalize=False)
@@ -235,6 +274,11 @@ def merge(exp: Experiment, done: dict[str, list[str]]) -> str:
   summary = {name: [r.flat_metrics() for r in results] for name, results in runs.items()}
   with open(os.path.join(exp.output_dir, 'table.json'), 'w') as f:
     json.dump(summary, f, indent=1, sort_keys=True)
+  if exp.reference is not None:
+    with open(os.path.join(exp.output_dir, 'paper_table.md'), 'w') as f:
+      f.write(f'# {exp.name}: ours beside the paper\n\n'
+              + reports.reference_table(runs, exp.reference.columns, exp.reference.values,
+                                        exp.reference.source))
   values = reports.norm_avg_values(runs)
   if values:
     reports.plot_norm_avg(values, os.path.join(exp.output_dir, 'norm_avg.png'),
@@ -249,10 +293,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('spec', help='experiment spec (TOML)')
   parser.add_argument('--only', default=None, help='comma-separated variant names to run')
   parser.add_argument('--output_dir', default=None, help='override the spec\'s output_dir')
-  args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+  args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+  unknown = [a for a in extra if not a.startswith('--gin.')]
+  if unknown:
+    parser.error(f'unrecognized arguments: {unknown} (gin overrides are --gin.NAME=VALUE)')
   exp = load_spec(args.spec)
   if args.output_dir:
     exp = dataclasses.replace(exp, output_dir=args.output_dir)
+  if extra:  # e.g. --gin.INITIAL_CHECKPOINT_PATH=/ckpts/mt5_xxl: added to every run
+    exp = dataclasses.replace(exp, overrides=exp.overrides + tuple(extra))
   run(exp, args.only.split(',') if args.only else None)
   print(f'results: {exp.output_dir}/table.md')
   return 0

@@ -260,6 +260,41 @@ def paper_table(runs: Mapping[str, RunResults], suite: str | None = None,
   return '\n'.join(lines) + '\n'
 
 
+def reference_table(runs: Mapping[str, RunResults], columns: Sequence[tuple[str, str]],
+                    reference: Mapping[str, Sequence[float | None]], source: str = '',
+                    digits: int = 2) -> str:
+  """Ours beside the paper's numbers, in the paper's layout: one row per run (markdown).
+
+  Args:
+    runs: {row name: EvalResult, or a list of them (seeds)}, in row order.
+    columns: (label, flat metric name) per column (`EvalResult.flat_metrics()`
+      names, e.g. 'fewshot_1shot/norm_avg', 'rte/accuracy'); 'a|b' takes the
+      first of the names a run has (a 1-shot run reports 'rte_1shot/accuracy').
+    reference: {row name: the paper's value per column}; None or NaN where
+      the paper gives none.
+    source: where the paper's numbers come from (shown under the table).
+    digits: decimals.
+
+  Returns:
+    Markdown; each cell is `ours (paper)`, ours a mean ± std over seeds.
+  """
+  lines = ['| run | ' + ' | '.join(label for label, _ in columns) + ' |',
+           '|---|' + '---:|' * len(columns)]
+  for run, results in runs.items():
+    flats = [r.flat_metrics() for r in _as_list(results)]
+    paper = reference.get(run, [None] * len(columns))
+    cells = []
+    for (_, keys), theirs in zip(columns, paper):
+      key = next((k for k in keys.split('|') if any(k in f for f in flats)), keys)
+      ours = _cell([f[key] for f in flats if key in f], None, digits)
+      known = theirs is not None and not math.isnan(float(theirs))
+      cells.append(f'{ours} ({float(theirs):.{digits}f})' if known else f'{ours} (-)')
+    lines.append(f'| {run} | ' + ' | '.join(cells) + ' |')
+  lines += ['', 'Each cell: ours (mean ± std over seeds) (the paper\'s).'
+            + (f' Paper: {source}.' if source else '')]
+  return '\n'.join(lines) + '\n'
+
+
 def format_specialization_table(runs: Mapping[str, RunResults], suite: str | None = None,
                                 digits: int = 1) -> str:
   """Percent of each task's outputs whose first word is a fine-tuned-task label.

@@ -33,7 +33,8 @@ from typing import Any
 
 import jax
 
-from promot_t5x import data, distributed, gin_utils, host_memory, param_sets, partitioning, paths, summaries, t5x_flags
+from promot_t5x import (data, distributed, gin_utils, host_memory, param_sets, partitioning, paths, selection,
+                        summaries, t5x_flags)
 from promot_t5x import trainer as trainer_lib
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.models import encoder_decoder, t5
@@ -217,6 +218,7 @@ def train(*,
   if checkpoint_period <= 0:
     raise ValueError(f'CHECKPOINT_PERIOD must be positive, got {checkpoint_period}.')
   _require_file_system_path('MODEL_DIR', model_dir)
+  selection.check_config(best_metric, best_mode, evaluator is not None, eval_period)
   if initial_checkpoint is not None:
     _require_file_system_path('INITIAL_CHECKPOINT_PATH', initial_checkpoint.path)
   partitioner = partitioner or partitioning.Partitioner(partitioning.make_mesh())
@@ -337,6 +339,7 @@ def train(*,
         t0, tokens, t_step = now, 0, step
       if do_eval:
         eval_metrics = evaluate(state.params, step)
+        do_ckpt = do_ckpt or manager.is_new_best(eval_metrics)  # the best always has a checkpoint
       if do_ckpt:
         meta = {'step': step, 'batches_consumed': batches_consumed, 'stage': stage.name,
                 'loss': last_loss}

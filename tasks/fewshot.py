@@ -274,6 +274,7 @@ def add_text_task(name: str, source: seqio.DataSource, render: preprocessors.Ren
                   fewshot: FewshotConfig | None = None,
                   metric_fns: Sequence[Callable[..., Mapping[str, Any]]] = (),
                   postprocess_fn: Callable[..., Any] | None = None,
+                  max_input_tokens: int | None = None,
                   overwrite: bool = False) -> seqio.Task:
   """Registers a text-to-text seqio Task rendered by `render` with k demonstrations.
 
@@ -285,6 +286,9 @@ def add_text_task(name: str, source: seqio.DataSource, render: preprocessors.Ren
     fewshot: number of shots and the demonstration pool (default: 0-shot).
     metric_fns: seqio metric functions `(targets, predictions) -> {name: value}`.
     postprocess_fn: seqio postprocessor `(text, example=None, is_target=False)`.
+    max_input_tokens: cut every input to this many tokens as a whole
+      (`preprocessors.cut_inputs`; the paper's summarization: 1024); None: no cut
+      beyond the feature length.
     overwrite: replace a task already registered under `name`.
 
   Returns:
@@ -299,7 +303,8 @@ def add_text_task(name: str, source: seqio.DataSource, render: preprocessors.Ren
   return seqio.TaskRegistry.add(
       name,
       source=FewshotSource(source, render, fewshot),
-      preprocessors=preprocessors.text_to_text_preprocessors(fewshot.num_shots),
+      preprocessors=preprocessors.text_to_text_preprocessors(fewshot.num_shots,
+                                                             max_input_tokens),
       output_features=vocab_lib.output_features(vocabulary),
       postprocess_fn=postprocess_fn,
       metric_fns=list(metric_fns))

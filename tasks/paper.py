@@ -14,7 +14,7 @@ else the dev split:
 | rte | super_glue/rte:1.0.2 | validation | accuracy |
 | wmt14_enfr | wmt14_translate/fr-en:1.0.0 | test (newstest2014) | bleu |
 | snli | snli:1.1.0 | test | accuracy |
-| openbookqa | openbookqa:0.1.0 | test | exact_match |
+| openbookqa | openbookqa:0.1.0 | test | accuracy |
 | cb | super_glue/cb:1.0.2 | validation | accuracy |
 | wic | super_glue/wic:1.0.2 | validation | accuracy |
 | triviaqa | trivia_qa/rc.nocontext:1.1.0 | validation | exact_match |
@@ -42,14 +42,26 @@ Mixtures:
 
 Labels: RTE entailment/not_entailment -> True/False; CB entailment/
 contradiction/neutral and SNLI entailment/contradiction/neutral ->
-True/False/Neither; WiC 1/0 -> True/False; translation is English to the other
+True/False/Neither; WiC 1/0 -> True/False; OpenbookQA `Q: [stem] A) [c1]
+B) [c2] C) [c3] D) [c4] A:` -> the letter (accuracy); translation is English to the other
 language; TriviaQA's target is the answer's value, scored against its value
 and aliases; WebQuestions' the first answer, scored against all.
 
-Truncation: summarization articles are cut to a token budget so that a
-k-shot input fits `SUMMARIZATION_INPUT_LENGTH` (1024) tokens, the paper's
-input length; see `promot_t5x_tasks.preprocessors` (and `count_long_inputs`
-there to count what a feature length truncates).
+Truncation: summarization inputs are cut to `SUMMARIZATION_INPUT_LENGTH`
+(1024) tokens as a whole, as the paper does (k-shot inputs keep their end, the
+query; 0-shot ones their start); see `promot_t5x_tasks.preprocessors` (and
+`count_long_inputs` there to count what a feature length truncates).
+
+Post-processing: outputs are cut at the *second* occurrence of a
+demonstration prefix (`PREFIX_OCCURRENCE`, the paper's appendix B.2).
+Sentinel-format prompting (`<extra_id_0>` at the end of every input) is not
+part of the registration: it is the run's switch (`SENTINEL_FORMAT`, on in
+the paper's gins; `promot_t5x.sentinel`).
+
+WMT14 En-Fr: TFDS `wmt14_translate/fr-en` trains on every WMT14 corpus
+(about 40.8M pairs); the paper's table 8 gives 15,786,979 training examples.
+See docs/fidelity.md for the difference and why it hardly matters at 1,000
+steps of batch 64.
 """
 
 from __future__ import annotations
@@ -70,6 +82,8 @@ DEFAULT_PREFIX = 'promot_'
 EVAL_SPLIT = 'eval'
 SHOTS = (0, 1, 4)
 SUMMARIZATION_INPUT_LENGTH = 1024
+# Outputs are cut at this occurrence of a demonstration prefix (the paper: the second).
+PREFIX_OCCURRENCE = 2
 
 CLASSIFICATION, QA, TRANSLATION, SUMMARIZATION = (
     'classification', 'qa', 'translation', 'summarization')
@@ -128,8 +142,9 @@ def _translation(source: str, target: str, source_language: str, target_language
 
 
 def _summarization(article_key: str, summary_key: str) -> RenderFactory:
-  return lambda vocabulary, k, length: preprocessors.summarization_render(
-      article_key, summary_key, vocabulary, preprocessors.article_token_budget(length, k))
+  # Whole articles; the input is cut to the summarization length as a whole (the paper).
+  return lambda vocabulary, k, length: preprocessors.summarization_render(article_key,
+                                                                          summary_key)
 
 
 def _triviaqa_answers(ex):
@@ -151,11 +166,12 @@ PAPER_DATASETS: dict[str, PaperDataset] = {d.stem: d for d in [
                  # TFDS order: entailment, neutral, contradiction.
                  _inference(templates.three_way_inference, ('True', 'Neither', 'False')),
                  label_words=templates.THREE_WAY_LABELS),
-    PaperDataset('openbookqa', 'openbookqa:0.1.0', _TRAIN_DEV_TEST, 'test', QA,
+    PaperDataset('openbookqa', 'openbookqa:0.1.0', _TRAIN_DEV_TEST, 'test', CLASSIFICATION,
                  lambda vocabulary, k, length: preprocessors.multiple_choice_render(
                      lambda ex: ex['question']['stem'],
                      lambda ex: [ex['question'][f'choice_{c}'] for c in 'ABCD'],
-                     lambda ex: ex['answerKey'])),
+                     lambda ex: ex['answerKey']),
+                 label_words=templates.CHOICE_LETTERS),
     # The evaluation suite.
     PaperDataset('cb', 'super_glue/cb:1.0.2', _TRAIN_DEV_TEST, 'validation', CLASSIFICATION,
                  # TFDS order: entailment, contradiction, neutral.
@@ -203,9 +219,10 @@ def multitask_mixture_name(num_shots: int = 0, prefix: str = DEFAULT_PREFIX) -> 
 
 
 def postprocessor(family: str) -> Callable[..., object]:
-  """The family's seqio postprocessor, cutting at `templates.DEMONSTRATION_PREFIXES`."""
+  """The family's seqio postprocessor, cutting at the second `templates.DEMONSTRATION_PREFIXES`."""
   return functools.partial(_FAMILY_POSTPROCESSOR[family],
-                           prefixes=templates.DEMONSTRATION_PREFIXES)
+                           prefixes=templates.DEMONSTRATION_PREFIXES,
+                           occurrence=PREFIX_OCCURRENCE)
 
 
 def tfds_source(dataset: PaperDataset, tfds_data_dir: str | None = None) -> seqio.TfdsDataSource:
@@ -232,7 +249,8 @@ def register_paper_tasks(vocabulary: seqio.Vocabulary | None = None,
       registered per count, the multitask mixtures for 0 and 1 if given.
     fewshot: pool and seed of the demonstrations (`num_shots` is set per task;
       default `FewshotConfig()`: 1,000 of the first 10,000 train examples, seed 1234).
-    summarization_input_length: tokens a summarization input must fit.
+    summarization_input_length: summarization inputs are cut to this many tokens as a
+      whole (EOS included).
     tfds_data_dir: where the prepared TFDS datasets are (default: TFDS_DATA_DIR).
     overwrite: replace tasks and mixtures already registered under these names.
 
@@ -252,7 +270,10 @@ def register_paper_tasks(vocabulary: seqio.Vocabulary | None = None,
           dataset.make_render(vocabulary, k, summarization_input_length),
           vocabulary=vocabulary, fewshot=dataclasses.replace(fewshot, num_shots=k),
           metric_fns=[_FAMILY_METRIC[dataset.family]],
-          postprocess_fn=postprocessor(dataset.family), overwrite=overwrite)
+          postprocess_fn=postprocessor(dataset.family),
+          max_input_tokens=(summarization_input_length if dataset.family == SUMMARIZATION
+                            else None),
+          overwrite=overwrite)
       names.append(name)
 
   mixtures = {eval_mixture_name(k, prefix): [task_name(s, k, prefix) for s in EVAL_DATASETS]

@@ -15,10 +15,11 @@ the feature converter, but the evaluator and postprocessors can read them):
 `article_truncated` (bool; summarization).
 
 Truncation (inputs longer than the task feature length):
-- summarization articles are cut to a token budget inside the render
-  (`summarization_render(max_article_tokens=...)`, sized by
-  `article_token_budget`), so the template's `One sentence summary:` survives
-  and every demonstration keeps its summary;
+- summarization inputs are cut to 1024 tokens as a whole, as the paper does
+  (`text_to_text_preprocessors(max_input_tokens=...)`, `cut_inputs`): a k-shot
+  input keeps its end (the query), a 0-shot one its start. Cutting each
+  article to a per-shot budget instead (`summarization_render(max_article_tokens=...)`,
+  sized by `article_token_budget`) is still available for other uses;
 - k-shot inputs that are still too long lose their *beginning*
   (`trim_inputs_from_left`): the oldest demonstration goes first, the query is
   kept; 0-shot inputs are cut at the end by seqio's usual trim;
@@ -30,6 +31,7 @@ Truncation (inputs longer than the task feature length):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -159,22 +161,21 @@ def question_answering_render(question_fn: Callable[[dict], tf.Tensor],
 def multiple_choice_render(stem_fn: Callable[[dict], tf.Tensor],
                            choices_fn: Callable[[dict], Sequence[tf.Tensor]],
                            answer_index_fn: Callable[[dict], tf.Tensor]) -> Render:
-  """OpenbookQA: `Q: [stem] Options: [c1]; [c2]; [c3]; [c4] A:` -> the correct choice's text.
+  """OpenbookQA as the paper has it: `Q: [stem] A) [c1] B) [c2] C) [c3] D) [c4] A:` -> the letter.
 
-  The model writes the answer (not a letter), scored by exact match against
-  the correct choice, so the task shares the QA template, post-processing and
-  metric. (PaLM scored OpenbookQA by ranking the choices; a generative
-  rendering is what a fine-tuning target needs.)
+  The target is the correct choice's letter (`templates.CHOICE_LETTERS`),
+  scored by accuracy on the first output word, like a classification task.
   """
+  letters = tf.constant(list(templates.CHOICE_LETTERS))
+
   def render(dataset: tf.data.Dataset) -> tf.data.Dataset:
     @tf.autograph.experimental.do_not_convert
     def one(ex):
       choices = list(choices_fn(ex))
       question = render_template(
           lambda stem, *c: templates.multiple_choice_question(stem, c), stem_fn(ex), *choices)
-      target = tf.gather(tf.stack(choices), answer_index_fn(ex))
       return {'inputs': render_template(templates.question_answering, question),
-              'targets': target, 'answers': tf.reshape(target, [1])}
+              'targets': tf.gather(letters, answer_index_fn(ex))}
     return dataset.map(one, num_parallel_calls=AUTOTUNE)
   return render
 
@@ -276,13 +277,38 @@ def trim_inputs_from_left(dataset: tf.data.Dataset, output_features: Mapping[str
   return dataset.map(one, num_parallel_calls=AUTOTUNE)
 
 
-def text_to_text_preprocessors(num_shots: int) -> list[Callable[..., tf.data.Dataset]]:
+def cut_inputs(dataset: tf.data.Dataset, max_tokens: int, keep_end: bool) -> tf.data.Dataset:
+  """Cuts every tokenized `inputs` (EOS not yet added) to `max_tokens - 1` tokens, EOS's room left.
+
+  The paper's summarization inputs are cut to 1024 tokens as a whole,
+  whatever the feature length: `keep_end` keeps the last tokens (k-shot: the
+  query and its template), else the first (0-shot: the article's start).
+  """
+  keep = max_tokens - 1
+  if keep <= 0:
+    raise ValueError(f'max_input_tokens={max_tokens} leaves no room for input tokens.')
+
+  @tf.autograph.experimental.do_not_convert
+  def one(ex):
+    ex = dict(ex)
+    ex['inputs'] = ex['inputs'][-keep:] if keep_end else ex['inputs'][:keep]
+    return ex
+  return dataset.map(one, num_parallel_calls=AUTOTUNE)
+
+
+def text_to_text_preprocessors(num_shots: int, max_input_tokens: int | None = None
+                               ) -> list[Callable[..., tf.data.Dataset]]:
   """The task preprocessors after a render: tokenize, trim, append EOS.
 
   `inputs_pretokenized` / `targets_pretokenized` keep the rendered text (the
   evaluator reads targets from them). k-shot tasks trim from the left.
+  `max_input_tokens` (summarization: 1024) cuts every input to that many
+  tokens (EOS included) before the feature-length trim (`cut_inputs`).
   """
   steps = [seqio.preprocessors.tokenize]
+  if max_input_tokens is not None:
+    steps.append(functools.partial(cut_inputs, max_tokens=max_input_tokens,
+                                   keep_end=num_shots > 0))
   if num_shots > 0:
     steps.append(trim_inputs_from_left)
   steps.append(seqio.preprocessors.append_eos_after_trim)

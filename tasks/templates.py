@@ -8,6 +8,7 @@ synthetic world and the TFDS tasks produce text of the same shape:
   WiC:            `[sentence1] [sentence2] question: The word [word] is used in the same
                    way in the two sentences. Is it true or false? answer:`
   QA:             `Q: [question] A:`
+  OpenbookQA:     `Q: [question] A) [c1] B) [c2] C) [c3] D) [c4] A:` -> the letter
   translation:    `Translate [source language] to [target language]: [sentence]`
   summarization:  `Article: [article] One sentence summary:`
 
@@ -67,10 +68,15 @@ def with_demonstrations(query_input: str, demonstrations: Sequence[tuple[str, st
   return separator.join(parts)
 
 
-def multiple_choice_question(stem: str, choices: Sequence[str]) -> str:
-  """OpenbookQA's question text (goes into `question_answering`); the target is a choice.
+CHOICE_LETTERS = ('A', 'B', 'C', 'D')
 
-  `[stem] Options: [choice 1]; [choice 2]; ...`. Choices are joined by semicolons
-  because OpenbookQA choices often contain commas.
+
+def multiple_choice_question(stem: str, choices: Sequence[str]) -> str:
+  """OpenbookQA's question text (goes into `question_answering`); the target is a letter.
+
+  `[stem] A) [choice 1] B) [choice 2] C) [choice 3] D) [choice 4]` (the paper's
+  table 7), so the whole input is `Q: ... D) [choice 4] A:` and the answer is `B`.
   """
-  return f'{stem} Options: ' + '; '.join(choices)
+  if len(choices) > len(CHOICE_LETTERS):
+    raise ValueError(f'At most {len(CHOICE_LETTERS)} choices, got {len(choices)}.')
+  return ' '.join([stem] + [f'{letter}) {choice}' for letter, choice in zip(CHOICE_LETTERS, choices)])

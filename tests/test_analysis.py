@@ -57,9 +57,38 @@ def test_real_and_shuffled_gradients_differ_on_a_batch_with_two_labels():
   model = _model()
   params = model.init_params(jax.random.PRNGKey(1))
   probe = analysis.GradientAlignment(task='unused', task_feature_lengths={'inputs': 8, 'targets': 2})
-  probe._batch = _batch()  # the batch a task would provide
+  probe._batches = [_batch()]  # the batch a task would provide
   cos = probe(model, params, step=0)['grad_alignment/cosine']
   assert -1.0 <= cos < 0.999
+
+
+def test_alignment_is_reported_per_module_and_averaged_over_batches():
+  model = _model()
+  params = model.init_params(jax.random.PRNGKey(1))
+  g = analysis.gradient(model, params, _batch(), analysis.last_decoder_layer_pattern(params))
+  same = analysis.module_cosines(g, g, 'decoder/layers_1/')
+  assert set(same) == {'all', 'mlp', 'query', 'key', 'value'}
+  assert all(v == pytest.approx(1.0, abs=1e-5) for v in same.values())
+
+  second = _batch()
+  second['encoder_input_tokens'] = second['encoder_input_tokens'][::-1].copy()
+  probes = []
+  for batches in ([_batch()], [second], [_batch(), second]):
+    probe = analysis.GradientAlignment(task='unused', task_feature_lengths={'inputs': 8, 'targets': 2})
+    probe._batches = batches
+    probes.append(probe(model, params, step=0))
+  one, two, both = probes
+  assert set(both) == {'grad_alignment/cosine', 'grad_alignment/mlp/cosine',
+                       'grad_alignment/query/cosine', 'grad_alignment/key/cosine',
+                       'grad_alignment/value/cosine'}
+  # The second batch of a two-batch probe is shuffled with seed + 1: rerun it that way.
+  probe = analysis.GradientAlignment(task='unused', task_feature_lengths={'inputs': 8, 'targets': 2},
+                                     seed=1)
+  probe._batches = [second]
+  two = probe(model, params, step=0)
+  for key in both:
+    assert both[key] == pytest.approx((one[key] + two[key]) / 2, abs=1e-5)
+  assert len({round(both[f'grad_alignment/{m}/cosine'], 4) for m in analysis.MODULES}) > 1
 
 
 def test_combined_evaluator_merges_and_rejects_clashing_names():

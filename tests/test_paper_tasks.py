@@ -5,6 +5,8 @@ SentencePiece model under a test prefix; renders run on hand-made examples.
 Every task on mock TFDS data: tests/test_paper_tasks_mock_tfds.py.
 """
 
+import inspect
+
 import numpy as np
 import pytest
 import seqio
@@ -173,9 +175,13 @@ def test_openbookqa_rendering(fixture_vocabulary):
          'answerKey': np.int64(1), 'fact1': '', 'humanScore': 0.0, 'clarity': 0.0,
          'turkIdAnonymized': ''}
   ex = render_one('openbookqa', raw, fixture_vocabulary)
-  assert ex['inputs'] == 'Q: The sun is Options: a planet; a star; a moon; a comet A:'
-  assert ex['targets'] == 'a star'
-  assert list(ex['answers']) == [b'a star']
+  # The paper's table 7: the choices lettered, the letter as the answer, accuracy.
+  assert ex['inputs'] == 'Q: The sun is A) a planet B) a star C) a moon D) a comet A:'
+  assert ex['targets'] == 'B'
+  dataset = paper.PAPER_DATASETS['openbookqa']
+  assert dataset.metric_name == 'accuracy' and dataset.label_words == ('A', 'B', 'C', 'D')
+  post = paper.postprocessor(dataset.family)
+  assert post('B) a star Q: next', example=None, is_target=False) == 'B'
 
 
 @pytest.mark.parametrize('stem, source_key, target_key, expected_prefix', [
@@ -231,6 +237,33 @@ def test_one_shot_rte_input_joins_demonstration_and_query(fixture_vocabulary):
 # ---------------------------------------------------------------------------
 # Truncation.
 # ---------------------------------------------------------------------------
+
+
+def test_summarization_inputs_are_cut_to_1024_tokens_as_a_whole(fixture_vocabulary):
+  # The paper's truncation: the whole input, not each article; k-shot keeps the query.
+  features = vocab.output_features(fixture_vocabulary)
+  dataset = tf.data.Dataset.from_tensors({'inputs': tf.range(10, 2010), 'targets': tf.range(3)})
+  for k, expected_start in ((0, 10), (4, 2010 - 1023)):
+    out = dataset
+    for step in preprocessors.text_to_text_preprocessors(k, max_input_tokens=1024)[1:]:
+      # seqio passes a preprocessor only the arguments it names.
+      given = {'output_features': features, 'sequence_length': {'inputs': 2048, 'targets': 8}}
+      names = inspect.signature(step).parameters
+      out = step(out, **{key: v for key, v in given.items() if key in names})
+    ex = next(out.as_numpy_iterator())
+    assert len(ex['inputs']) == 1024 and ex['inputs'][-1] == 1
+    assert ex['inputs'][0] == expected_start
+
+
+def test_summarization_tasks_keep_whole_articles_and_cut_the_input(fixture_vocabulary, test_tasks):
+  ex = render_one('xsum', {'document': 'this is a test ' * 300, 'summary': 's'},
+                  fixture_vocabulary, num_shots=4)
+  assert not ex['article_truncated']  # no per-shot article budget any more
+  task = seqio.get_mixture_or_task(PREFIX + 'xsum_4shot')
+  assert any(getattr(p, 'keywords', {}).get('max_tokens') == paper.SUMMARIZATION_INPUT_LENGTH
+             for p in task.preprocessors)
+  rte = seqio.get_mixture_or_task(PREFIX + 'rte_4shot')
+  assert not any(getattr(p, 'keywords', {}).get('max_tokens') for p in rte.preprocessors)
 
 
 def test_article_budget_keeps_k_shot_inputs_within_1024_tokens():

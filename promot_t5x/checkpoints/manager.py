@@ -21,7 +21,6 @@ fallback to initialization for parameters the checkpoint lacks where allowed
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -32,7 +31,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from promot_t5x import param_sets
+from promot_t5x import param_sets, selection
 from promot_t5x.checkpoints import orbax_io, sources
 
 # Run-folder layout and source resolution live below this module; the names stay here for callers.
@@ -194,7 +193,7 @@ def _non_empty(tree: Any) -> Any:
 
 
 class TrainCheckpointManager:
-  """orbax CheckpointManager for a run: periodic saves, keep-N, keep-best."""
+  """orbax CheckpointManager for a run: periodic saves, keep-N, keep-best (`promot_t5x.selection`)."""
 
   def __init__(self, model_dir: str, keep: int | None = 3,
                best_metric: str | None = None, best_mode: str = 'max',
@@ -203,15 +202,18 @@ class TrainCheckpointManager:
     written in the unrolled layout and stacked again on restore (the optimizer
     state stays in the run's own layout: resume with the same `scan_layers`)."""
     self._scanned = model_config if getattr(model_config, 'scan_layers', False) else None
-    if best_mode not in ('max', 'min'):
-      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+    selection.check_config(None, best_mode, False, None)
     self.directory = checkpoint_dir(os.path.abspath(model_dir))
     self.best_metric = best_metric
     self.best_mode = best_mode
+    # Held in memory on every process (all see the same metrics), so every
+    # process takes the same save decisions; best.json is written by process 0.
+    self.best = selection.read_best(self.directory) if best_metric else None
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]
     if best_metric:
+      # Keeps the checkpoint marked with the highest selection order: the recorded best.
       policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min', n=1,
+          get_metric_fn=lambda m: m.get(selection.ORDER_KEY, -1.0), reverse=False, n=1,
           keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True,
@@ -224,35 +226,35 @@ class TrainCheckpointManager:
   def all_steps(self) -> Sequence[int]:
     return self._manager.all_steps()
 
+  def is_new_best(self, metrics: Mapping[str, float] | None) -> bool:
+    """Whether these evaluation metrics beat the run's best (False without a best metric)."""
+    if not self.best_metric or not metrics:
+      return False
+    return selection.improves(self.best, selection.metric_value(metrics, self.best_metric),
+                              self.best_mode)
+
   def save(self, step: int, params: Any, opt_state: Any, meta: Mapping[str, Any],
            metrics: Mapping[str, float] | None = None) -> None:
-    if self.best_metric and metrics is not None and self.best_metric not in metrics:
-      raise ValueError(f'best_metric {self.best_metric!r} is not among the evaluation metrics '
-                       f'{sorted(metrics)}; fix CHECKPOINT_BEST_METRIC.')
+    """Saves a step; with `metrics` that beat the best, records and keeps it as the best."""
+    record = None
+    if self.is_new_best(metrics):
+      record = selection.BestRecord(
+          step=step, metric=self.best_metric,
+          value=selection.metric_value(metrics, self.best_metric),
+          order=1 if self.best is None else self.best.order + 1)
     if self._scanned is not None:
       params = t5.unscan_params(params, self._scanned)
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(_non_empty(opt_state)),
         meta=ocp.args.JsonSave(dict(meta)))
-    self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None, force=True)
+    orbax_metrics = {selection.ORDER_KEY: float(record.order)} if record else None
+    self._manager.save(step, args=args, metrics=orbax_metrics, force=True)
     self._manager.wait_until_finished()
-    if metrics and self.best_metric:
-      self._record_best(step, float(metrics[self.best_metric]))
-
-  def _record_best(self, step: int, value: float) -> None:
-    path = os.path.join(self.directory, 'best.json')
-    best = None
-    if os.path.exists(path):
-      with open(path) as f:
-        best = json.load(f)
-    better = (best is None or (value > best['value'] if self.best_mode == 'max'
-                               else value < best['value']))
-    if better and jax.process_index() == 0:
-      tmp = path + '.tmp'
-      with open(tmp, 'w') as f:
-        json.dump({'step': step, 'metric': self.best_metric, 'value': value}, f)
-      os.replace(tmp, path)
+    if record is not None:
+      self.best = record
+      if jax.process_index() == 0:
+        selection.write_best(self.directory, record)
 
   def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any
               ) -> tuple[Any, Any, dict[str, Any]]:
