@@ -33,8 +33,18 @@ from typing import Any
 
 import jax
 
-from promot_t5x import (data, distributed, gin_utils, host_memory, param_sets, partitioning, paths, selection,
-                        summaries, t5x_flags)
+from promot_t5x import (
+  data,
+  distributed,
+  gin_utils,
+  host_memory,
+  param_sets,
+  partitioning,
+  paths,
+  selection,
+  summaries,
+  t5x_flags,
+)
 from promot_t5x import trainer as trainer_lib
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.models import encoder_decoder, t5
