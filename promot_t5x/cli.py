@@ -22,6 +22,7 @@ so that all of them
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import re
@@ -56,19 +57,18 @@ def quiet_startup() -> None:
 
 # Start-up lines of TensorFlow's C++ libraries that say nothing about the user's run.
 _NOISE = re.compile(r'All log messages before absl::InitializeLog|oneDNN custom operations|'
-                    r'cudart_stub|cuda drivers|cuInit|Unable to register cu(DNN|FFT|BLAS)|'
+                    r'cudart_stub|cuda drivers|cuInit|cuda_platform|Unable to register cu(DNN|FFT|BLAS)|'
                     r'computation placer already registered|TF-TRT Warning|cpu_feature_guard|'
                     r'This TensorFlow binary is optimized|rebuild TensorFlow with')
 
 
-def import_tensorflow_quietly() -> None:
-  """Imports TensorFlow with its start-up lines removed (other stderr output is kept).
+def quietly(fn: Callable[[], Any]) -> Any:
+  """Calls `fn` with the known start-up lines removed from stderr (other output is kept).
 
-  TensorFlow 2.21 writes them from C++ before its logging reads
-  TF_CPP_MIN_LOG_LEVEL, so they are caught at the file descriptor during the import.
+  TensorFlow 2.21 and XLA's CUDA plugin write them from C++ (oneDNN, "could not
+  find cuda drivers", `failed call to cuInit` on a CPU-only machine) before any
+  log level is read, so they are caught at the file descriptor.
   """
-  if 'tensorflow' in sys.modules:
-    return
   import tempfile
 
   sys.stderr.flush()
@@ -76,7 +76,7 @@ def import_tensorflow_quietly() -> None:
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
-      import tensorflow  # noqa: F401
+      return fn()
     finally:
       os.dup2(saved, 2)
       os.close(saved)
@@ -85,6 +85,12 @@ def import_tensorflow_quietly() -> None:
               if line.strip() and not _NOISE.search(line)]
       if kept:
         print('\n'.join(kept), file=sys.stderr)
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow without its start-up lines."""
+  if 'tensorflow' not in sys.modules:
+    quietly(lambda: importlib.import_module('tensorflow'))
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -139,8 +145,8 @@ def main(prog: str, doc: str | None, run: Callable[[argparse.Namespace], Any],
          argv: Sequence[str] | None = None, *,
          add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
          gin: bool = False, multi_process: bool = False, gin_required: str | None = None,
-         check_args: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None
-         ) -> int:
+         check_args: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None,
+         parse_gin: bool = True, inline_cpu_dispatch: bool | None = True) -> int:
   """Parses the command line, sets up quiet logging, gin and processes, runs `run(args)`.
 
   Args:
@@ -149,12 +155,16 @@ def main(prog: str, doc: str | None, run: Callable[[argparse.Namespace], Any],
     run: the tool's work; its return value is the exit status if it is an int, else 0.
     argv: the arguments (default: sys.argv[1:]).
     add_flags: adds the tool's own flags to the parser.
-    gin: the tool takes gin flags; they are parsed (files, then bindings) before `run`.
+    gin: the tool takes gin flags; they are parsed (files, then bindings) before `run`
+      unless `parse_gin` is False (the tool parses them itself).
     multi_process: the tool takes the multi-process flags; JAX's distributed system
       is started from them (or SLURM / a TPU VM) before gin is parsed.
     gin_required: if set, the error shown when no --gin_file is given (unless
       `check_args` lets the tool run without gin, e.g. promot-eval --merge).
     check_args: checks the parsed flags (call `parser.error` to refuse).
+    parse_gin: see `gin`.
+    inline_cpu_dispatch: passed to `host_memory.configure` (None: leave the
+      allocator and JAX's dispatch as they are).
 
   Returns:
     The exit status: 0, 1 (the run failed), 2 (command line or configuration).
@@ -162,7 +172,8 @@ def main(prog: str, doc: str | None, run: Callable[[argparse.Namespace], Any],
   quiet_startup()
   from promot_t5x import distributed, gin_utils, host_memory
 
-  host_memory.configure()
+  if inline_cpu_dispatch is not None:
+    host_memory.configure(inline_cpu_dispatch=inline_cpu_dispatch)
   argv = list(sys.argv[1:] if argv is None else argv)
   if gin:
     argv = gin_utils.rewrite_gin_args(argv)
@@ -172,7 +183,7 @@ def main(prog: str, doc: str | None, run: Callable[[argparse.Namespace], Any],
   args = p.parse_args(argv)
   verbose = args.verbose or bool(os.environ.get('PROMOT_DEBUG'))
   _configure_logging(verbose)
-  if gin:  # the gin tools read seqio tasks, which import TensorFlow
+  if gin and parse_gin and args.gin_file:  # the gin tools read seqio tasks, which import TensorFlow
     import_tensorflow_quietly()
   if check_args is not None:
     check_args(p, args)
@@ -185,7 +196,10 @@ def main(prog: str, doc: str | None, run: Callable[[argparse.Namespace], Any],
                                cpu_collectives=True)
       except ValueError as e:
         p.error(str(e))
-    if gin and args.gin_file:
+      import jax
+
+      quietly(jax.devices)  # starts JAX's backends (XLA's CUDA probe) without their noise
+    if gin and parse_gin and args.gin_file:
       gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths)
       gin_utils.check_macros(args.gin_bindings)
     status = run(args)

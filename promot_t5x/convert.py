@@ -29,17 +29,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from promot_t5x import gin_utils, param_sets
+from promot_t5x import cli, param_sets
 from promot_t5x.checkpoints import hf, matching, orbax_io, t5x_legacy
 from promot_t5x.models import t5
 
 CONVERSIONS = (('t5x', 'orbax'), ('t5x', 'hf'), ('hf', 'orbax'), ('orbax', 'hf'))
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog='promot-convert', description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+def _flags(p: argparse.ArgumentParser) -> None:
   p.add_argument('--from', dest='source', required=True, choices=('t5x', 'hf', 'orbax'),
                  help='input format: legacy T5X checkpoint, Hugging Face folder, or orbax '
                       '(run folder, step folder or params folder).')
@@ -58,8 +55,6 @@ def _parser() -> argparse.ArgumentParser:
                       'single -> relu).')
   p.add_argument('--hf_model_type', default='t5', choices=('t5', 'mt5'),
                  help='model_type written to the HF config.json.')
-  gin_utils.add_gin_flags(p)
-  return p
 
 
 def _model_config(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]],
@@ -120,14 +115,8 @@ def convert(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv = gin_utils.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv))
-  args = _parser().parse_args(argv)
-  try:
-    convert(args)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f'promot-convert: error: {e}', file=sys.stderr)
-    return 1
-  return 0
+  return cli.main('promot-convert', __doc__, convert, argv, add_flags=_flags, gin=True,
+                  parse_gin=False, inline_cpu_dispatch=None)
 
 
 def console_entry_point() -> None:

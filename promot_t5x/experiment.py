@@ -46,7 +46,7 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 
-from promot_t5x import gin_utils, host_memory
+from promot_t5x import cli, gin_utils
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,13 +243,16 @@ def merge(exp: Experiment, done: dict[str, list[str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  host_memory.configure()
-  parser = argparse.ArgumentParser(prog='promot-experiment', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  return cli.main('promot-experiment', __doc__, _main, argv, add_flags=_flags)
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('spec', help='experiment spec (TOML)')
   parser.add_argument('--only', default=None, help='comma-separated variant names to run')
   parser.add_argument('--output_dir', default=None, help='override the spec\'s output_dir')
-  args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(args: argparse.Namespace) -> int:
   exp = load_spec(args.spec)
   if args.output_dir:
     exp = dataclasses.replace(exp, output_dir=args.output_dir)

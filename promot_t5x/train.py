@@ -425,8 +425,9 @@ def _flags(parser: argparse.ArgumentParser) -> None:
 def _main(args: argparse.Namespace) -> int:
   result = run(args.entry or _gin_macro_or('RUN_ENTRY', 'promot_t5x.train.train'))
   _log(f'done: {result}')
+  # Duck-typed: under `python -m promot_t5x.train` this module is __main__, not gin's promot_t5x.train.
   stopped = [r for r in (result if isinstance(result, tuple) else (result,))
-             if isinstance(r, TrainResult) and r.stopped_by]
+             if getattr(r, 'stopped_by', None)]
   if stopped:
     import signal
 
