@@ -7,6 +7,8 @@ Every console tool (setup.py's console_scripts) starts through `main()`:
                     multi_process=True)
 
 so that all of them
+- import modules of the working directory (a user's task module) as
+  `python -m` would, so no `PYTHONPATH=.` is needed;
 - are quiet on start-up: TensorFlow's C++ logging and absl's pre-init notice
   are switched off before TensorFlow or JAX is imported by the tool's work
   (`quiet_startup`), Python warnings of those libraries are hidden;
@@ -174,6 +176,10 @@ def main(prog: str, doc: str | None, run: Callable[[argparse.Namespace], Any],
 
   if inline_cpu_dispatch is not None:
     host_memory.configure(inline_cpu_dispatch=inline_cpu_dispatch)
+  # Task modules (MIXTURE_OR_TASK_MODULE) in the working directory import as under
+  # `python -m`, without PYTHONPATH=. (last on the path: they shadow nothing).
+  if os.getcwd() not in sys.path:
+    sys.path.append(os.getcwd())
   argv = list(sys.argv[1:] if argv is None else argv)
   if gin:
     argv = gin_utils.rewrite_gin_args(argv)

@@ -96,6 +96,9 @@ class RunLock:
           'end (or stop it), or give this run another MODEL_DIR. The lock is an OS lock on '
           f'{self.path}: it is released when its process ends, even if it crashed.')
 
+  def __del__(self):  # an error between acquire and the run's end: the lock goes with its object
+    self.release()
+
   def release(self) -> None:
     if self._fd is not None:
       import fcntl
@@ -259,11 +262,31 @@ def warn_changes(model_dir: str, meta: Mapping[str, Any], batch_size: int,
 
 
 def learning_rate_macro() -> float | None:
-  """LEARNING_RATE as gin has it (None without gin or the macro)."""
+  """The base learning rate gin gives the schedule in the current scope (None if unknown).
+
+  Looks at `optimizers.learning_rate_schedule.base` in the active gin scope
+  (`stage1/`, `stage2/` of gin/promot) and unscoped, then at LEARNING_RATE.
+  """
   try:
     import gin
-
-    value = gin.query_parameter('%LEARNING_RATE')
-    return float(value) if isinstance(value, (int, float)) else None
-  except Exception:  # noqa: BLE001 (train() called from Python, or no such macro)
+    from gin import config as gin_config
+  except ImportError:
     return None
+
+  def value(key: str) -> float | None:
+    try:
+      v = gin.query_parameter(key)
+      if isinstance(v, gin_config.ConfigurableReference) and v.selector == 'gin.macro':
+        v = gin.query_parameter('%' + v.scoped_selector.rsplit('/', 1)[0])
+    except Exception:  # noqa: BLE001 (not bound, or train() called without gin)
+      return None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+  scope = gin.current_scope_str()
+  keys = ([f'{scope}/optimizers.learning_rate_schedule.base'] if scope else []) + [
+      'optimizers.learning_rate_schedule.base', '%LEARNING_RATE']
+  for key in keys:
+    v = value(key)
+    if v is not None:
+      return v
+  return None

@@ -63,7 +63,7 @@ def _read_only_folder(tmp_path):
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_the_step_and_the_resume_equals_an_uninterrupted_run(tmp_path, fixtures_dir,
                                                                           sig):
-  common = [*FINETUNE, '--gin.TRAIN_STEPS=40', '--gin.CHECKPOINT_PERIOD=100',
+  common = [*FINETUNE, '--gin.TRAIN_STEPS=20', '--gin.CHECKPOINT_PERIOD=100',
             '--gin.DROPOUT_RATE=0.1', '--gin.train.train.log_period=1']
   env = _env(fixtures_dir)
   _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'straight'), *common), env)
@@ -78,8 +78,8 @@ def test_signal_saves_the_step_and_the_resume_equals_an_uninterrupted_run(tmp_pa
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 128 + sig, out[-3000:]
   steps = _steps(run_dir)
-  assert len(steps) == 1 and 3 <= steps[0] < 40, (steps, out[-2000:])
-  assert f'stopped by {signal.Signals(sig).name} at step {steps[0]}/40' in out
+  assert len(steps) == 1 and 3 <= steps[0] < 20, (steps, out[-2000:])
+  assert f'stopped by {signal.Signals(sig).name} at step {steps[0]}/20' in out
   assert 'run the same command again to resume' in out
   _no_traceback(out)
 
@@ -94,7 +94,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_p
   """SLURM or a TPU VM may signal one host first: every process stops and saves together."""
   from promot_t5x_launch import local
 
-  common = [*FINETUNE, '--gin.TRAIN_STEPS=40', '--gin.CHECKPOINT_PERIOD=100',
+  common = [*FINETUNE, '--gin.TRAIN_STEPS=12', '--gin.CHECKPOINT_PERIOD=100',
             '--gin.SHUFFLE_TRAIN_EXAMPLES=False', '--gin.train.train.log_period=1']
   run_dir = tmp_path / 'two'
   _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'one'), *common),
@@ -106,8 +106,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_p
                                      local.free_port())]
   metrics = run_dir / 'metrics.jsonl'
   try:
-    _wait_for(procs[0], lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
-              'three logged steps')
+    _wait_for(procs[0], lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
+              'two logged steps')
     procs[1].send_signal(signal.SIGTERM)  # the process that does not log
     outs = [p.communicate(timeout=180)[0] for p in procs]
   finally:
@@ -116,8 +116,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_p
         p.kill()
   assert [p.returncode for p in procs] == [143, 143], outs[0][-3000:] + outs[1][-3000:]
   steps = _steps(run_dir)
-  assert len(steps) == 1 and steps[0] < 40
-  assert f'stopped by a signal on another process at step {steps[0]}/40' in outs[0]
+  assert len(steps) == 1 and steps[0] < 12
+  assert f'stopped by a signal on another process at step {steps[0]}/12' in outs[0]
 
   results = local.launch(_cmd(*_toy_args(fixtures_dir, run_dir), *common), num_processes=2,
                          devices_per_process=1, env=_env(fixtures_dir), timeout=300)
@@ -160,7 +160,7 @@ def test_second_run_on_a_model_dir_is_refused_and_a_killed_run_leaves_no_lock(tm
                                                                                fixtures_dir):
   env = _env(fixtures_dir)
   run_dir = tmp_path / 'run'
-  common = [*FINETUNE, '--gin.TRAIN_STEPS=400', '--gin.CHECKPOINT_PERIOD=2', '--gin.KEEP_CHECKPOINTS=2']
+  common = [*FINETUNE, '--gin.TRAIN_STEPS=100000', '--gin.CHECKPOINT_PERIOD=2', '--gin.KEEP_CHECKPOINTS=2']
   first = subprocess.Popen(_cmd(*_toy_args(fixtures_dir, run_dir), *common), cwd=REPO, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
@@ -332,3 +332,28 @@ def test_start_up_is_quiet_and_verbose_shows_the_traceback(tmp_path, fixtures_di
     assert noise not in r.stdout + r.stderr
   r = _run(args + ['--verbose'], env, check=False)
   assert 'Traceback' in r.stderr and 'Unknown task or mixture' in r.stderr
+
+
+# -----------------------------------------------------------------------------
+# promot-eval fails fast.
+# -----------------------------------------------------------------------------
+def test_eval_checks_checkpoint_path_and_output_folder_before_any_work(tmp_path, capsys):
+  from promot_t5x import eval as eval_script
+
+  base = ['--gin_file=miniature/model.gin', '--gin_file=eval/fewshot_miniature.gin',
+          '--gin.MIXTURE_OR_TASK_NAME=mini_rte', "--gin.EVAL_SUITE=['mini_cb_1shot']",
+          "--gin.EVAL_SUITE_NAMES=['cls']", '--gin.MAX_EXAMPLES=2']
+  out = tmp_path / 'out'
+  missing = tmp_path / 'missing'
+  assert eval_script.main([*base, f'--gin.CHECKPOINT_PATH={missing}',
+                           f'--gin.EVAL_OUTPUT_DIR={out}']) == 1
+  err = capsys.readouterr().err
+  assert f"CHECKPOINT_PATH='{missing}' does not exist" in err
+  assert 'INITIAL_CHECKPOINT_PATH' not in err
+  _no_traceback(err)
+  ro = _read_only_folder(tmp_path)
+  assert eval_script.main([*base, f'--gin.CHECKPOINT_PATH={tmp_path}',
+                           f'--gin.EVAL_OUTPUT_DIR={ro / "eval"}']) == 1
+  err = capsys.readouterr().err
+  assert f"EVAL_OUTPUT_DIR='{ro / 'eval'}' cannot be written" in err
+  _no_traceback(err)
