@@ -170,6 +170,7 @@ _NO_PARAMETER = re.compile(r"Configurable '([^']+)' doesn't have a parameter nam
 
 def _nearest_parameter_hint(msg: str) -> str:
   """'Did you mean ...?' for a misspelt parameter of a configurable (its nearest names)."""
+  import dataclasses
   import difflib
   import inspect
 
@@ -179,8 +180,11 @@ def _nearest_parameter_hint(msg: str) -> str:
   configurable, wrong = m.groups()
   try:
     fn = gin.get_configurable(configurable)
-    fn = getattr(fn, '__wrapped__', fn)
-    names = [n for n in inspect.signature(fn).parameters if n not in ('self', 'args', 'kwargs')]
+    if dataclasses.is_dataclass(fn):  # gin wraps a class's __init__ in (*args, **kwargs)
+      names = [f.name for f in dataclasses.fields(fn)]
+    else:
+      fn = inspect.unwrap(fn.__init__ if inspect.isclass(fn) else fn)
+      names = [n for n in inspect.signature(fn).parameters if n not in ('self', 'args', 'kwargs')]
   except Exception:  # noqa: BLE001 (an ambiguous or dynamic configurable: no suggestion)
     return ''
   close = difflib.get_close_matches(wrong, names, n=3, cutoff=0.6)
