@@ -129,12 +129,15 @@ def parser(prog: str, doc: str | None, gin: bool = False,
   return p
 
 
+MAX_MESSAGE = 1500
 _GIN_CALL_CONTEXT = re.compile(r"\n\s*In call to configurable '[^']*' \(<[^>]*>\)")
 
 
 def error_paragraph(prog: str, e: BaseException) -> str:
   """`<prog>: <Kind>: <message>`: the problem and its fix, without gin's call context."""
   msg = _GIN_CALL_CONTEXT.sub('', str(e)).strip()
+  if len(msg) > MAX_MESSAGE:  # TensorStore / orbax errors carry whole trees and stacks
+    msg = f'{msg[:MAX_MESSAGE]} ... ({len(msg) - MAX_MESSAGE} more characters with --verbose)'
   known = isinstance(e, (ValueError, OSError, ImportError, RuntimeError, FloatingPointError,
                          LookupError))
   if not known:
