@@ -13,8 +13,11 @@ Read top to bottom, a run is:
   4. step, log (console, TensorBoard, metrics.jsonl), evaluate every EVAL_PERIOD,
      checkpoint every CHECKPOINT_PERIOD; stop on a NaN/Inf loss without saving it.
 
-Every run writes config.gin (all gin bindings) and model-info.txt beside its
-checkpoints. `promot` (gin/promot/*.gin) chains stage 1 and stage 2.
+Every start that its checkpoints accept writes config.gin (all gin bindings)
+and model-info.txt beside them and appends both to MODEL_DIR/history/; the
+configuration is validated first, one run holds MODEL_DIR at a time, and
+SIGTERM/SIGINT save a checkpoint before exiting (run_guard, preflight,
+docs/errors.md). `promot` (gin/promot/*.gin) chains stage 1 and stage 2.
 """
 
 from __future__ import annotations
