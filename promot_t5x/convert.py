@@ -44,7 +44,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from promot_t5x import gin_utils, param_sets
+from promot_t5x import cli, param_sets
 from promot_t5x.checkpoints import hf, matching, mesh_tf, orbax_io, t5x_export, t5x_legacy
 from promot_t5x.models import t5
 
@@ -52,10 +52,7 @@ CONVERSIONS = (('t5x', 'orbax'), ('t5x', 'hf'), ('hf', 'orbax'), ('orbax', 'hf')
                ('hf', 't5x'), ('mesh_tf', 'orbax'), ('mesh_tf', 'hf'), ('mesh_tf', 't5x'))
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog='promot-convert', description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+def _flags(p: argparse.ArgumentParser) -> None:
   p.add_argument('--from', dest='source', required=True,
                  choices=('t5x', 'hf', 'orbax', 'mesh_tf'),
                  help='input format: legacy T5X checkpoint, Hugging Face folder, orbax '
@@ -87,8 +84,6 @@ def _parser() -> argparse.ArgumentParser:
                  help='with --sentencepiece_model: sentinel count (T5/mT5: 100).')
   p.add_argument('--hf_model_type', default='t5', choices=('t5', 'mt5'),
                  help='model_type written to the HF config.json.')
-  gin_utils.add_gin_flags(p)
-  return p
 
 
 def _gin_model(args: argparse.Namespace) -> Any:
@@ -204,14 +199,8 @@ def _convert_to_t5x(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv = gin_utils.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv))
-  args = _parser().parse_args(argv)
-  try:
-    convert(args)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f'promot-convert: error: {e}', file=sys.stderr)
-    return 1
-  return 0
+  return cli.main('promot-convert', __doc__, convert, argv, add_flags=_flags, gin=True,
+                  parse_gin=False, inline_cpu_dispatch=None)
 
 
 def console_entry_point() -> None:

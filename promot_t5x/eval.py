@@ -40,7 +40,7 @@ from typing import Any
 
 import jax
 
-from promot_t5x import distributed, evaluation, gin_utils, host_memory, param_sets, partitioning, reports, t5x_flags
+from promot_t5x import cli, evaluation, gin_utils, param_sets, partitioning, preflight, reports, t5x_flags
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.checkpoints import sources
 from promot_t5x.models import encoder_decoder, t5
@@ -175,6 +175,7 @@ def evaluate(*, model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str
     raise ValueError('Nothing to evaluate: set EVAL_SUITE and/or MIXTURE_OR_TASK_NAME.')
   settings = settings or evaluation.EvalSettings()
   run_name = run_name or os.path.basename(os.path.normpath(output_dir))
+  _check_paths(checkpoint_path, output_dir)
   model, params = load_params(model, checkpoint_path, checkpoint_step, partitioner)
   step = resolve_step(checkpoint_path, checkpoint_step)
   prompts = model.config.prompt.names if model.config.prompt else ()
@@ -188,6 +189,20 @@ def evaluate(*, model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str
   _log(f'wrote {output_dir}/results.json, table.md and predictions/ '
        f'({result.seconds:.0f}s)')
   return result
+
+
+def _check_paths(checkpoint_path: str, output_dir: str) -> None:
+  """Fails before any work when the results could not be written or there is nothing to read."""
+  problem = preflight.writable_problem('EVAL_OUTPUT_DIR', output_dir)
+  if problem:
+    raise ValueError(problem)
+  if not os.path.exists(checkpoint_path):
+    raise ckpt_manager.CheckpointError(
+        f'CHECKPOINT_PATH={checkpoint_path!r} does not exist. Set --gin.CHECKPOINT_PATH to a '
+        'run folder (MODEL_DIR of promot-train), a step or params folder, a legacy T5X '
+        'checkpoint or a Hugging Face folder.')
+  if jax.process_index() == 0:
+    os.makedirs(output_dir, exist_ok=True)
 
 
 def write_outputs(result: evaluation.EvalResult, output_dir: str) -> None:
@@ -236,11 +251,13 @@ def _run_gin() -> evaluation.EvalResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  host_memory.configure()
-  argv = gin_utils.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv))
-  parser = argparse.ArgumentParser(prog='promot-eval', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  gin_utils.add_gin_flags(parser)
+  return cli.main('promot-eval', __doc__, _main, argv, add_flags=_flags, gin=True,
+                  multi_process=True, check_args=_check_args,
+                  gin_required='--gin_file is required (a model gin and an eval gin, e.g. '
+                               'eval/fewshot_paper.gin), or --merge.')
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--merge', nargs='+', metavar='RESULTS',
                       help='merge results.json files (or their folders) into one table')
   parser.add_argument('--names', default=None,
@@ -251,39 +268,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="column that deltas are taken against ('' for none)")
   parser.add_argument('--plot', default=None, help='PNG bar plot of Norm. Avg. per run')
   parser.add_argument('--suite', default=None, help='only this suite (default: every suite)')
-  distributed.add_flags(parser)
   t5x_flags.add_flags(parser)
-  args = parser.parse_args(argv)
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   if args.merge:
     if args.gin_file or args.gin_bindings:
       parser.error('--merge reads results files; it takes no gin flags.')
     if args.coordinator_address or args.process_count or args.process_index is not None:
       parser.error('--merge runs as one process; it takes no multi-process flags.')
+
+
+def _main(args: argparse.Namespace) -> int:
+  if args.merge:
     names = [n.strip() for n in args.names.split(',')] if args.names else None
     try:
-      text = merge(args.merge, args.output, names, args.baseline or None, args.plot, args.suite)
-    except (ValueError, OSError) as e:
-      print(f'promot-eval: {e}', file=sys.stderr)
-      return 2
-    print(text)
+      print(merge(args.merge, args.output, names, args.baseline or None, args.plot, args.suite))
+    except OSError as e:  # the files given on the command line
+      raise cli.UsageError(f'--merge: cannot read {e.filename} ({e.strerror}); give '
+                           'results.json files or the folders holding them.') from e
+    except ValueError as e:  # names that do not fit the files
+      raise cli.UsageError(str(e)) from e
     return 0
-  if not args.gin_file:
-    parser.error('--gin_file is required (a model gin and an eval gin, e.g. '
-                 'eval/fewshot_paper.gin), or --merge.')
   t5x_flags.apply(args, 'promot-eval')
   # Every process of a multi-host evaluation runs this same command: each reads
   # the checkpoint and the suites' data, feeds its devices' part of every
   # global batch, gathers the outputs; process 0 writes the results.
-  try:
-    distributed.initialize(args.coordinator_address, args.process_count, args.process_index,
-                           cpu_collectives=True)
-  except ValueError as e:
-    parser.error(str(e))
-  try:
-    gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths)
-  except gin_utils.GinConfigError as e:
-    print(f'promot-eval: {e}', file=sys.stderr)
-    return 2
   _run_gin()
   return 0
 

@@ -54,7 +54,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 
-from promot_t5x import gin_utils, host_memory
+from promot_t5x import cli, gin_utils
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,16 +287,20 @@ def merge(exp: Experiment, done: dict[str, list[str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  host_memory.configure()
-  parser = argparse.ArgumentParser(prog='promot-experiment', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  return cli.main('promot-experiment', __doc__, _main, argv, add_flags=_flags, gin=True, parse_gin=False)
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('spec', help='experiment spec (TOML)')
   parser.add_argument('--only', default=None, help='comma-separated variant names to run')
   parser.add_argument('--output_dir', default=None, help='override the spec\'s output_dir')
-  args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-  unknown = [a for a in extra if not a.startswith('--gin.')]
-  if unknown:
-    parser.error(f'unrecognized arguments: {unknown} (gin overrides are --gin.NAME=VALUE)')
+
+
+def _main(args: argparse.Namespace) -> int:
+  if args.gin_file or args.gin_search_paths:
+    raise cli.UsageError('promot-experiment takes its gin files from the spec (model_gin_files, gin_files, '
+                         'eval_gin_files); pass overrides for every run as --gin.NAME=VALUE.')
+  extra = tuple(args.gin_bindings)
   exp = load_spec(args.spec)
   if args.output_dir:
     exp = dataclasses.replace(exp, output_dir=args.output_dir)

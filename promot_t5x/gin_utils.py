@@ -192,8 +192,95 @@ def _explain(e: Exception, files: Sequence[str], bindings: Sequence[str]) -> str
             'in the gin file (`from promot_t5x import ...`).')
   elif 'Unknown reference' in msg or 'Unbound macro' in msg or 'macro' in msg.lower():
     hint = '\nHint: a macro (%NAME) is used but never defined; define it in a gin file or pass --gin.NAME=VALUE.'
+  hint += _nearest_parameter_hint(msg)
   return (f'gin config error: {msg}{hint}\n(gin files: {list(files)}; bindings: '
           f'{list(bindings)})')
+
+
+_NO_PARAMETER = re.compile(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'")
+
+
+def _nearest_parameter_hint(msg: str) -> str:
+  """'Did you mean ...?' for a misspelt parameter of a configurable (its nearest names)."""
+  import dataclasses
+  import difflib
+  import inspect
+
+  m = _NO_PARAMETER.search(msg)
+  if not m:
+    return ''
+  configurable, wrong = m.groups()
+  try:
+    fn = gin.get_configurable(configurable)
+    if dataclasses.is_dataclass(fn):  # gin wraps a class's __init__ in (*args, **kwargs)
+      names = [f.name for f in dataclasses.fields(fn)]
+    else:
+      fn = inspect.unwrap(fn.__init__ if inspect.isclass(fn) else fn)
+      names = [n for n in inspect.signature(fn).parameters if n not in ('self', 'args', 'kwargs')]
+  except Exception:  # noqa: BLE001 (an ambiguous or dynamic configurable: no suggestion)
+    return ''
+  close = difflib.get_close_matches(wrong, names, n=3, cutoff=0.6)
+  if close:
+    return f"\nHint: did you mean {' or '.join(repr(c) for c in close)}? ({configurable} takes {names})"
+  return f'\nHint: {configurable} takes {names}.'
+
+
+def _macro_refs(value: Any, out: set[str]) -> None:
+  """Adds the names of every macro (%NAME) referenced in a bound value (nested) to `out`."""
+  from gin import config as gin_config
+
+  if isinstance(value, gin_config.ConfigurableReference):
+    if value.selector == 'gin.macro':
+      out.add(value.scoped_selector.rsplit('/', 1)[0])
+  elif isinstance(value, (list, tuple, set)):
+    for v in value:
+      _macro_refs(v, out)
+  elif isinstance(value, dict):
+    for k, v in value.items():
+      _macro_refs(k, out)
+      _macro_refs(v, out)
+
+
+# Macros the entry points read with gin.query_parameter, not through a binding.
+QUERIED_MACROS = ('RUN_ENTRY',)
+
+
+def check_macros(bindings: Sequence[str]) -> None:
+  """Refuses command-line macros (`--gin.NAME=VALUE`) that nothing in the config uses.
+
+  gin accepts `--gin.CHECKPOINT_PERIODS=2` as a new macro and ignores it, so a
+  misspelt macro would silently leave the setting at its default. Macros set
+  in gin files are not checked (a base gin may define more than a run uses).
+
+  Raises:
+    GinConfigError: naming each unused macro and the nearest macros the config uses.
+  """
+  import difflib
+
+  from gin import config as gin_config
+
+  given = []
+  for b in bindings:
+    m = re.match(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=', b)
+    if m:
+      given.append(m.group(1))
+  if not given:
+    return
+  used: set[str] = set(QUERIED_MACROS)
+  for params in gin_config._CONFIG.values():  # pylint: disable=protected-access
+    for v in params.values():
+      _macro_refs(v, used)
+  unused = [n for n in dict.fromkeys(given) if n not in used]
+  if not unused:
+    return
+  parts = []
+  for name in unused:
+    close = difflib.get_close_matches(name, sorted(used), n=3, cutoff=0.7)
+    parts.append(f'{name} (did you mean {" or ".join(close)}?)' if close else name)
+  raise GinConfigError(
+      f'gin config error: the macro(s) {", ".join(parts)} set on the command line are used '
+      'nowhere in the gin files, so they would change nothing. Fix the spelling, or add the '
+      f'gin file that uses them. Macros this config uses: {sorted(used)}.')
 
 
 def bind_and_call(selector: str, bindings: str) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from promot_t5x import gin_utils, partitioning
+from promot_t5x import cli, gin_utils, partitioning
 from promot_t5x.models import encoder_decoder, t5
 
 
@@ -76,17 +76,19 @@ def format_table(total: int, rows: list[dict], config: t5.T5Config, mesh_data: i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv = gin_utils.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv))
-  parser = argparse.ArgumentParser(prog='promot-inspect', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  gin_utils.add_gin_flags(parser)
+  return cli.main('promot-inspect', __doc__, _main, argv, add_flags=_flags, gin=True,
+                  parse_gin=False, inline_cpu_dispatch=None,
+                  gin_required='--gin_file is required (a model gin, e.g. gin/models/mt5_xxl.gin)')
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--mesh_data', type=int, default=1)
   parser.add_argument('--mesh_model', type=int, default=1)
   parser.add_argument('--total_only', action='store_true',
                       help='print only the parameter count')
-  args = parser.parse_args(argv)
-  if not args.gin_file:
-    parser.error('--gin_file is required (a model gin, e.g. gin/models/mt5_xxl.gin)')
+
+
+def _main(args: argparse.Namespace) -> int:
   model = model_from_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
   module = model.module if isinstance(model, encoder_decoder.EncoderDecoderModel) else model
   total, rows = describe(module, args.mesh_data, args.mesh_model)

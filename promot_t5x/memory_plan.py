@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -51,6 +52,8 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from promot_t5x import cli
 
 GiB = 2 ** 30
 STAGE_LABELS = {'prompt_tuning': 'stage 1 (prompt tuning)',
@@ -482,8 +485,6 @@ def settings_from_args(args: argparse.Namespace) -> list[PlanSetting]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  from promot_t5x import gin_utils
-
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv[:1] == ['--_worker']:  # one mesh, in this process (see plan_in_subprocess)
     setting = PlanSetting(**{k: tuple(v) if isinstance(v, list) else v
@@ -492,10 +493,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps({'plans': [dataclasses.asdict(p) for p in plans]}), flush=True)
     return 0
   command = 'promot-memory-plan ' + ' '.join(argv)
-  argv = gin_utils.rewrite_gin_args(argv)
-  parser = argparse.ArgumentParser(prog='promot-memory-plan', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  gin_utils.add_gin_flags(parser)
+  return cli.main('promot-memory-plan', __doc__, functools.partial(_main, command=command), argv,
+                  add_flags=_flags, gin=True, parse_gin=False, inline_cpu_dispatch=None)
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--mesh', type=parse_mesh, action='append', default=[],
                       help='DATAxMODEL (repeatable); default 8x8')
   parser.add_argument('--stages', default=','.join(DEFAULT_STAGES),
@@ -521,18 +523,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--from_json', action='append', default=[],
                       help='print the report of earlier --json outputs (repeatable) instead '
                            'of planning')
-  args = parser.parse_args(argv)
+
+
+def _main(args: argparse.Namespace, command: str) -> int:
   if args.from_json:
     plans = [plan_from_json(d) for path in args.from_json
              for d in json.load(open(path))['plans']]
     print(format_report(plans))
     return 0
   if not args.gin_file:
-    parser.error('--gin_file is required (a model gin, e.g. gin/models/mt5_xxl.gin).')
-  try:
-    settings = settings_from_args(args)
-  except ValueError as e:
-    parser.error(str(e))
+    raise cli.UsageError('--gin_file is required (a model gin, e.g. gin/models/mt5_xxl.gin).')
+  settings = settings_from_args(args)
   t0 = time.time()
   plans = plan(settings, jobs=args.jobs)
   print(format_report(plans, command))

@@ -64,8 +64,8 @@ from typing import Any
 
 import promot_t5x_tasks.synthetic as _synthetic
 
+from promot_t5x import cli, host_memory
 from promot_t5x import experiment as experiment_lib
-from promot_t5x import host_memory
 
 BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(_synthetic.__file__)), 'data',
                           'base_model')
@@ -647,9 +647,12 @@ def export_base(run_dir: str, output: str = BASE_MODEL) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  host_memory.configure(inline_cpu_dispatch=False)  # millisecond steps: keep async dispatch
-  parser = argparse.ArgumentParser(prog='promot-miniature', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  # Millisecond steps: keep JAX's asynchronous dispatch.
+  return cli.main('promot-miniature', __doc__, _main, argv, add_flags=_flags,
+                  inline_cpu_dispatch=False)
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--quick', action='store_true', help='a few steps of every part (tests)')
   parser.add_argument('--output_dir', default=None,
                       help='default runs/miniature (runs/miniature_quick with --quick)')
@@ -678,7 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--export_base', default=None, metavar='RUN_DIR',
                       help='write the latest params of a pretraining run (gin/miniature/'
                            'pretrain.gin) to the base model folder, then exit')
-  args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(args: argparse.Namespace) -> int:
   if args.export_base:
     print(f'wrote {export_base(args.export_base, args.base_model or WORLDS[args.world][2])}')
     return 0
@@ -696,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     settings = Settings(**kwargs)
   except ValueError as e:
-    parser.error(str(e))
+    raise cli.UsageError(str(e)) from e
   run(settings)
   return 0
 

@@ -14,8 +14,11 @@ Read top to bottom, a run is:
      folders, metrics.jsonl), evaluate every EVAL_PERIOD,
      checkpoint every CHECKPOINT_PERIOD; stop on a NaN/Inf loss without saving it.
 
-Every run writes config.gin (all gin bindings) and model-info.txt beside its
-checkpoints. `promot` (gin/promot/*.gin) chains stage 1 and stage 2.
+Every start that its checkpoints accept writes config.gin (all gin bindings)
+and model-info.txt beside them and appends both to MODEL_DIR/history/; the
+configuration is validated first, one run holds MODEL_DIR at a time, and
+SIGTERM/SIGINT save a checkpoint before exiting (run_guard, preflight,
+docs/errors.md). `promot` (gin/promot/*.gin) chains stage 1 and stage 2.
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ from typing import Any
 import jax
 
 from promot_t5x import (
+  cli,
   data,
-  distributed,
   gin_utils,
-  host_memory,
   param_sets,
   partitioning,
   paths,
+  preflight,
+  run_guard,
   selection,
   summaries,
   t5x_flags,
@@ -64,6 +68,7 @@ class TrainResult:
   loss: float | None
   eval_metrics: dict[str, float]
   resumed_from: int | None
+  stopped_by: str | None = None  # the signal's name when a SIGTERM/SIGINT stopped the run
 
 
 def _log(msg: str) -> None:
@@ -96,12 +101,6 @@ class _RunLog:
 
   def close(self) -> None:
     self.summaries.close()
-
-
-def _write_text(path: str, text: str) -> None:
-  if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      f.write(text)
 
 
 def _prompt_routing(model: encoder_decoder.EncoderDecoderModel, stage: param_sets.Stage,
@@ -232,36 +231,33 @@ def train(*,
   if initial_checkpoint is not None:
     _require_file_system_path('INITIAL_CHECKPOINT_PATH', initial_checkpoint.path)
   partitioner = partitioner or partitioning.Partitioner(partitioning.make_mesh())
-  os.makedirs(model_dir, exist_ok=True)
   prompt_index, prompt_for_task_idx = _prompt_routing(model, stage, prompt_for_task)
+  # Validate first: nothing is read from or written to MODEL_DIR before these pass.
+  preflight.check_training(model=model, stage=stage, train_dataset=train_dataset,
+                           model_dir=model_dir, partitioner=partitioner,
+                           initial_checkpoint=initial_checkpoint,
+                           resuming=bool(ckpt_manager._steps(ckpt_manager.checkpoint_dir(model_dir))))
 
   trainer = trainer_lib.Trainer(model, stage, optimizer, partitioner, num_microbatches,
                                 seed if dropout_seed is None else dropout_seed, max_grad_norm)
-  _write_text(os.path.join(model_dir, 'model-info.txt'), trainer_lib.describe_params(trainer))
-  _write_text(os.path.join(model_dir, 'config.gin'), _gin_config_or_empty())
-
-  manager = ckpt_manager.TrainCheckpointManager(model_dir, keep_checkpoints, best_metric,
-                                                best_mode, model.config)
-  latest = manager.latest_step()
-  batches_consumed = 0
-  if latest is not None:
-    abstract = trainer.abstract_state()
-    params_abs = param_sets.merge(abstract.trainable, abstract.frozen)
-    params, opt_state, meta = manager.restore(latest, params_abs, abstract.opt_state)
-    if meta.get('stage') not in (None, stage.name):
-      raise ckpt_manager.CheckpointError(
-          f'{model_dir} holds a checkpoint of stage {meta.get("stage")!r}, not {stage.name!r}; '
-          'use a fresh MODEL_DIR for each stage.')
-    state = trainer.state_from_parts(params, opt_state, latest)
-    batches_consumed = int(meta['batches_consumed'])
-    _log(f'resuming {model_dir} from step {latest}')
-  else:
-    state = trainer.create_state(_initial_params(trainer, initial_checkpoint, seed))
+  os.makedirs(model_dir, exist_ok=True)
+  lock = run_guard.RunLock(model_dir)
+  lock.acquire()
+  try:
+    manager = ckpt_manager.TrainCheckpointManager(model_dir, keep_checkpoints, best_metric,
+                                                  best_mode, model.config)
+    state, latest, run_meta = _resume_or_start(trainer, manager, model_dir, initial_checkpoint,
+                                               train_dataset.batch_size, seed)
+  except BaseException:
+    lock.release()
+    raise
+  batches_consumed = run_meta['batches_consumed']
 
   start = int(state.step)
   if start >= train_steps:
     _log(f'{model_dir} is already at step {start} >= TRAIN_STEPS={train_steps}; nothing to do.')
     manager.close()
+    lock.release()
     return TrainResult(model_dir, start, None, {}, latest)
 
   layout = partitioner.data_layout()
@@ -279,6 +275,7 @@ def train(*,
                         prompt_for_task=prompt_for_task_idx)
   batches = data.numpy_batches(ds, skip_batches=batches_consumed)
   log = _RunLog(model_dir)
+  preemption = run_guard.Preemption().install()
   _log(f'training {stage.name}: steps {start} -> {train_steps}, global batch '
        f'{train_dataset.batch_size}, mesh {dict(partitioner.mesh_shape)}, '
        f'{sum(trainer.trainable_mask.values())} trainable / {len(trainer.trainable_mask)} '
@@ -289,10 +286,13 @@ def train(*,
     if not (math.isfinite(loss) and math.isfinite(update_norm)):
       what = f'Loss is {loss}' if not math.isfinite(loss) else (
           f'The parameter update is {update_norm} (loss {loss})')
+      good = manager.latest_step()
+      kept = (f'the last good checkpoint (step {good}) is intact' if good is not None else
+              'no checkpoint had been saved yet, so a rerun starts from the beginning')
       raise NonFiniteLossError(
-          f'{what} at step {step} of {model_dir}. Stopped without saving; the last good '
-          f'checkpoint (step {manager.latest_step()}) is intact. Lower the learning rate, check '
-          'the data, or resume from that checkpoint.')
+          f'{what} at step {step} of {model_dir}. Stopped without saving; {kept}. Lower the '
+          'learning rate, check the data (and that its vocabulary fits the model), or resume '
+          'from that checkpoint.')
     return loss
 
   def evaluate(params: Any, at_step: int) -> dict[str, float]:
@@ -308,6 +308,7 @@ def train(*,
   t_run = t0
   steps_this_process = 0
   step = start
+  stopped_by = None
   try:
     if run_eval_before_training and evaluator is not None and latest is None:
       eval_metrics = evaluate(state.params, start)
@@ -331,7 +332,8 @@ def train(*,
 
       do_eval = evaluator is not None and eval_period and (
           step % eval_period == 0 or step == train_steps)
-      do_ckpt = step % checkpoint_period == 0 or step == train_steps or (
+      preempted = preemption.stop_requested()
+      do_ckpt = step % checkpoint_period == 0 or step == train_steps or preempted or (
           stop_after_steps is not None and steps_this_process >= stop_after_steps)
       if step % log_period == 0 or do_ckpt or do_eval:
         last_loss = check_finite(*pending)
@@ -351,20 +353,64 @@ def train(*,
         eval_metrics = evaluate(state.params, step)
         do_ckpt = do_ckpt or manager.is_new_best(eval_metrics)  # the best always has a checkpoint
       if do_ckpt:
-        meta = {'step': step, 'batches_consumed': batches_consumed, 'stage': stage.name,
-                'loss': last_loss}
+        meta = {**run_meta, 'step': step, 'batches_consumed': batches_consumed,
+                'stage': stage.name, 'loss': last_loss}
         ckpt_metrics = eval_metrics if (best_metric and do_eval) else None
         manager.save(step, state.params, state.opt_state, meta, ckpt_metrics)
         _log(f'saved checkpoint {manager.directory}/{step}')
+        if preempted:
+          stopped_by = preemption.name
+          _log(f'stopped by {stopped_by} at step {step}/{train_steps}: checkpoint '
+               f'{manager.directory}/{step} is saved; run the same command again to resume.')
+          break
         if stop_after_steps is not None and steps_this_process >= stop_after_steps:
           _log(f'stopping after {steps_this_process} steps as asked (stop_after_steps)')
           break
     if pending is not None:
       last_loss = check_finite(*pending)
   finally:
+    preemption.uninstall()
     log.close()
     manager.close()
-  return TrainResult(model_dir, step, last_loss, eval_metrics, latest)
+    lock.release()
+  return TrainResult(model_dir, step, last_loss, eval_metrics, latest, stopped_by)
+
+
+def _resume_or_start(trainer: trainer_lib.Trainer, manager: ckpt_manager.TrainCheckpointManager,
+                     model_dir: str, initial_checkpoint: ckpt_manager.RestoreConfig | None,
+                     batch_size: int, seed: int) -> tuple[Any, int | None, dict[str, Any]]:
+  """The run's first state: resumed from MODEL_DIR's newest intact checkpoint, else new.
+
+  The configuration is checked against the checkpoint (stage, the source a
+  stage 2 started from) before its arrays are read, and the run's start is
+  recorded (MODEL_DIR/history/) only once it was accepted.
+
+  Returns:
+    (train state, the step resumed from or None, the record carried in every
+    checkpoint's meta: batches consumed, batch size, learning rate, source checkpoint).
+  """
+  source = run_guard.source_of(initial_checkpoint)
+  learning_rate = run_guard.learning_rate_macro()
+  latest, moved = None, []
+  run_meta = {'batches_consumed': 0, 'batch_size': batch_size, 'learning_rate': learning_rate,
+              'initial_checkpoint': source}
+  if manager.all_steps():
+    abstract = trainer.abstract_state()
+    params_abs = param_sets.merge(abstract.trainable, abstract.frozen)
+    latest, params, opt_state, meta, moved = manager.restore_newest_intact(
+        params_abs, abstract.opt_state,
+        lambda m: run_guard.refuse_mismatch(model_dir, m, trainer.stage.name, source))
+    run_guard.warn_changes(model_dir, meta, batch_size, learning_rate)
+    state = trainer.state_from_parts(params, opt_state, latest)
+    run_meta.update(batches_consumed=int(meta['batches_consumed']),
+                    initial_checkpoint=meta.get('initial_checkpoint', source))
+    _log(f'resuming {model_dir} from step {latest}')
+  else:
+    state = trainer.create_state(_initial_params(trainer, initial_checkpoint, seed))
+  run_guard.record_start(model_dir, _gin_config_or_empty(), trainer_lib.describe_params(trainer), {
+      'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'argv': sys.argv, 'resumed_from': latest,
+      'bad_checkpoints_moved': moved, 'processes': jax.process_count(), **run_meta})
+  return state, latest, run_meta
 
 
 def _gin_config_or_empty() -> str:
@@ -386,6 +432,8 @@ def promot(*, model_dir: str, stage1: Callable[..., TrainResult],
   dir1 = os.path.join(model_dir, 'stage1')
   dir2 = os.path.join(model_dir, 'stage2')
   r1 = stage1(model_dir=dir1)
+  if r1.stopped_by:  # preempted: stage 2 must not start from an unfinished stage 1
+    return r1, r1
   r2 = stage2(model_dir=dir2,
               initial_checkpoint=ckpt_manager.RestoreConfig(dir1, step=stage2_from))
   return r1, r2
@@ -397,39 +445,29 @@ def run(entry: str = 'promot_t5x.train.train') -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  host_memory.configure()
-  argv = gin_utils.rewrite_gin_args(list(sys.argv[1:] if argv is None else argv))
-  parser = argparse.ArgumentParser(prog='promot-train', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  gin_utils.add_gin_flags(parser)
+  return cli.main('promot-train', __doc__, _main, argv, add_flags=_flags, gin=True,
+                  multi_process=True,
+                  gin_required='--gin_file is required (a model gin and a run gin, or a recipe).')
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--entry', default=None,
                       help='gin configurable to run (default: the run gin\'s RUN_ENTRY, '
                            'else promot_t5x.train.train).')
-  distributed.add_flags(parser)
   t5x_flags.add_flags(parser)
-  args = parser.parse_args(argv)
-  if not args.gin_file:
-    parser.error('--gin_file is required (a model gin and a run gin, or a recipe).')
+
+
+def _main(args: argparse.Namespace) -> int:
   t5x_flags.apply(args, 'promot-train')
-  distributed.initialize(args.coordinator_address, args.process_count, args.process_index,
-                         cpu_collectives=True)
-  try:
-    gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths)
-  except gin_utils.GinConfigError as e:
-    print(f'promot-train: {e}', file=sys.stderr)
-    return 2
-  entry = args.entry or _gin_macro_or('RUN_ENTRY', 'promot_t5x.train.train')
-  try:
-    result = run(entry)
-  except (NonFiniteLossError, ckpt_manager.CheckpointError, ValueError, ImportError) as e:
-    # Configuration and data problems get their message, not a traceback
-    # (PROMOT_DEBUG=1 shows it).
-    if os.environ.get('PROMOT_DEBUG'):
-      raise
-    print(f'promot-train: {type(e).__name__}: {e}\n(set PROMOT_DEBUG=1 for the traceback)',
-          file=sys.stderr)
-    return 1
+  result = run(args.entry or _gin_macro_or('RUN_ENTRY', 'promot_t5x.train.train'))
   _log(f'done: {result}')
+  # Duck-typed: under `python -m promot_t5x.train` this module is __main__, not gin's promot_t5x.train.
+  stopped = [r for r in (result if isinstance(result, tuple) else (result,))
+             if getattr(r, 'stopped_by', None)]
+  if stopped:
+    import signal
+
+    return 128 + int(getattr(signal, stopped[0].stopped_by, signal.SIGTERM))
   return 0
 
 

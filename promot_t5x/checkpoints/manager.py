@@ -271,14 +271,91 @@ class TrainCheckpointManager:
       out = self._manager.restore(step, args=args)
     except Exception as e:  # orbax raises several types for tree/shape mismatches
       raise CheckpointError(
-          f'Could not resume from {self.directory}/{step}: {e}. The run folder holds a '
-          'checkpoint of another model or stage; use a fresh MODEL_DIR or the matching gin.'
-      ) from e
+          f'Could not resume from {self.directory}/{step} ({_first_line(e)}). Either this '
+          'checkpoint is damaged (then the newest intact one is used) or the run folder holds a '
+          'checkpoint of another model or stage (then use the gin of the run that made it, '
+          'or a fresh MODEL_DIR).') from e
     opt_state = abstract_opt_state if _is_empty(abstract_opt_state) else out['opt_state']
     params = out['params']
     if self._scanned is not None:
       params = place_like(t5.scan_params(params, self._scanned), scanned_target)
     return params, opt_state, dict(out['meta'])
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    """The JSON record saved with `step` (stage, batches consumed, ...), read alone."""
+    out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out['meta'])
+
+  def restore_newest_intact(self, abstract_params: Any, abstract_opt_state: Any,
+                            check_meta: Callable[[dict[str, Any]], None] | None = None
+                            ) -> tuple[int, Any, Any, dict[str, Any], list[str]]:
+    """Restores the newest checkpoint that reads; moves unreadable newer ones aside.
+
+    A damaged latest checkpoint (a truncated file, a disk that filled up)
+    must not cost the intact ones before it: each step is tried newest first,
+    and those that fail to read while an older one restores are moved to
+    MODEL_DIR/bad_checkpoints/<step> (kept for inspection, out of the run's way).
+
+    Args:
+      abstract_params, abstract_opt_state: as for `restore`.
+      check_meta: called with each candidate's meta before its arrays are read;
+        raises to refuse the run (another stage, a moved-on source).
+
+    Returns:
+      (step, params, opt_state, meta, the paths the bad checkpoints were moved to).
+
+    Raises:
+      CheckpointError: when no checkpoint restores (the newest one's error: a model
+        or stage mismatch rather than damage, when every step fails alike).
+    """
+    failed: list[tuple[int, CheckpointError]] = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        meta = self.read_meta(step)
+      except Exception as e:  # noqa: BLE001 (an unreadable record is a damaged checkpoint)
+        failed.append((step, CheckpointError(
+            f'{self.directory}/{step}: its record (meta) is unreadable ({_first_line(e)})')))
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        params, opt_state, meta = self.restore(step, abstract_params, abstract_opt_state)
+      except CheckpointError as e:
+        failed.append((step, e))
+        continue
+      moved = self._move_aside([s for s, _ in failed]) if failed else []
+      for (bad, e), where in zip(failed, moved):
+        logging.warning('checkpoint %s is damaged: %s', bad, e)
+        if jax.process_index() == 0:
+          print(f'WARNING: checkpoint {self.directory}/{bad} could not be read '
+                f'({_first_line(e.__cause__ or e)}); moved it to {where} and resumed from step '
+                f'{step}, the newest intact checkpoint.', flush=True)
+      return step, params, opt_state, meta, moved
+    if not failed:
+      raise CheckpointError(f'{self.directory} holds no checkpoint to resume from.')
+    raise failed[0][1]
+
+  def _move_aside(self, steps: Sequence[int]) -> list[str]:
+    """Moves step folders to MODEL_DIR/bad_checkpoints/ (process 0; all processes wait)."""
+    bad_dir = os.path.join(os.path.dirname(self.directory), 'bad_checkpoints')
+    moved = []
+    for step in steps:
+      where = os.path.join(bad_dir, str(step))
+      n = 1
+      while os.path.exists(where):
+        n += 1
+        where = os.path.join(bad_dir, f'{step}.{n}')
+      moved.append(where)
+    if jax.process_index() == 0:
+      os.makedirs(bad_dir, exist_ok=True)
+      for step, where in zip(steps, moved):
+        os.replace(os.path.join(self.directory, str(step)), where)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices('promot_t5x.bad_checkpoints_moved')
+    self._manager.reload()
+    return moved
 
   def close(self) -> None:
     self._manager.close()
@@ -290,6 +367,12 @@ def place_like(params: Any, abstract: Any) -> Any:
     sharding = getattr(a, 'sharding', None)
     return x if sharding is None else jax.device_put(x, sharding)
   return jax.tree_util.tree_map(place, params, abstract)
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+  """The first line of an error (orbax and TensorStore add long tree dumps and stacks)."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return text if len(text) <= limit else text[:limit] + ' ...'
 
 
 def log_report(report: RestoreReport) -> None:

@@ -1,0 +1,292 @@
+"""What keeps a training run from losing work or going silently wrong.
+
+- `RunLock`: one run per MODEL_DIR at a time. An OS file lock (`flock`) on
+  MODEL_DIR/.lock, taken by process 0: the kernel releases it when the process
+  ends, however it ends (SIGKILL, a crash), so a dead run never leaves it stuck.
+- `Preemption`: SIGTERM (how TPU VMs and SLURM announce preemption) and SIGINT
+  (Ctrl-C) set a flag instead of killing the process; the training loop asks
+  `stop_requested()` after each step, finishes that step, saves a checkpoint and
+  exits. In a multi-process run the processes agree on the flag after every
+  step (any process signalled stops all of them at the same step), so they save
+  the same checkpoint together. A second Ctrl-C interrupts at once.
+- `record_start`: each start appends MODEL_DIR/history/<n>/ (config.gin,
+  model-info.txt, start.json), written only after the configuration was checked
+  against the checkpoints there; MODEL_DIR/config.gin and model-info.txt are the
+  latest accepted ones.
+- `refuse_mismatch`, `warn_changes`: a resume's configuration against what its checkpoint records
+  (stage, the stage-1 checkpoint a stage 2 started from, batch size, learning rate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+LOCK_FILE = '.lock'
+HISTORY_DIR = 'history'
+
+
+class RunLockedError(RuntimeError):
+  """Another process holds MODEL_DIR's lock."""
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+  """A warning line on stderr (process 0 only)."""
+  if jax.process_index() == 0:
+    print(f'WARNING: {msg}', file=sys.stderr, flush=True)
+
+
+def _all_processes_agree(flag: bool) -> bool:
+  """True on every process if `flag` is True on any (one small collective when multi-process)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+
+  flags = multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))
+  return bool(np.asarray(flags).any())
+
+
+# -----------------------------------------------------------------------------
+# One run per MODEL_DIR.
+# -----------------------------------------------------------------------------
+class RunLock:
+  """An exclusive lock on MODEL_DIR held for the run's lifetime (process 0 holds it)."""
+
+  def __init__(self, model_dir: str):
+    self.path = os.path.join(model_dir, LOCK_FILE)
+    self._fd: int | None = None
+
+  def acquire(self) -> None:
+    """Takes the lock, or raises RunLockedError naming the holder, on every process."""
+    import fcntl
+
+    problem = None
+    if jax.process_index() == 0:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
+        os.close(fd)
+        problem = holder
+      else:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()} since '
+                      f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n'.encode(), 0)
+        self._fd = fd
+    if _all_processes_agree(problem is not None):
+      where = os.path.dirname(self.path)
+      raise RunLockedError(
+          f'{where} is in use by another run ({problem or "see process 0"}). Two runs on one '
+          'MODEL_DIR would overwrite each other\'s checkpoints and logs. Wait for that run to '
+          'end (or stop it), or give this run another MODEL_DIR. The lock is an OS lock on '
+          f'{self.path}: it is released when its process ends, even if it crashed.')
+
+  def __del__(self):  # an error between acquire and the run's end: the lock goes with its object
+    self.release()
+
+  def release(self) -> None:
+    if self._fd is not None:
+      import fcntl
+
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+
+# -----------------------------------------------------------------------------
+# Preemption.
+# -----------------------------------------------------------------------------
+class Preemption:
+  """Turns SIGTERM/SIGINT into a request to stop after the current step (a context manager)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def _handler(self, signum, frame):  # noqa: ARG002
+    if signum == signal.SIGINT and self.signal == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    if self.signal is None:
+      self.signal = signum
+      print(f'\n{signal.Signals(signum).name} received: finishing this step, then saving a '
+            'checkpoint and stopping (Ctrl-C again to stop at once, losing the unsaved steps).',
+            file=sys.stderr, flush=True)
+
+  def install(self) -> Preemption:
+    """Installs the handlers (in the main thread; elsewhere signals stay as they were)."""
+    try:
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._handler)
+    except ValueError:  # not the main thread: signals stay as they were
+      self._previous.clear()
+    return self
+
+  def uninstall(self) -> None:
+    """Puts the previous handlers back."""
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous.clear()
+
+  def __enter__(self) -> Preemption:
+    return self.install()
+
+  def __exit__(self, *exc) -> None:
+    self.uninstall()
+
+  def stop_requested(self) -> bool:
+    """Whether any process was signalled (the same answer on every process)."""
+    return _all_processes_agree(self.signal is not None)
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signal).name if self.signal is not None else 'a signal on another process'
+
+  @property
+  def exit_status(self) -> int:
+    """128 + the signal's number, as a shell reports a process ended by it."""
+    return 128 + int(self.signal if self.signal is not None else signal.SIGTERM)
+
+
+# -----------------------------------------------------------------------------
+# Run records.
+# -----------------------------------------------------------------------------
+def record_start(model_dir: str, config: str, model_info: str, start: Mapping[str, Any]) -> str:
+  """Appends MODEL_DIR/history/<n>/ and updates MODEL_DIR/config.gin, model-info.txt.
+
+  Args:
+    model_dir: the run folder.
+    config: the gin configuration (all bindings).
+    model_info: the parameter table (trainer.describe_params).
+    start: JSON-able facts of this start (step, argv, host, time, source checkpoint).
+
+  Returns:
+    The history folder written (process 0; '' on other processes).
+  """
+  if jax.process_index() != 0:
+    return ''
+  history = os.path.join(model_dir, HISTORY_DIR)
+  os.makedirs(history, exist_ok=True)
+  n = 1 + max((int(d) for d in os.listdir(history) if d.isdigit()), default=0)
+  folder = os.path.join(history, f'{n:03d}')
+  os.makedirs(folder)
+  files = {'config.gin': config, 'model-info.txt': model_info,
+           'start.json': json.dumps(dict(start), indent=1, default=str) + '\n'}
+  for name, text in files.items():
+    with open(os.path.join(folder, name), 'w') as f:
+      f.write(text)
+  for name in ('config.gin', 'model-info.txt'):
+    tmp = os.path.join(model_dir, name + '.tmp')
+    with open(tmp, 'w') as f:
+      f.write(files[name])
+    os.replace(tmp, os.path.join(model_dir, name))
+  return folder
+
+
+def source_of(initial_checkpoint: Any) -> dict[str, Any] | None:
+  """{path, step} of INITIAL_CHECKPOINT_PATH as it resolves now (step: None if not a run folder)."""
+  if initial_checkpoint is None:
+    return None
+  from promot_t5x.checkpoints import manager as ckpt_manager
+
+  path = os.path.abspath(initial_checkpoint.path)
+  step = None
+  ckdir = ckpt_manager.checkpoint_dir(path)
+  steps = ckpt_manager._steps(ckdir)  # pylint: disable=protected-access
+  if steps:
+    want = initial_checkpoint.step
+    if want == 'latest':
+      step = steps[-1]
+    elif want == 'best':
+      step = ckpt_manager.best_step(path)
+    else:
+      step = int(want)
+  return {'path': path, 'step': step}
+
+
+def refuse_mismatch(model_dir: str, meta: Mapping[str, Any], stage_name: str,
+                    source: Mapping[str, Any] | None) -> None:
+  """Refuses to resume a checkpoint that this configuration must not continue.
+
+  Raises:
+    CheckpointError: another stage's checkpoint, or a run that started from a
+      checkpoint (stage 1's) that has since moved on.
+  """
+  from promot_t5x.checkpoints import manager as ckpt_manager
+
+  if meta.get('stage') not in (None, stage_name):
+    raise ckpt_manager.CheckpointError(
+        f'{model_dir} holds a checkpoint of stage {meta.get("stage")!r}, not {stage_name!r}; '
+        'use a fresh MODEL_DIR for each stage (or the gin of the run that made it).')
+  started = meta.get('initial_checkpoint')
+  if started and source and started.get('path') == source['path'] and (
+      started.get('step') is not None and source['step'] is not None
+      and started['step'] != source['step']):
+    raise ckpt_manager.CheckpointError(
+        f'{model_dir} started from step {started["step"]} of {source["path"]}, whose '
+        f'newest checkpoint is now step {source["step"]}: that run (stage 1) moved on after '
+        'this one (stage 2) began, so resuming would go on training a model made with the old '
+        f'prompt. To train from the new one, move {model_dir} aside (or use another MODEL_DIR) '
+        f'and start again; to finish this run as it began, put the first run back at step '
+        f'{started["step"]} (its TRAIN_STEPS / STAGE1_STEPS).')
+
+
+def warn_changes(model_dir: str, meta: Mapping[str, Any], batch_size: int,
+                 learning_rate: float | None) -> None:
+  """Warns when a resume changes the batch size or learning rate its checkpoint was trained with."""
+  old_batch = meta.get('batch_size')
+  if old_batch is not None and int(old_batch) != batch_size:
+    warn(f'resuming {model_dir} with BATCH_SIZE={batch_size}, but its checkpoint was trained '
+         f'with {old_batch}: the data position is counted in batches, so the examples seen '
+         'from here on differ from those of an uninterrupted run.')
+  old_lr = meta.get('learning_rate')
+  if old_lr is not None and learning_rate is not None and float(old_lr) != float(learning_rate):
+    warn(f'resuming {model_dir} with LEARNING_RATE={learning_rate}, but its checkpoint was '
+         f'trained with {old_lr}.')
+
+
+def learning_rate_macro() -> float | None:
+  """The base learning rate gin gives the schedule in the current scope (None if unknown).
+
+  Looks at `optimizers.learning_rate_schedule.base` in the active gin scope
+  (`stage1/`, `stage2/` of gin/promot) and unscoped, then at LEARNING_RATE.
+  """
+  try:
+    import gin
+    from gin import config as gin_config
+  except ImportError:
+    return None
+
+  def value(key: str) -> float | None:
+    try:
+      v = gin.query_parameter(key)
+      if isinstance(v, gin_config.ConfigurableReference) and v.selector == 'gin.macro':
+        v = gin.query_parameter('%' + v.scoped_selector.rsplit('/', 1)[0])
+    except Exception:  # noqa: BLE001 (not bound, or train() called without gin)
+      return None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+  scope = gin.current_scope_str()
+  keys = ([f'{scope}/optimizers.learning_rate_schedule.base'] if scope else []) + [
+      'optimizers.learning_rate_schedule.base', '%LEARNING_RATE']
+  for key in keys:
+    v = value(key)
+    if v is not None:
+      return v
+  return None

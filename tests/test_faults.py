@@ -1,0 +1,359 @@
+"""Faults a user meets, performed for real: signals, truncated files, read-only folders, two runs.
+
+Each test checks the message (the problem and the fix, one paragraph, no
+traceback) and that nothing was lost (checkpoints, run records). The runs are
+the tiny test model on tests/testdata's toy tasks, a few steps each; the
+helpers are test_train_runs.py's.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from test_train_runs import REPO, _cmd, _env, _final_params, _run, _toy_args
+
+from promot_t5x.checkpoints import manager as ckpt_manager
+
+FINETUNE = ['--gin_file=runs/finetune.gin', '--gin.LEARNING_RATE=0.01']
+
+
+def _steps(model_dir):
+  return ckpt_manager._steps(str(model_dir / 'checkpoints'))
+
+
+def _no_traceback(stderr):
+  assert 'Traceback' not in stderr, stderr[-3000:]
+
+
+def _wait_for(proc, predicate, what, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if predicate():
+      return
+    time.sleep(0.05)
+  out = proc.stdout.read() if proc.stdout else ''
+  raise AssertionError(f'{what} did not happen (exit {proc.poll()}):\n{out[-3000:]}')
+
+
+def _read_only_folder(tmp_path):
+  """A folder this user cannot create files in (chmod for a user; /sys's root for root)."""
+  if os.geteuid() != 0:
+    ro = tmp_path / 'read_only'
+    ro.mkdir()
+    ro.chmod(0o555)
+    return ro
+  import pathlib
+
+  ro = pathlib.Path('/sys')
+  try:
+    (ro / 'promot-probe').mkdir()
+  except OSError:
+    return ro
+  (ro / 'promot-probe').rmdir()
+  pytest.skip('no folder here refuses root')
+
+
+# -----------------------------------------------------------------------------
+# Preemption: SIGTERM / SIGINT finish the step, save, exit; the resume is bit-identical.
+# -----------------------------------------------------------------------------
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_the_step_and_the_resume_equals_an_uninterrupted_run(tmp_path, fixtures_dir,
+                                                                          sig):
+  common = [*FINETUNE, '--gin.TRAIN_STEPS=20', '--gin.CHECKPOINT_PERIOD=100',
+            '--gin.DROPOUT_RATE=0.1', '--gin.train.train.log_period=1']
+  env = _env(fixtures_dir)
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'straight'), *common), env)
+
+  run_dir = tmp_path / 'signalled'
+  proc = subprocess.Popen(_cmd(*_toy_args(fixtures_dir, run_dir), *common), cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics = run_dir / 'metrics.jsonl'
+  _wait_for(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
+            'three logged steps')
+  proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + sig, out[-3000:]
+  steps = _steps(run_dir)
+  assert len(steps) == 1 and 3 <= steps[0] < 20, (steps, out[-2000:])
+  assert f'stopped by {signal.Signals(sig).name} at step {steps[0]}/20' in out
+  assert 'run the same command again to resume' in out
+  _no_traceback(out)
+
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), *common), env)
+  assert f'resuming {run_dir} from step {steps[0]}' in r.stdout
+  straight, resumed = _final_params(tmp_path / 'straight'), _final_params(run_dir)
+  for p in straight:
+    assert np.array_equal(straight[p], resumed[p]), p
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_path, fixtures_dir):
+  """SLURM or a TPU VM may signal one host first: every process stops and saves together."""
+  from promot_t5x_launch import local
+
+  common = [*FINETUNE, '--gin.TRAIN_STEPS=12', '--gin.CHECKPOINT_PERIOD=100',
+            '--gin.SHUFFLE_TRAIN_EXAMPLES=False', '--gin.train.train.log_period=1']
+  run_dir = tmp_path / 'two'
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'one'), *common),
+       _env(fixtures_dir, devices=2))
+  env = _env(fixtures_dir, JAX_PLATFORMS='cpu')
+  procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+           for cmd in local.commands(_cmd(*_toy_args(fixtures_dir, run_dir), *common), 2,
+                                     local.free_port())]
+  metrics = run_dir / 'metrics.jsonl'
+  try:
+    _wait_for(procs[0], lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
+              'two logged steps')
+    procs[1].send_signal(signal.SIGTERM)  # the process that does not log
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [143, 143], outs[0][-3000:] + outs[1][-3000:]
+  steps = _steps(run_dir)
+  assert len(steps) == 1 and steps[0] < 12
+  assert f'stopped by a signal on another process at step {steps[0]}/12' in outs[0]
+
+  results = local.launch(_cmd(*_toy_args(fixtures_dir, run_dir), *common), num_processes=2,
+                         devices_per_process=1, env=_env(fixtures_dir), timeout=300)
+  assert all(r.returncode == 0 for r in results), results[0].stderr[-3000:]
+  assert f'resuming {run_dir} from step {steps[0]}' in results[0].stdout
+  one, two = _final_params(tmp_path / 'one'), _final_params(run_dir)
+  for p in one:
+    np.testing.assert_allclose(two[p], one[p], rtol=1e-5, atol=1e-7, err_msg=p)
+
+
+# -----------------------------------------------------------------------------
+# Run records and locks.
+# -----------------------------------------------------------------------------
+def test_refused_restart_keeps_the_run_record_and_each_start_adds_to_the_history(
+    tmp_path, fixtures_dir):
+  env = _env(fixtures_dir)
+  run_dir = tmp_path / 'run'
+  _run(_cmd(*_toy_args(fixtures_dir, run_dir), *FINETUNE, '--gin.TRAIN_STEPS=2'), env)
+  config, info = (run_dir / 'config.gin').read_text(), (run_dir / 'model-info.txt').read_text()
+  # Another model over the same MODEL_DIR: refused, and the record still describes the checkpoints.
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), *FINETUNE, '--gin.TRAIN_STEPS=4',
+                '--gin.t5.T5Config.mlp_dim=48'), env, check=False)
+  assert r.returncode == 1
+  assert 'Could not resume from' in r.stderr and 'another model or stage' in r.stderr
+  _no_traceback(r.stderr)
+  assert len(r.stderr) < 2000  # no orbax tree dump
+  assert (run_dir / 'config.gin').read_text() == config
+  assert (run_dir / 'model-info.txt').read_text() == info
+  assert _steps(run_dir) == [2]
+  assert sorted(os.listdir(run_dir / 'history')) == ['001']
+  # An accepted resume appends its own record.
+  _run(_cmd(*_toy_args(fixtures_dir, run_dir), *FINETUNE, '--gin.TRAIN_STEPS=3'), env)
+  assert sorted(os.listdir(run_dir / 'history')) == ['001', '002']
+  start = json.loads((run_dir / 'history' / '002' / 'start.json').read_text())
+  assert start['resumed_from'] == 2
+  assert (run_dir / 'history' / '001' / 'config.gin').read_text() == config
+
+
+def test_second_run_on_a_model_dir_is_refused_and_a_killed_run_leaves_no_lock(tmp_path,
+                                                                               fixtures_dir):
+  env = _env(fixtures_dir)
+  run_dir = tmp_path / 'run'
+  common = [*FINETUNE, '--gin.TRAIN_STEPS=100000', '--gin.CHECKPOINT_PERIOD=2', '--gin.KEEP_CHECKPOINTS=2']
+  first = subprocess.Popen(_cmd(*_toy_args(fixtures_dir, run_dir), *common), cwd=REPO, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    _wait_for(first, lambda: bool(_steps(run_dir)), 'a first checkpoint')
+    r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), *common), env, check=False)
+    assert r.returncode == 1
+    assert f'{run_dir} is in use by another run (pid {first.pid}' in r.stderr
+    assert 'another MODEL_DIR' in r.stderr
+    _no_traceback(r.stderr)
+    assert first.poll() is None  # the first run goes on
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  kept = _steps(run_dir)
+  assert 1 <= len(kept) <= 2  # KEEP_CHECKPOINTS held: no second writer
+  # The killed run's lock is gone with its process: the next start resumes.
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), *FINETUNE,
+                f'--gin.TRAIN_STEPS={kept[-1] + 1}'), env)
+  assert f'resuming {run_dir} from step {kept[-1]}' in r.stdout
+
+
+# -----------------------------------------------------------------------------
+# A damaged latest checkpoint.
+# -----------------------------------------------------------------------------
+def test_truncated_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(
+    tmp_path, fixtures_dir):
+  env = _env(fixtures_dir)
+  run_dir = tmp_path / 'run'
+  common = [*FINETUNE, '--gin.CHECKPOINT_PERIOD=2']
+  _run(_cmd(*_toy_args(fixtures_dir, run_dir), *common, '--gin.TRAIN_STEPS=2'), env)
+  at_2 = _final_params(run_dir)
+  _run(_cmd(*_toy_args(fixtures_dir, run_dir), *common, '--gin.TRAIN_STEPS=4'), env)
+  assert _steps(run_dir) == [2, 4]
+  # Truncate every data file of step 4's parameters (a disk that filled up mid-write).
+  data_files = [p for p in (run_dir / 'checkpoints' / '4' / 'params').rglob('*')
+                if p.is_file() and p.stat().st_size > 100]
+  assert data_files
+  for p in data_files:
+    with open(p, 'r+b') as f:
+      f.truncate(p.stat().st_size // 3)
+
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), *common, '--gin.TRAIN_STEPS=2'), env)
+  assert f'checkpoint {run_dir}/checkpoints/4 could not be read' in r.stdout
+  assert f'moved it to {run_dir}/bad_checkpoints/4' in r.stdout
+  assert f'resuming {run_dir} from step 2' in r.stdout
+  assert (run_dir / 'bad_checkpoints' / '4' / 'params').is_dir()
+  assert _steps(run_dir) == [2]
+  after = _final_params(run_dir)
+  assert all(np.array_equal(at_2[p], after[p]) for p in at_2)  # the intact one, untouched
+
+
+# -----------------------------------------------------------------------------
+# Stage chaining.
+# -----------------------------------------------------------------------------
+def test_stage2_refuses_to_resume_when_stage1_moved_on(tmp_path, fixtures_dir):
+  env = _env(fixtures_dir)
+  s1, s2 = tmp_path / 's1', tmp_path / 's2'
+  stage1 = ['--gin_file=runs/prompt_tuning.gin', '--gin.PROMPT_LENGTH=2', '--gin.CHECKPOINT_PERIOD=2']
+  _run(_cmd(*_toy_args(fixtures_dir, s1), *stage1, '--gin.TRAIN_STEPS=2'), env)
+  stage2 = ['--gin_file=runs/promot_stage2.gin', '--gin.PROMPT_LENGTH=2',
+            f'--gin.INITIAL_CHECKPOINT_PATH={s1}', '--gin.CHECKPOINT_PERIOD=1']
+  _run(_cmd(*_toy_args(fixtures_dir, s2), *stage2, '--gin.TRAIN_STEPS=1'), env)
+  before = _final_params(s2)
+  _run(_cmd(*_toy_args(fixtures_dir, s1), *stage1, '--gin.TRAIN_STEPS=4'), env)  # stage 1 moves on
+  r = _run(_cmd(*_toy_args(fixtures_dir, s2), *stage2, '--gin.TRAIN_STEPS=2'), env, check=False)
+  assert r.returncode == 1
+  assert f'{s2} started from step 2 of {s1}, whose newest checkpoint is now step 4' in r.stderr
+  assert f'move {s2} aside' in r.stderr
+  _no_traceback(r.stderr)
+  assert _steps(s2) == [1]
+  after = _final_params(s2)
+  assert all(np.array_equal(before[p], after[p]) for p in before)
+
+
+# -----------------------------------------------------------------------------
+# Validate first: refused before any checkpoint is read or anything written.
+# -----------------------------------------------------------------------------
+def test_unknown_task_and_bad_batch_leave_no_model_dir(tmp_path, fixtures_dir):
+  env = _env(fixtures_dir, devices=2)
+  for overrides, expected in (
+      (['--gin.MIXTURE_OR_TASK_NAME=toy_cpoy'], "Unknown task or mixture 'toy_cpoy'"),
+      (['--gin.BATCH_SIZE=3', '--gin.MESH_DATA=2'],
+       "BATCH_SIZE=3 does not divide over the mesh's data axis (2, MESH_DATA)")):
+    run_dir = tmp_path / 'never'
+    r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), *FINETUNE, '--gin.TRAIN_STEPS=1', *overrides),
+             env, check=False)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert expected in r.stderr
+    _no_traceback(r.stderr)
+    assert 'In call to configurable' not in r.stderr
+    assert not run_dir.exists()
+
+
+def test_vocabulary_larger_than_the_model_is_refused_with_the_sizes(tmp_path, fixtures_dir):
+  run_dir = tmp_path / 'never'
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), *FINETUNE, '--gin.TRAIN_STEPS=1',
+                '--gin.t5.T5Config.vocab_size=64'), _env(fixtures_dir), check=False)
+  assert r.returncode == 1
+  assert "The vocabulary of task 'toy_copy' (inputs) has 126 ids but the model's embedding has 64" \
+      in r.stderr
+  assert 'T5Config.vocab_size' in r.stderr
+  assert not run_dir.exists()
+
+
+def test_read_only_model_dir_is_refused_before_training(tmp_path, fixtures_dir):
+  ro = _read_only_folder(tmp_path)
+  r = _run(_cmd(*_toy_args(fixtures_dir, ro / 'run'), *FINETUNE, '--gin.TRAIN_STEPS=1'),
+           _env(fixtures_dir), check=False)
+  assert r.returncode == 1
+  assert f"MODEL_DIR='{ro / 'run'}' cannot be written" in r.stderr
+  _no_traceback(r.stderr)
+  assert not (ro / 'run').exists()
+
+
+def test_misspelt_macro_and_parameter_get_the_nearest_names(tmp_path, fixtures_dir):
+  env = _env(fixtures_dir)
+  run_dir = tmp_path / 'never'
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), *FINETUNE, '--gin.TRAIN_STEPS=1',
+                '--gin.CHECKPOINT_PERIODS=2'), env, check=False)
+  assert r.returncode == 2
+  assert 'CHECKPOINT_PERIODS (did you mean CHECKPOINT_PERIOD?)' in r.stderr
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), *FINETUNE, '--gin.TRAIN_STEPS=1',
+                '--gin.t5.T5Config.mlp_dims=48'), env, check=False)
+  assert r.returncode == 2
+  assert "did you mean 'mlp_dim'" in r.stderr
+  _no_traceback(r.stderr)
+  assert not run_dir.exists()
+
+
+def test_warnings_for_truncation_changed_batch_and_stage1_from_scratch(tmp_path, fixtures_dir):
+  env = _env(fixtures_dir)
+  run_dir = tmp_path / 'run'
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), '--gin_file=runs/prompt_tuning.gin',
+                '--gin.PROMPT_LENGTH=2', '--gin.TRAIN_STEPS=1',
+                "--gin.TASK_FEATURE_LENGTHS={'inputs': 4, 'targets': 8}"), env)
+  assert "of the first 64 training examples of 'toy_copy', inputs: 64 longer than 4" in r.stderr
+  assert 'no INITIAL_CHECKPOINT_PATH is set' in r.stderr
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), '--gin_file=runs/prompt_tuning.gin',
+                '--gin.PROMPT_LENGTH=2', '--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=4',
+                '--gin.LEARNING_RATE=0.5'), env)
+  assert f'resuming {run_dir} with BATCH_SIZE=4, but its checkpoint was trained with 8' in r.stderr
+  assert 'LEARNING_RATE=0.5, but its checkpoint was trained with' in r.stderr
+  assert 'no INITIAL_CHECKPOINT_PATH' not in r.stderr  # a resume: the model is the run's own
+
+
+def test_nan_before_any_checkpoint_does_not_speak_of_step_none(tmp_path, fixtures_dir):
+  r = _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'nan'), '--gin_file=runs/finetune.gin',
+                '--gin.TRAIN_STEPS=4', '--gin.LEARNING_RATE=1e38'), _env(fixtures_dir),
+           check=False)
+  assert r.returncode == 1
+  assert 'step None' not in r.stderr
+  assert 'no checkpoint had been saved yet' in r.stderr
+
+
+# -----------------------------------------------------------------------------
+# One error style, quiet start-up.
+# -----------------------------------------------------------------------------
+def test_start_up_is_quiet_and_verbose_shows_the_traceback(tmp_path, fixtures_dir):
+  args = _cmd(*_toy_args(fixtures_dir, tmp_path / 'x'), *FINETUNE, '--gin.TRAIN_STEPS=1',
+              '--gin.MIXTURE_OR_TASK_NAME=toy_cpoy')
+  env = _env(fixtures_dir)
+  for var in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES'):  # as on a user's machine
+    env.pop(var, None)
+  r = _run(args, env, check=False)
+  lines = [line for line in r.stderr.splitlines() if line.strip()]
+  assert lines[0].startswith("promot-train: ValueError: Unknown task or mixture 'toy_cpoy'"), lines
+  assert lines[1:] == ['(rerun with --verbose for the traceback)'], lines
+  for noise in ('cuInit', 'cuda', 'oneDNN', 'absl::InitializeLog'):
+    assert noise not in r.stdout + r.stderr
+  r = _run(args + ['--verbose'], env, check=False)
+  assert 'Traceback' in r.stderr and 'Unknown task or mixture' in r.stderr
+
+
+# -----------------------------------------------------------------------------
+# promot-eval fails fast.
+# -----------------------------------------------------------------------------
+def test_eval_checks_checkpoint_path_and_output_folder_before_any_work(tmp_path, capsys):
+  from promot_t5x import eval as eval_script
+
+  base = ['--gin_file=miniature/model.gin', '--gin_file=eval/fewshot_miniature.gin',
+          '--gin.MIXTURE_OR_TASK_NAME=mini_rte', "--gin.EVAL_SUITE=['mini_cb_1shot']",
+          "--gin.EVAL_SUITE_NAMES=['cls']", '--gin.MAX_EXAMPLES=2']
+  out = tmp_path / 'out'
+  missing = tmp_path / 'missing'
+  assert eval_script.main([*base, f'--gin.CHECKPOINT_PATH={missing}',
+                           f'--gin.EVAL_OUTPUT_DIR={out}']) == 1
+  err = capsys.readouterr().err
+  assert f"CHECKPOINT_PATH='{missing}' does not exist" in err
+  assert 'INITIAL_CHECKPOINT_PATH' not in err
+  _no_traceback(err)
+  ro = _read_only_folder(tmp_path)
+  assert eval_script.main([*base, f'--gin.CHECKPOINT_PATH={tmp_path}',
+                           f'--gin.EVAL_OUTPUT_DIR={ro / "eval"}']) == 1
+  err = capsys.readouterr().err
+  assert f"EVAL_OUTPUT_DIR='{ro / 'eval'}' cannot be written" in err
+  _no_traceback(err)
