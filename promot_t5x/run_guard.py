@@ -204,11 +204,12 @@ def source_of(initial_checkpoint: Any) -> dict[str, Any] | None:
   if initial_checkpoint is None:
     return None
   from promot_t5x.checkpoints import manager as ckpt_manager
+  from promot_t5x.checkpoints import orbax_io
 
   path = os.path.abspath(initial_checkpoint.path)
   step = None
   ckdir = ckpt_manager.checkpoint_dir(path)
-  steps = ckpt_manager._steps(ckdir)  # pylint: disable=protected-access
+  steps = orbax_io.finished_steps(ckdir)
   if steps:
     want = initial_checkpoint.step
     if want == 'latest':

@@ -51,6 +51,7 @@ from promot_t5x import (
 )
 from promot_t5x import trainer as trainer_lib
 from promot_t5x.checkpoints import manager as ckpt_manager
+from promot_t5x.checkpoints import orbax_io
 from promot_t5x.models import encoder_decoder, t5
 from promot_t5x.models import prompts as prompts_lib
 
@@ -236,7 +237,7 @@ def train(*,
   preflight.check_training(model=model, stage=stage, train_dataset=train_dataset,
                            model_dir=model_dir, partitioner=partitioner,
                            initial_checkpoint=initial_checkpoint,
-                           resuming=bool(ckpt_manager._steps(ckpt_manager.checkpoint_dir(model_dir))))
+                           resuming=bool(orbax_io.finished_steps(ckpt_manager.checkpoint_dir(model_dir))))
 
   trainer = trainer_lib.Trainer(model, stage, optimizer, partitioner, num_microbatches,
                                 seed if dropout_seed is None else dropout_seed, max_grad_norm)

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from test_train_runs import REPO, _cmd, _env, _final_params, _run, _toy_args
 
-from promot_t5x.checkpoints import manager as ckpt_manager
+from promot_t5x.checkpoints import orbax_io
 
 FINETUNE = ['--gin_file=runs/finetune.gin', '--gin.LEARNING_RATE=0.01']
 
 
 def _steps(model_dir):
-  return ckpt_manager._steps(str(model_dir / 'checkpoints'))
+  return orbax_io.finished_steps(str(model_dir / 'checkpoints'))
 
 
 def _no_traceback(stderr):
