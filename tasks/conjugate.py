@@ -64,7 +64,7 @@ import json
 import pathlib
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import seqio
@@ -687,20 +687,74 @@ def probe_mixture_name(rendering: str = 'english', prefix: str = DEFAULT_PROBE_P
   return conjugate.conjugate_name(f'{prefix}_icl_probe', transform_of_rendering(rendering))
 
 
-def _probe_source(icl_task: str, query_kind: str, rendering: str, num_prompts: int,
-                  prompt_seed: int) -> seqio.FunctionDataSource:
-  """The prompts as a local seqio source (built on each read; nothing on disk)."""
+def examples_source(make_examples: Callable[[], Sequence[Any]], source_split: str,
+                    num_examples: int) -> seqio.FunctionDataSource:
+  """A local seqio source of dataclass examples, built on each read (one column per field; nothing on disk)."""
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-    # One fixed split, in prompt order; seqio's shuffling seed does not change the prompts.
+    # One fixed split, in example order; seqio's shuffling seed does not change the examples.
     del split, shuffle_files, seed
-    examples = probe_examples(icl_task, query_kind, rendering, num_prompts, prompt_seed)
-    columns = {f.name: [getattr(e, f.name) for e in examples]
-               for f in dataclasses.fields(ProbeExample)}
+    examples = make_examples()
+    columns = {f.name: [getattr(e, f.name) for e in examples] for f in dataclasses.fields(examples[0])}
     return tf.data.Dataset.from_tensor_slices(columns)
 
-  return seqio.FunctionDataSource(dataset_fn, splits=(PROBE_SPLIT,),
-                                  num_input_examples={PROBE_SPLIT: num_prompts})
+  return seqio.FunctionDataSource(dataset_fn, splits=(source_split,),
+                                  num_input_examples={source_split: num_examples})
+
+
+def register_probe_family(*, vocabulary: seqio.Vocabulary | None, renderings: Sequence[str],
+                          pairs: Sequence[tuple[str, str]], task_name_fn: Callable[[str, str, str], str],
+                          mixture_name_fn: Callable[[str], str],
+                          examples_fn: Callable[[str, str, str], Sequence[Any]], split: str,
+                          num_examples: int, postprocessor_for: Callable[[str], Callable[..., Any]],
+                          metric_fn: Callable[..., Any]) -> list[str]:
+  """Registers a probe: one task per (ICL task, query kind) and rendering, one mixture per rendering.
+
+  The English tasks are the base; the other renderings are registered as their
+  native conjugates (`conjugate.add_native_conjugate`). Registering again
+  replaces them.
+
+  Args:
+    vocabulary: the model's vocabulary; default `vocab.default_vocabulary()`.
+    renderings: some of `PROBE_RENDERINGS` ('english' is always registered).
+    pairs: the (ICL task, query kind) pairs.
+    task_name_fn: (icl_task, query_kind, rendering) -> task name.
+    mixture_name_fn: rendering -> mixture name.
+    examples_fn: (icl_task, query_kind, rendering) -> the dataclass examples.
+    split: the one split of the sources.
+    num_examples: examples per task.
+    postprocessor_for: rendering -> the tasks' postprocess function.
+    metric_fn: the tasks' metric.
+
+  Returns:
+    The registered task and mixture names.
+  """
+  vocabulary = vocabulary or vocab_lib.default_vocabulary()
+  renderings = ['english'] + [r for r in renderings if r != 'english']
+  names = []
+  for rendering in renderings:
+    task_names = []
+    for icl_task, query_kind in pairs:
+      name = task_name_fn(icl_task, query_kind, rendering)
+      task = seqio.Task(
+          name,
+          source=examples_source(functools.partial(examples_fn, icl_task, query_kind, rendering), split,
+                                 num_examples),
+          preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+          output_features=vocab_lib.output_features(vocabulary),
+          postprocess_fn=postprocessor_for(rendering), metric_fns=[metric_fn])
+      transform = transform_of_rendering(rendering)
+      if transform == conjugate.IDENTITY:
+        seqio.TaskRegistry.remove(name)
+        seqio.TaskRegistry.add_provider(name, task)
+      else:
+        conjugate.add_native_conjugate(task, task_name_fn(icl_task, query_kind, 'english'), transform)
+      task_names.append(name)
+    mixture = mixture_name_fn(rendering)
+    seqio.MixtureRegistry.remove(mixture)
+    seqio.MixtureRegistry.add(mixture, [(t, 1.0) for t in task_names])
+    names += task_names + [mixture]
+  return names
 
 
 def register_probe_tasks(vocabulary: seqio.Vocabulary | None = None, *,
@@ -723,36 +777,15 @@ def register_probe_tasks(vocabulary: seqio.Vocabulary | None = None, *,
     num_prompts: prompts per task (the paper's 100).
     seed: fixes the sentences and numbers drawn.
   """
-  vocabulary = vocabulary or vocab_lib.default_vocabulary()
-  renderings = ['english'] + [r for r in renderings if r != 'english']
-  names = []
-  for rendering in renderings:
-    task_names = []
-    for icl_task in ICL_TASKS:
-      for query_kind in QUERY_KINDS:
-        name = probe_task_name(icl_task, query_kind, rendering, prefix)
-        task = seqio.Task(
-            name,
-            source=_probe_source(icl_task, query_kind, rendering, num_prompts, seed),
-            preprocessors=[seqio.preprocessors.tokenize,
-                           seqio.preprocessors.append_eos_after_trim],
-            output_features=vocab_lib.output_features(vocabulary),
-            postprocess_fn=functools.partial(probe_postprocessor,
-                                             stop_marker=probe_stop_marker(rendering)),
-            metric_fns=[follows_in_context_task])
-        transform = transform_of_rendering(rendering)
-        if transform == conjugate.IDENTITY:
-          seqio.TaskRegistry.remove(name)
-          seqio.TaskRegistry.add_provider(name, task)
-        else:
-          conjugate.add_native_conjugate(task, probe_task_name(icl_task, query_kind,
-                                                               'english', prefix), transform)
-        task_names.append(name)
-    mixture = probe_mixture_name(rendering, prefix)
-    seqio.MixtureRegistry.remove(mixture)
-    seqio.MixtureRegistry.add(mixture, [(t, 1.0) for t in task_names])
-    names += task_names + [mixture]
-  return names
+  return register_probe_family(
+      vocabulary=vocabulary, renderings=renderings,
+      pairs=[(t, q) for t in ICL_TASKS for q in QUERY_KINDS],
+      task_name_fn=lambda t, q, r: probe_task_name(t, q, r, prefix),
+      mixture_name_fn=lambda r: probe_mixture_name(r, prefix),
+      examples_fn=lambda t, q, r: probe_examples(t, q, r, num_prompts, seed), split=PROBE_SPLIT,
+      num_examples=num_prompts,
+      postprocessor_for=lambda r: functools.partial(probe_postprocessor, stop_marker=probe_stop_marker(r)),
+      metric_fn=follows_in_context_task)
 
 
 # ----------------------------------------------------------------------------

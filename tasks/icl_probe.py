@@ -48,7 +48,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import seqio
-import tensorflow as tf
 from promot_t5x_tasks import conjugate as nl
 from promot_t5x_tasks import vocab as vocab_lib
 
@@ -233,20 +232,6 @@ def mixture_name(rendering: str = 'english', prefix: str = DEFAULT_PREFIX) -> st
                                   nl.transform_of_rendering(rendering))
 
 
-def _source(icl_task: str, query_kind: str, rendering: str, num_prompts: int,
-            prompt_seed: int) -> seqio.FunctionDataSource:
-
-  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-    del split, shuffle_files, seed  # One fixed split in prompt order.
-    examples = official_probe_examples(icl_task, query_kind, rendering, num_prompts, prompt_seed)
-    columns = {f.name: [getattr(e, f.name) for e in examples]
-               for f in dataclasses.fields(OfficialProbeExample)}
-    return tf.data.Dataset.from_tensor_slices(columns)
-
-  return seqio.FunctionDataSource(dataset_fn, splits=(SPLIT,),
-                                  num_input_examples={SPLIT: num_prompts})
-
-
 def register_official_probe_tasks(vocabulary: seqio.Vocabulary | None = None, *,
                                   prefix: str = DEFAULT_PREFIX,
                                   renderings: Sequence[str] = nl.PROBE_RENDERINGS,
@@ -261,32 +246,14 @@ def register_official_probe_tasks(vocabulary: seqio.Vocabulary | None = None, *,
     num_prompts: prompts per task pair and rendering.
     seed: fixes the prompts.
   """
-  vocabulary = vocabulary or vocab_lib.default_vocabulary()
-  renderings = ['english'] + [r for r in renderings if r != 'english']
-  names = []
-  for rendering in renderings:
-    task_names = []
-    for icl_task, query_kind in TASK_PAIRS:
-      name = task_name(icl_task, query_kind, rendering, prefix)
-      task = seqio.Task(
-          name, source=_source(icl_task, query_kind, rendering, num_prompts, seed),
-          preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-          output_features=vocab_lib.output_features(vocabulary),
-          postprocess_fn=functools.partial(official_probe_postprocessor,
-                                           marker=stop_marker(rendering)),
-          metric_fns=[official_probe_metric])
-      if rendering == 'english':
-        seqio.TaskRegistry.remove(name)
-        seqio.TaskRegistry.add_provider(name, task)
-      else:
-        conjugate.add_native_conjugate(task, task_name(icl_task, query_kind, 'english', prefix),
-                                       nl.transform_of_rendering(rendering))
-      task_names.append(name)
-    mixture = mixture_name(rendering, prefix)
-    seqio.MixtureRegistry.remove(mixture)
-    seqio.MixtureRegistry.add(mixture, [(t, 1.0) for t in task_names])
-    names += task_names + [mixture]
-  return names
+  return nl.register_probe_family(
+      vocabulary=vocabulary, renderings=renderings, pairs=TASK_PAIRS,
+      task_name_fn=lambda t, q, r: task_name(t, q, r, prefix),
+      mixture_name_fn=lambda r: mixture_name(r, prefix),
+      examples_fn=lambda t, q, r: official_probe_examples(t, q, r, num_prompts, seed), split=SPLIT,
+      num_examples=num_prompts,
+      postprocessor_for=lambda r: functools.partial(official_probe_postprocessor, marker=stop_marker(r)),
+      metric_fn=official_probe_metric)
 
 
 register_official_probe_tasks(vocab_lib.default_vocabulary(), prefix=DEFAULT_PREFIX)
