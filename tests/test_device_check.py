@@ -4,12 +4,13 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_dry_run_writes_every_stage_decoding_and_the_test_counts(tmp_path):
-  env = dict(os.environ, PYTHON=os.environ.get('PYTHON', 'python'))
+  env = dict(os.environ, PYTHON=sys.executable)  # the interpreter running the tests (make test: .venv's)
   proc = subprocess.run(['bash', str(REPO / 'bench' / 'device_check.sh'), '--dry', str(tmp_path)],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=3000)
   assert proc.returncode == 0, proc.stderr[-3000:]
