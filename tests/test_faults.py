@@ -26,7 +26,16 @@ def _steps(model_dir):
 
 
 def _no_traceback(stderr):
-  assert 'Traceback' not in stderr, stderr[-3000:]
+  # Our commands never print a traceback of their own without --verbose. orbax's background
+  # asyncio threads may still print theirs ("Event loop is closed") when a restore fails: a
+  # known defect (docs/errors.md), so only tracebacks through this project's code are refused.
+  ours = [line for line in stderr.splitlines() if line.strip().startswith('File ') and 'promot_t5x' in line]
+  assert not ours, stderr[-3000:]
+  assert stderr.count('Traceback (most recent call last)') == stderr.count(_ORBAX_NOISE), stderr[-3000:]
+
+
+# orbax's background-thread noise after a failed restore (see _no_traceback).
+_ORBAX_NOISE = 'RuntimeError: Event loop is closed'
 
 
 def _wait_for(proc, predicate, what, timeout=240):
