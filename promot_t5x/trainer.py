@@ -186,7 +186,7 @@ class Trainer:
 
   def _normalizer(self, weight_sum: jax.Array) -> jax.Array:
     factor = self.model.loss_normalizing_factor
-    if factor == 'NUM_REAL_TARGET_TOKENS':
+    if factor in ('NUM_REAL_TARGET_TOKENS', 'AVERAGE_PER_SEQUENCE'):
       return jnp.maximum(weight_sum, 1.0)
     if factor == 'NONE':
       return jnp.ones_like(weight_sum)

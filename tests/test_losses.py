@@ -76,3 +76,35 @@ def test_weighted_argmax_hits_is_numpy_argmax_accuracy_with_first_index_ties():
   # position 0: all equal, target 0 wins; 1: 4 loses to 2; 2, 3: all zero, target != 0 loses.
   assert float(losses.weighted_argmax_hits(tied, tie_targets, ones)) == \
       float((tied.argmax(-1) == tie_targets).sum()) == 1.0
+
+
+def test_average_per_sequence_weighs_every_sequence_the_same():
+  """T5X's AVERAGE_PER_SEQUENCE: the loss is the mean over sequences of each one's token mean."""
+  from promot_t5x.models import encoder_decoder
+
+  logits, targets, weights = _inputs(seed=3, batch=4, length=6)
+  weights[0, :] = 0
+  weights[0, 0] = 1  # a one-token sequence next to longer ones
+  w = encoder_decoder.per_sequence_weights(jnp.asarray(weights))
+  np.testing.assert_allclose(np.asarray(w).sum(-1), 1.0, rtol=1e-6)
+  token_total, _, token_count = _numpy_losses(logits, targets, weights, 0.0, 0.0)
+  rows = [_numpy_losses(logits[i:i + 1], targets[i:i + 1], weights[i:i + 1], 0.0, 0.0)
+          for i in range(4)]
+  want = np.mean([total / count for total, _, count in rows])
+  total, _, count = losses.cross_entropy_with_logits(
+      jnp.asarray(logits), jnp.asarray(targets), w, 0.0, 0.0)
+  np.testing.assert_allclose(float(total / count), want, rtol=1e-5)
+  assert abs(float(total / count) - token_total / token_count) > 1e-3  # not the token mean
+
+  # Packed rows: each segment is one sequence.
+  seg = np.array([[1, 1, 2, 2, 2, 0]] * 4, np.int32)
+  wp = np.asarray(encoder_decoder.per_sequence_weights(jnp.ones((4, 6)) * (seg > 0), jnp.asarray(seg)))
+  np.testing.assert_allclose(wp[0], [1 / 2, 1 / 2, 1 / 3, 1 / 3, 1 / 3, 0], rtol=1e-6)
+
+
+def test_unknown_loss_normalizing_factor_is_a_clear_error():
+  from promot_t5x.models import encoder_decoder, t5
+
+  with pytest.raises(ValueError, match='AVERAGE_PER_SEQUENCE'):
+    encoder_decoder.EncoderDecoderModel(t5.Transformer(t5.T5Config(vocab_size=8)),
+                                        loss_normalizing_factor='PER_SEQ')

@@ -33,7 +33,7 @@ from promot_t5x import decoding, losses
 from promot_t5x.models import t5
 
 Batch = Mapping[str, jax.Array]
-LOSS_NORMALIZING_CHOICES = ('NUM_REAL_TARGET_TOKENS', 'NONE')
+LOSS_NORMALIZING_CHOICES = ('NUM_REAL_TARGET_TOKENS', 'AVERAGE_PER_SEQUENCE', 'NONE')
 DECODERS = ('greedy', 'beam')
 
 
@@ -45,8 +45,10 @@ class EncoderDecoderModel:
   vocabulary: Any = None  # seqio.Vocabulary (input and output share it).
   label_smoothing: float = 0.0
   z_loss: float = 1e-4
-  # 'NUM_REAL_TARGET_TOKENS' (mean over real tokens), 'NONE' (sum), or a
-  # constant divisor (T5X's fine-tuning gins use 233472 = 2048 * 114).
+  # 'NUM_REAL_TARGET_TOKENS' (mean over real tokens), 'AVERAGE_PER_SEQUENCE'
+  # (each sequence's mean, then the mean over sequences: a one-token answer weighs
+  # as much as a 30-token span-corruption target), 'NONE' (sum), or a constant
+  # divisor (T5X's fine-tuning gins use 233472 = 2048 * 114).
   loss_normalizing_factor: float | str = 'NUM_REAL_TARGET_TOKENS'
 
   def __post_init__(self):
@@ -87,9 +89,12 @@ class EncoderDecoderModel:
     logits = self.logits(params, batch, dropout_rng)
     targets = batch['decoder_target_tokens']
     weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
+    if self.loss_normalizing_factor == 'AVERAGE_PER_SEQUENCE':
+      weights = per_sequence_weights(weights, batch.get('decoder_segment_ids'))
     total, total_z, total_weight = losses.cross_entropy_with_logits(
         logits, targets, weights, self.label_smoothing, self.z_loss)
-    if self.loss_normalizing_factor == 'NUM_REAL_TARGET_TOKENS':
+    if self.loss_normalizing_factor in ('NUM_REAL_TARGET_TOKENS', 'AVERAGE_PER_SEQUENCE'):
+      # (per sequence, the weights sum to 1 per sequence: the divisor counts sequences)
       loss = total / jnp.maximum(total_weight, 1.0)
     elif self.loss_normalizing_factor == 'NONE':
       loss = total
@@ -185,6 +190,23 @@ class EncoderDecoderModel:
 # -----------------------------------------------------------------------------
 # Decoding helpers (compiled once per module and setting).
 # -----------------------------------------------------------------------------
+def per_sequence_weights(weights: jax.Array, segment_ids: jax.Array | None = None
+                         ) -> jax.Array:
+  """Token weights rescaled so that each target sequence's weights sum to 1.
+
+  T5X's `AVERAGE_PER_SEQUENCE`: the summed loss becomes a sum of per-sequence
+  means. With packing (`segment_ids`, [batch, length], 0 = padding), each packed
+  segment counts as one sequence.
+  """
+  weights = weights.astype(jnp.float32)
+  if segment_ids is None:
+    per_row = jnp.sum(weights, axis=-1, keepdims=True)
+    return weights / jnp.maximum(per_row, 1e-9)
+  same = segment_ids[..., :, None] == segment_ids[..., None, :]
+  per_token = jnp.einsum('bij,bj->bi', same.astype(jnp.float32), weights)
+  return jnp.where(weights > 0, weights / jnp.maximum(per_token, 1e-9), 0.0)
+
+
 def _is_shared_across_beams(path: tuple[str, ...]) -> bool:
   # Cross-attention keys/values depend only on the encoder output, so all
   # beams of an example share them: they stay out of the beam-search state.

@@ -11,6 +11,7 @@ the base model's gate reads:
 | `mini2_enfr_alt_{k}shot` | English to Frenka in `world.ALT_TRANSLATION`'s wording, k in 0, 1 |
 | `mini2_probes_{k}shot` | the two probes' mixture |
 | `mini2_pretrain_phase2` | the second pretraining phase's mixture (a third yes/no inference episodes) |
+| `mini2_pretrain_phase3` | the third phase's mixture (half yes/no inference episodes) |
 
 The probes render the fine-tuning tasks' own validation and test items (never
 seen in pretraining) in the pretraining formats. Conjugate transforms are the
@@ -98,3 +99,9 @@ PHASE2_MIXTURE = f'{PREFIX}pretrain_phase2'
 tasks_lib._replace_mixture(  # pylint: disable=protected-access
     PHASE2_MIXTURE,
     [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V2_PHASE2.items()])
+
+# The third phase's mixture (`world.PRETRAIN_RATES_V2_PHASE3`, gin/miniature/pretrain_v2_phase3.gin).
+PHASE3_MIXTURE = f'{PREFIX}pretrain_phase3'
+tasks_lib._replace_mixture(  # pylint: disable=protected-access
+    PHASE3_MIXTURE,
+    [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V2_PHASE3.items()])

@@ -957,6 +957,11 @@ PRETRAIN_RATES_V2 = {'documents': 0.3, 'episodes': 0.4, 'skills': 0.2, 'lumic': 
 # inference episodes (after phase 1 the model answered them with a constant label).
 PRETRAIN_RATES_V2_PHASE2 = {'documents': 0.2, 'episodes': 0.27, 'skills': 0.15, 'inference': 0.33,
                             'lumic': 0.03, 'cipher': 0.02}
+# The third phase: half the examples yes/no inference, trained with per-sequence loss
+# averaging (after phase 2 the model still answered "yes" to every question: with
+# per-token averaging a 2-token answer carried ~5 % of the gradient).
+PRETRAIN_RATES_V2_PHASE3 = {'documents': 0.15, 'episodes': 0.2, 'skills': 0.1, 'inference': 0.5,
+                            'lumic': 0.03, 'cipher': 0.02}
 # Within a conjugate component, the fraction of documents (the rest are episodes).
 CONJUGATE_DOCUMENT_RATE = 0.3
 
