@@ -91,3 +91,20 @@ def test_second_world_tasks_and_probes_are_registered():
   ex = next(iter(ds.as_numpy_iterator()))
   text = ex['inputs_pretokenized'].decode()
   assert text.count('Does it say that') == 2 and ex['targets_pretokenized'].decode() in ('yes', 'no')
+
+
+def test_the_later_pretraining_phases_hold_only_yes_no_inference(world):
+  """Phases 2 and 3 (`inference`, `inference_short`): held-out items and forms stay out."""
+  rte_inputs = {e.inputs for s in W.SPLITS for e in world.examples('rte', s)}
+  shots = collections.Counter()
+  for component in ('inference', 'inference_short'):
+    for i in range(300):
+      ex = world.pretraining_example(component, i)
+      assert ex.targets in ('yes', 'no')
+      assert not RTE_TEMPLATE.search(ex.inputs) and 'It is not true that' not in ex.inputs
+      assert ex.query not in rte_inputs
+      shots[component, ex.inputs.count('Does it say that') - 1] += 1
+  assert {k for c, k in shots if c == 'inference_short'} == {0, 1}
+  assert max(k for c, k in shots if c == 'inference') >= 3
+  for phase in (W.PRETRAIN_RATES_V2_PHASE2, W.PRETRAIN_RATES_V2_PHASE3):
+    assert set(phase) <= set(world.pretrain_components) and abs(sum(phase.values()) - 1) < 1e-9

@@ -11,7 +11,7 @@ the base model's gate reads:
 | `mini2_enfr_alt_{k}shot` | English to Frenka in `world.ALT_TRANSLATION`'s wording, k in 0, 1 |
 | `mini2_probes_{k}shot` | the two probes' mixture |
 | `mini2_pretrain_phase2` | the second pretraining phase's mixture (a third yes/no inference episodes) |
-| `mini2_pretrain_phase3` | the third phase's mixture (half yes/no inference episodes) |
+| `mini2_pretrain_phase3` | the third phase's mixture (half short yes/no inference episodes) |
 
 The probes render the fine-tuning tasks' own validation and test items (never
 seen in pretraining) in the pretraining formats. Conjugate transforms are the

@@ -890,7 +890,8 @@ class World:
   @property
   def pretrain_components(self) -> tuple[str, ...]:
     """Every pretraining component of this world (the second adds `inference`)."""
-    return tuple(self.pretrain_rates) + (('inference',) if self.config.latent_skills else ())
+    return tuple(self.pretrain_rates) + (('inference', 'inference_short')
+                                         if self.config.latent_skills else ())
 
   def pretraining_example(self, component: str, index: int, split: str = 'train') -> Example:
     """Example `index` of a pretraining component (a pure function of its arguments).
@@ -905,6 +906,8 @@ class World:
                another wording, monolingual Frenka documents (`SKILL_RATES`).
     inference (second world only): yes/no-question inference episodes alone (the
                second pretraining phase's extra share, `PRETRAIN_RATES_V2_PHASE2`).
+    inference_short (second world only): the same with 0 or 1 demonstrations (short
+               inputs: the third phase's share, `PRETRAIN_RATES_V2_PHASE3`).
     """
     if component not in self.pretrain_components:
       raise ValueError(f'Unknown pretraining component {component!r}; use one of '
@@ -919,6 +922,8 @@ class World:
       return self.episode(fams[int(rng.choice(len(fams), p=w / w.sum()))], rng)
     if component == 'inference':
       return self.episode('rte_yn', rng)
+    if component == 'inference_short':
+      return self.episode('rte_yn', rng, num_shots=int(rng.integers(2)))
     if component == 'skills':
       kinds = list(SKILL_RATES)
       w = np.array([SKILL_RATES[k] for k in kinds])
@@ -957,11 +962,13 @@ PRETRAIN_RATES_V2 = {'documents': 0.3, 'episodes': 0.4, 'skills': 0.2, 'lumic': 
 # inference episodes (after phase 1 the model answered them with a constant label).
 PRETRAIN_RATES_V2_PHASE2 = {'documents': 0.2, 'episodes': 0.27, 'skills': 0.15, 'inference': 0.33,
                             'lumic': 0.03, 'cipher': 0.02}
-# The third phase: half the examples yes/no inference, trained with per-sequence loss
-# averaging (after phase 2 the model still answered "yes" to every question: with
-# per-token averaging a 2-token answer carried ~5 % of the gradient).
-PRETRAIN_RATES_V2_PHASE3 = {'documents': 0.15, 'episodes': 0.2, 'skills': 0.1, 'inference': 0.5,
-                            'lumic': 0.03, 'cipher': 0.02}
+# The third phase: half the examples short (0- or 1-shot) yes/no inference
+# episodes, trained with per-sequence loss averaging. After phase 2 the model still
+# answered every question with one label; with per-token averaging a 2-token answer
+# carried ~5 % of the gradient, and a third phase of 0-4-shot episodes (inputs up to
+# ~190 tokens) at half the examples left it at one label for 2,000 steps.
+PRETRAIN_RATES_V2_PHASE3 = {'documents': 0.12, 'episodes': 0.18, 'skills': 0.06, 'inference': 0.1,
+                            'inference_short': 0.5, 'lumic': 0.02, 'cipher': 0.02}
 # Within a conjugate component, the fraction of documents (the rest are episodes).
 CONJUGATE_DOCUMENT_RATE = 0.3
 
