@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from promot_t5x import prompt_routing
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
@@ -166,7 +168,8 @@ def get_dataset(cfg: DatasetConfig, shard_index: int = 0, num_shards: int = 1,
   """A batched `tf.data.Dataset` of this host's shard (model features, numpy-ready).
 
   prompt_index: one prompt for every example; prompt_for_task: {task name:
-  prompt index} for multi-prompt mixtures (every task of the mixture must have one).
+  prompt index} for multi-prompt mixtures (every task of the mixture must have
+  one). Both come from `prompt_routing.training_routes`.
   """
   import seqio
   import tensorflow as tf
@@ -188,11 +191,9 @@ def get_dataset(cfg: DatasetConfig, shard_index: int = 0, num_shards: int = 1,
 
   if prompt_for_task:
     tasks = (provider.tasks if isinstance(provider, seqio.Mixture) else [provider])
-    missing = [t.name for t in tasks if t.name not in prompt_for_task]
-    if missing:
-      raise ValueError(f'Tasks {missing} of {cfg.mixture_or_task_name!r} have no prompt; '
-                       f'prompt_for_task names {sorted(prompt_for_task)}.')
-    datasets = [with_prompt(converted(t), prompt_for_task[t.name]) for t in tasks]
+    indices = prompt_routing.task_indices([t.name for t in tasks], prompt_for_task,
+                                          cfg.mixture_or_task_name)
+    datasets = [with_prompt(converted(t), index) for t, index in zip(tasks, indices)]
     if len(datasets) == 1:
       ds = datasets[0]
     else:
@@ -262,6 +263,15 @@ def sorted_batches(features: Mapping[str, np.ndarray], batch_size: int, buckets:
     rows = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
     yield idx, {k: v[rows, :length] if k.startswith('encoder_') else v[rows]
                 for k, v in features.items()}
+
+
+def with_prompt_index(batch: Mapping[str, np.ndarray], prompt_index: int | None
+                      ) -> dict[str, np.ndarray]:
+  """A numpy batch with `prompt_index` [batch] set to one prompt, or without it (None: plain model)."""
+  if prompt_index is None:
+    return {k: v for k, v in batch.items() if k != 'prompt_index'}
+  return {**batch, 'prompt_index': np.full((batch['encoder_input_tokens'].shape[0],),
+                                           prompt_index, np.int32)}
 
 
 def numpy_batches(ds, skip_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:

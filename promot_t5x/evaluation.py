@@ -79,6 +79,7 @@ from promot_t5x import metrics as metrics_lib
 from promot_t5x import reports
 from promot_t5x.eval_data import TaskData, clear_data_cache, load_task_data
 from promot_t5x.models import encoder_decoder
+from promot_t5x.prompt_routing import AUTO
 
 # The result types live in their own module (below this one and reports); their names stay here.
 from promot_t5x.results import (  # noqa: F401
@@ -93,7 +94,6 @@ from promot_t5x.results import (  # noqa: F401
 )
 from promot_t5x.scoring import eval_model, evaluate_task, plain_params
 from promot_t5x.suites import (  # noqa: F401
-  AUTO,
   BEAM,
   DEFAULT_FEATURE_LENGTHS,
   DEFAULT_NAME_PREFIXES,

@@ -29,11 +29,11 @@ import numpy as np
 
 from promot_t5x import data as data_lib
 from promot_t5x import metrics as metrics_lib
-from promot_t5x import param_sets, postprocessing, sentinel
+from promot_t5x import param_sets, postprocessing, prompt_routing, sentinel
 from promot_t5x.eval_data import TaskData, as_text, load_task_data, postprocess
 from promot_t5x.models import encoder_decoder
 from promot_t5x.results import SUITE, TaskResult
-from promot_t5x.suites import AUTO, RANK_CLASSIFICATION, EvalSettings, Suite
+from promot_t5x.suites import RANK_CLASSIFICATION, EvalSettings, Suite
 
 if TYPE_CHECKING:
   from promot_t5x import partitioning
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 # Models: the plain (prompt removed) and prompted forms used at evaluation.
 # -----------------------------------------------------------------------------
 def eval_model(model: encoder_decoder.EncoderDecoderModel, keep_prompt: bool
-                ) -> encoder_decoder.EncoderDecoderModel:
+               ) -> encoder_decoder.EncoderDecoderModel:
   """The model with dropout off, and without its prompt unless `keep_prompt`.
 
   Equal configurations give equal (hashable) modules, so compiled decoders
@@ -61,36 +61,23 @@ def plain_params(params: Mapping[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in params.items() if k != param_sets.PROMPT_ROOT}
 
 
-def _resolve_prompt(suite: Suite, task: str, model: encoder_decoder.EncoderDecoderModel,
-                    params: Mapping[str, Any]) -> str | None:
-  """The prompt name a task runs with, or None (the plain model).
+def _prompt(suite: Suite, task: str, model: encoder_decoder.EncoderDecoderModel,
+            params: Mapping[str, Any]) -> str | None:
+  """The prompt name a task of `suite` runs with, or None (the plain model): `prompt_routing.choose`.
 
   AUTO: no prompt if the model (or its parameters) has none; otherwise the
   prompt named like the task (its display name or full name: multi-task
   ProMoT keeps one prompt per task), else the model's only prompt.
   """
-  prompt = suite.prompt_for_task.get(task)
-  config = model.config.prompt
-  has_params = param_sets.PROMPT_ROOT in params
-  if prompt == AUTO:
-    if config is None or not has_params:
-      return None
-    for candidate in (suite.display_name(task), task):
-      if candidate in config.names:
-        return candidate
-    if len(config.names) == 1:
-      return config.names[0]
-    raise ValueError(f'Which of the prompts {list(config.names)} should {task!r} run with? '
-                     'None is named like the task; give the prompt per task (e.g. '
-                     "TrainingEvaluator.target_prompt = {'task_name': 'prompt_name'}).")
-  if prompt is None:
-    return None
-  if config is None or not has_params:
-    raise ValueError(f'Suite {suite.name!r} asks for soft prompt {prompt!r} on {task!r} but the '
-                     'model has no soft prompt (no prompt config or no prompt parameters). '
-                     'Evaluate a checkpoint that has one, or set the prompt to None.')
-  config.index(prompt)  # raises, naming the model's prompts
-  return prompt
+  request = suite.prompt_for_task.get(task)
+  return prompt_routing.choose(
+      request, model.config.prompt, task_names=(suite.display_name(task), task),
+      has_params=param_sets.PROMPT_ROOT in params,
+      no_prompt_error=(
+          f'Suite {suite.name!r} asks for soft prompt {request!r} on {task!r} but the '
+          'model has no soft prompt (no prompt config or no prompt parameters). '
+          'Evaluate a checkpoint that has one, or set the prompt to None.'))
+
 
 # -----------------------------------------------------------------------------
 # Batches and model calls.
@@ -163,14 +150,6 @@ def _compiled_scorer(module) -> Callable[[Any, Mapping[str, Any]], jax.Array]:
 # -----------------------------------------------------------------------------
 # One task.
 # -----------------------------------------------------------------------------
-def _batch_with_prompt(batch: dict[str, np.ndarray], prompt_index: int | None
-                       ) -> dict[str, np.ndarray]:
-  if prompt_index is None:
-    return {k: v for k, v in batch.items() if k != 'prompt_index'}
-  return {**batch, 'prompt_index': np.full((batch['encoder_input_tokens'].shape[0],),
-                                           prompt_index, np.int32)}
-
-
 def _outputs(runner: _Runner, data: TaskData, settings: EvalSettings, input_length: int,
              prompt_index: int | None, max_decode_length: int,
              labels: Sequence[str] | None) -> list[str]:
@@ -183,7 +162,7 @@ def _outputs(runner: _Runner, data: TaskData, settings: EvalSettings, input_leng
     label_ids = [[s0, *ids, s1] for ids in label_ids]
   # Dispatch every batch before reading any result: host work overlaps device work.
   for idx, batch in _batches(data, settings, input_length):
-    batch = _batch_with_prompt(
+    batch = data_lib.with_prompt_index(
         {'encoder_input_tokens': batch['encoder_input_tokens']}, prompt_index)
     if labels:
       pending.append((idx, runner.rank(batch, label_ids)))
@@ -206,7 +185,7 @@ def _scores(runner: _Runner, data: TaskData, settings: EvalSettings, input_lengt
             prompt_index: int | None) -> list[float]:
   scores = [0.0] * len(data)
   for idx, batch in _batches(data, settings, input_length):
-    values = _to_host(runner.score(_batch_with_prompt(batch, prompt_index)))
+    values = _to_host(runner.score(data_lib.with_prompt_index(batch, prompt_index)))
     for row, i in enumerate(idx):
       scores[i] = float(values[row])
   return scores
@@ -235,7 +214,7 @@ def evaluate_task(model: encoder_decoder.EncoderDecoderModel, params: Any, suite
                         settings.try_in_mem_cache, settings.sentinel_format)
   _check_vocabulary(data, model)
   task = data.task
-  prompt = _resolve_prompt(suite, task_name, model, params)
+  prompt = _prompt(suite, task_name, model, params)
   runners = {} if _runners is None else _runners
   key = prompt is not None
   if key not in runners:

@@ -19,9 +19,6 @@ from promot_t5x import data as data_lib
 from promot_t5x.results import ROLES, SUITE, TARGET
 
 GREEDY, BEAM, RANK_CLASSIFICATION = 'greedy', 'beam', 'rank_classification'
-# `prompt_for_task` value meaning "the model's prompt if it has one" (the one
-# named like the task, else its only prompt); resolved per evaluated model.
-AUTO = 'auto'
 DEFAULT_FEATURE_LENGTHS = {'inputs': 1024, 'targets': 128}
 # Registration prefixes of this project's tasks, dropped from display names.
 DEFAULT_NAME_PREFIXES = ('promot_', 'mini_')
@@ -94,8 +91,8 @@ class Suite:
     split: the split to score ('eval' is the scored split of this project's tasks).
     task_feature_lengths: {'inputs': n, 'targets': m}; longer inputs are
       truncated by the task's own preprocessors (and counted).
-    prompt_for_task: {task: prompt name, or None, or AUTO}; tasks not named run
-      without a prompt.
+    prompt_for_task: {task: prompt name, or None, or `prompt_routing.AUTO`};
+      tasks not named run without a prompt (decided by `prompt_routing.choose`).
     rank_classification: {task: label strings}: score each label's likelihood
       instead of decoding (e.g. {'promot_cb_1shot': ('True', 'False', 'Neither')}).
     primary_metrics: {task: metric name} when the default (the first metric) is

@@ -44,6 +44,7 @@ from promot_t5x import (
   partitioning,
   paths,
   preflight,
+  prompt_routing,
   run_guard,
   selection,
   summaries,
@@ -102,25 +103,6 @@ class _RunLog:
 
   def close(self) -> None:
     self.summaries.close()
-
-
-def _prompt_routing(model: encoder_decoder.EncoderDecoderModel, stage: param_sets.Stage,
-                    prompt_for_task: Mapping[str, str] | None
-                    ) -> tuple[int | None, dict[str, int] | None]:
-  """(one prompt index for every example, or {task: prompt index}) for the data."""
-  if not stage.use_prompt:
-    if prompt_for_task:
-      raise ValueError(f'prompt_for_task is set but stage {stage.name!r} does not use a prompt.')
-    return None, None
-  prompt_cfg: prompts_lib.PromptConfig | None = model.config.prompt
-  if prompt_cfg is None:
-    raise ValueError(f'Stage {stage.name!r} trains through a soft prompt but the model has none: '
-                     'add a prompt to the model (T5Config.prompt = @prompts.PromptConfig(), '
-                     'PROMPT_LENGTH), as gin/runs/prompt_tuning.gin does.')
-  if prompt_for_task:
-    return None, {task: prompt_cfg.index(name) for task, name in prompt_for_task.items()}
-  name = stage.prompt_name or prompt_cfg.names[0]
-  return prompt_cfg.index(name), None
 
 
 def _initial_params(trainer: trainer_lib.Trainer, restore: ckpt_manager.RestoreConfig | None,
@@ -232,7 +214,8 @@ def train(*,
   if initial_checkpoint is not None:
     _require_file_system_path('INITIAL_CHECKPOINT_PATH', initial_checkpoint.path)
   partitioner = partitioner or partitioning.Partitioner(partitioning.make_mesh())
-  prompt_index, prompt_for_task_idx = _prompt_routing(model, stage, prompt_for_task)
+  prompt_index, prompt_for_task_idx = prompt_routing.training_routes(stage, model.config.prompt,
+                                                                     prompt_for_task)
   # Validate first: nothing is read from or written to MODEL_DIR before these pass.
   preflight.check_training(model=model, stage=stage, train_dataset=train_dataset,
                            model_dir=model_dir, partitioner=partitioner,
