@@ -1,5 +1,12 @@
 """seqio datasets for training and evaluation, as numpy batches.
 
+Both read a task the same way (`task_dataset`: seqio's preprocessed examples,
+in sentinel format when asked; `convert`: the encoder-decoder feature
+converter). Training streams batches from tf.data (`get_dataset`); evaluation
+holds a task's converted examples in memory and cuts them into fixed-shape
+batches, longest first (`sorted_batches`). Both cut encoder features to the
+same length buckets (`length_buckets`).
+
 The trainer reads one host-local shard of the global batch per process
 (`seqio.ShardInfo(index=process_index, num_shards=process_count)`); the
 partitioner stitches the shards into global arrays.
@@ -18,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from promot_t5x import prompt_routing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +72,14 @@ class DatasetConfig:
         raise ValueError(f'LENGTH_BUCKETS must be positive lengths, got {self.length_buckets}.')
       if self.pack:
         raise ValueError('LENGTH_BUCKETS and packing exclude each other; use one.')
-      full = self.task_feature_lengths['inputs']
-      buckets = tuple(b for b in buckets if b < full) + (full,)
-      object.__setattr__(self, 'length_buckets', buckets)
+      object.__setattr__(self, 'length_buckets',
+                         length_buckets(buckets, self.task_feature_lengths['inputs']))
+
+
+def length_buckets(buckets: Sequence[int], full_length: int) -> tuple[int, ...]:
+  """The encoder lengths batches are cut to: `buckets` shorter than `full_length`, then it."""
+  return tuple(b for b in sorted(int(b) for b in buckets) if b < full_length) + (
+      int(full_length),)
 
 
 def import_task_modules(module: str | tuple[str, ...] | list[str] | None) -> None:
@@ -95,10 +109,49 @@ def get_mixture_or_task(name: str):
         'module, name that module with MIXTURE_OR_TASK_MODULE.') from None
 
 
-def _feature_converter(pack: bool):
+def task_dataset(provider, task_feature_lengths: Mapping[str, int], *, split: str,
+                 shuffle: bool, seed: int | None, num_epochs: int | None = None,
+                 shard=None, use_cached: bool = False, try_in_mem_cache: bool = True,
+                 sentinel_format: bool = False, max_examples: int | None = None):
+  """A task's or mixture's preprocessed examples: the first step of `seqio.get_dataset`.
+
+  Args:
+    provider: a `seqio.Task` or `seqio.Mixture`.
+    task_feature_lengths: {'inputs': n, 'targets': m}; the task's own
+      preprocessors truncate to them.
+    split, shuffle, seed, num_epochs, use_cached, try_in_mem_cache: as in
+      `seqio.Task.get_dataset`; shard: its `shard_info` (None: the whole split).
+    sentinel_format: put inputs and targets into mT5's span-corruption format
+      (`promot_t5x.sentinel`), as training and evaluation both need.
+    max_examples: keep only the first this-many examples (None: all).
+
+  Returns:
+    A `tf.data.Dataset` of tokenized examples (`inputs`, `targets`, and the
+    task's other features, `*_pretokenized` text included).
+  """
+  ds = provider.get_dataset(
+      sequence_length=task_feature_lengths, split=split, use_cached=use_cached,
+      shuffle=shuffle, num_epochs=num_epochs, shard_info=shard, seed=seed,
+      try_in_mem_cache=try_in_mem_cache)
+  if max_examples:
+    ds = ds.take(max_examples)
+  if sentinel_format:
+    from promot_t5x import sentinel
+
+    ds = sentinel.format_dataset(ds, provider.output_features, task_feature_lengths)
+  return ds
+
+
+def convert(ds, task_feature_lengths: Mapping[str, int], pack: bool = False):
+  """The model's features of `task_dataset`'s examples (seqio's `EncDecFeatureConverter`).
+
+  Returns a dataset of `encoder_input_tokens`, `decoder_input_tokens`,
+  `decoder_target_tokens`, `decoder_loss_weights` (and the packing features
+  with `pack`), each padded to its feature length.
+  """
   import seqio
 
-  return seqio.EncDecFeatureConverter(pack=pack)
+  return seqio.EncDecFeatureConverter(pack=pack)(ds, task_feature_lengths)
 
 
 def host_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -115,7 +168,8 @@ def get_dataset(cfg: DatasetConfig, shard_index: int = 0, num_shards: int = 1,
   """A batched `tf.data.Dataset` of this host's shard (model features, numpy-ready).
 
   prompt_index: one prompt for every example; prompt_for_task: {task name:
-  prompt index} for multi-prompt mixtures (every task of the mixture must have one).
+  prompt index} for multi-prompt mixtures (every task of the mixture must have
+  one). Both come from `prompt_routing.training_routes`.
   """
   import seqio
   import tensorflow as tf
@@ -123,31 +177,23 @@ def get_dataset(cfg: DatasetConfig, shard_index: int = 0, num_shards: int = 1,
   import_task_modules(cfg.module)
   provider = get_mixture_or_task(cfg.mixture_or_task_name)
   shard = seqio.ShardInfo(index=shard_index, num_shards=num_shards) if num_shards > 1 else None
-  converter = _feature_converter(cfg.pack)
   batch = host_batch_size(cfg.batch_size, num_shards)
 
   def converted(task_or_mixture):
-    # seqio.get_dataset's two steps, with the sentinel format between them.
-    ds = task_or_mixture.get_dataset(
-        sequence_length=cfg.task_feature_lengths, split=cfg.split, use_cached=cfg.use_cached,
-        shuffle=cfg.shuffle, num_epochs=num_epochs, shard_info=shard, seed=cfg.seed,
-        try_in_mem_cache=cfg.try_in_mem_cache)
-    if cfg.sentinel_format:
-      from promot_t5x import sentinel
-
-      ds = sentinel.format_dataset(ds, task_or_mixture.output_features, cfg.task_feature_lengths)
-    return converter(ds, cfg.task_feature_lengths)
+    ds = task_dataset(task_or_mixture, cfg.task_feature_lengths, split=cfg.split,
+                      shuffle=cfg.shuffle, seed=cfg.seed, num_epochs=num_epochs, shard=shard,
+                      use_cached=cfg.use_cached, try_in_mem_cache=cfg.try_in_mem_cache,
+                      sentinel_format=cfg.sentinel_format)
+    return convert(ds, cfg.task_feature_lengths, cfg.pack)
 
   def with_prompt(ds, index):
     return ds.map(lambda ex: {**ex, 'prompt_index': tf.constant(index, tf.int32)})
 
   if prompt_for_task:
     tasks = (provider.tasks if isinstance(provider, seqio.Mixture) else [provider])
-    missing = [t.name for t in tasks if t.name not in prompt_for_task]
-    if missing:
-      raise ValueError(f'Tasks {missing} of {cfg.mixture_or_task_name!r} have no prompt; '
-                       f'prompt_for_task names {sorted(prompt_for_task)}.')
-    datasets = [with_prompt(converted(t), prompt_for_task[t.name]) for t in tasks]
+    indices = prompt_routing.task_indices([t.name for t in tasks], prompt_for_task,
+                                          cfg.mixture_or_task_name)
+    datasets = [with_prompt(converted(t), index) for t, index in zip(tasks, indices)]
     if len(datasets) == 1:
       ds = datasets[0]
     else:
@@ -187,6 +233,45 @@ def _bucketed_batches(ds, buckets: tuple[int, ...], batch: int, drop_remainder: 
     return window.batch(batch, drop_remainder=drop_remainder).map(cut)
 
   return ds.group_by_window(key_func=key, reduce_func=reduce, window_size=batch)
+
+
+def sorted_batches(features: Mapping[str, np.ndarray], batch_size: int, buckets: Sequence[int]
+                   ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+  """Fixed-shape batches of in-memory examples, longest input first (evaluation's batches).
+
+  Sorting by length makes each batch pad little; one batch size and a few
+  encoder lengths keep the compiled functions few.
+
+  Args:
+    features: {feature: [N, ...]} as `convert` makes them; needs
+      `encoder_input_tokens` [N, L], 0-padded.
+    batch_size: rows of every batch; a short last batch is filled with copies
+      of its first example (the caller drops their outputs).
+    buckets: ascending encoder lengths whose last holds every input
+      (`length_buckets`); each batch's `encoder_*` features are cut to the
+      smallest one that holds its longest input, as training's buckets are.
+
+  Yields:
+    (the indices into N of the batch's own examples [<= batch_size], the batch).
+  """
+  lengths = np.count_nonzero(features['encoder_input_tokens'], axis=1)
+  order = np.argsort(-lengths, kind='stable')
+  for start in range(0, len(order), batch_size):
+    idx = order[start:start + batch_size]
+    longest = int(lengths[idx].max())
+    length = next(b for b in buckets if b >= longest)
+    rows = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
+    yield idx, {k: v[rows, :length] if k.startswith('encoder_') else v[rows]
+                for k, v in features.items()}
+
+
+def with_prompt_index(batch: Mapping[str, np.ndarray], prompt_index: int | None
+                      ) -> dict[str, np.ndarray]:
+  """A numpy batch with `prompt_index` [batch] set to one prompt, or without it (None: plain model)."""
+  if prompt_index is None:
+    return {k: v for k, v in batch.items() if k != 'prompt_index'}
+  return {**batch, 'prompt_index': np.full((batch['encoder_input_tokens'].shape[0],),
+                                           prompt_index, np.int32)}
 
 
 def numpy_batches(ds, skip_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:

@@ -5,12 +5,13 @@ r"""`promot-train`: one training run (a stage of ProMoT, fine-tuning, pretrainin
     --gin.MIXTURE_OR_TASK_NAME=my_task --gin.MIXTURE_OR_TASK_MODULE=my_tasks \
     --gin.MODEL_DIR=/tmp/stage1 --gin.INITIAL_CHECKPOINT_PATH=/path/to/pretrained
 
-Read top to bottom, a run is:
-  1. build the trainer for the stage (which parameter sets train, which are frozen);
-  2. resume from MODEL_DIR if it holds a checkpoint, else start from
+Read top to bottom, a run (`train`) is:
+  1. check the configuration and which prompt each example runs with;
+  2. build the trainer for the stage (which parameter sets train, which are frozen);
+  3. resume from MODEL_DIR if it holds a checkpoint, else start from
      INITIAL_CHECKPOINT_PATH (T5X restore semantics) or from initialization;
-  3. stream batches of this host's data shard, skipping those already consumed;
-  4. step, log (console with ETA, TensorBoard in T5X's train/ and inference_eval/
+  4. stream batches of this host's data shard, skipping those already consumed;
+  5. step, log (console with ETA, TensorBoard in T5X's train/ and inference_eval/
      folders, metrics.jsonl), evaluate every EVAL_PERIOD,
      checkpoint every CHECKPOINT_PERIOD; stop on a NaN/Inf loss without saving it.
 
@@ -31,7 +32,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -44,6 +45,7 @@ from promot_t5x import (
   partitioning,
   paths,
   preflight,
+  prompt_routing,
   run_guard,
   selection,
   summaries,
@@ -102,25 +104,6 @@ class _RunLog:
 
   def close(self) -> None:
     self.summaries.close()
-
-
-def _prompt_routing(model: encoder_decoder.EncoderDecoderModel, stage: param_sets.Stage,
-                    prompt_for_task: Mapping[str, str] | None
-                    ) -> tuple[int | None, dict[str, int] | None]:
-  """(one prompt index for every example, or {task: prompt index}) for the data."""
-  if not stage.use_prompt:
-    if prompt_for_task:
-      raise ValueError(f'prompt_for_task is set but stage {stage.name!r} does not use a prompt.')
-    return None, None
-  prompt_cfg: prompts_lib.PromptConfig | None = model.config.prompt
-  if prompt_cfg is None:
-    raise ValueError(f'Stage {stage.name!r} trains through a soft prompt but the model has none: '
-                     'add a prompt to the model (T5Config.prompt = @prompts.PromptConfig(), '
-                     'PROMPT_LENGTH), as gin/runs/prompt_tuning.gin does.')
-  if prompt_for_task:
-    return None, {task: prompt_cfg.index(name) for task, name in prompt_for_task.items()}
-  name = stage.prompt_name or prompt_cfg.names[0]
-  return prompt_cfg.index(name), None
 
 
 def _initial_params(trainer: trainer_lib.Trainer, restore: ckpt_manager.RestoreConfig | None,
@@ -217,12 +200,76 @@ def train(*,
           run_eval_before_training: bool = False) -> TrainResult:
   """Trains `model` for `train_steps` steps of `stage` and checkpoints to `model_dir`.
 
-  run_eval_before_training: as in T5X, also evaluate the starting parameters
-  (step 0 of a fresh run) when an evaluator is given.
+  The body takes these steps in this order (each under a banner comment):
+    1. Check the configuration, and which prompt the examples run with;
+       nothing is read from or written to MODEL_DIR before this passes.
+    2. Build the trainer for the stage and take MODEL_DIR's lock.
+    3. Resume from MODEL_DIR's newest intact checkpoint, else start from
+       `initial_checkpoint` or from initialization.
+    4. Open the input pipeline: this host's data shard, each example with its
+       prompt, after the batches the run already consumed.
+    5. Train: step; log every `log_period` steps; evaluate every `eval_period`;
+       checkpoint every `checkpoint_period`, at the last step, on a new best,
+       on SIGTERM/SIGINT and after `stop_after_steps`; stop on a NaN/Inf loss
+       without saving it.
 
-  stop_after_steps: stop (after checkpointing) once this many steps ran in this
-  process; for preemption drills and tests. The run resumes on the next call.
+  Args:
+    model: the encoder-decoder model; its `T5Config` holds the soft prompt(s), if any.
+    stage: which parameter sets train and which stay frozen, and whether the
+      examples run through the prompt (`param_sets.Stage`).
+    train_dataset: the task or mixture, feature lengths, global batch size
+      and shuffling (`data.DatasetConfig`).
+    model_dir: the run's folder (MODEL_DIR): checkpoints, logs, config.gin,
+      history; a local or mounted path.
+    train_steps: the step to train up to (TRAIN_STEPS); a resumed run continues
+      toward it, one already there does nothing.
+    optimizer: the optax transformation applied to the trainable sets
+      (`optimizers`, e.g. Adafactor with per-set learning rates).
+    partitioner: the device mesh and logical-axis rules (None: every device on
+      the `data` axis, `partitioning.make_mesh()`).
+    initial_checkpoint: where a fresh run takes its parameters from
+      (INITIAL_CHECKPOINT_PATH, T5X restore semantics); None: initialization.
+      Not read when MODEL_DIR holds a checkpoint to resume from.
+    checkpoint_period: steps between checkpoints (CHECKPOINT_PERIOD).
+    keep_checkpoints: how many of the newest checkpoints to keep (None: all);
+      the best one is kept besides.
+    best_metric: an evaluation metric (e.g. 'rte/accuracy') whose best
+      checkpoint is kept and recorded in best.json; needs `evaluator` and
+      `eval_period`. None: no selection.
+    best_mode: 'max' or 'min': whether a higher or a lower `best_metric` is better.
+    eval_period: steps between evaluations (None: none); the last step is
+      evaluated too.
+    evaluator: `evaluator(model, params, step) -> {metric: value}`, e.g.
+      `evaluation.TrainingEvaluator`; None: no evaluation.
+    num_microbatches: split each batch into this many and accumulate their
+      gradients (None: one).
+    seed: the parameter initialization's seed, and dropout's unless `dropout_seed`.
+    dropout_seed: dropout's seed (None: `seed`).
+    log_period: steps between log lines (console with ETA, TensorBoard,
+      metrics.jsonl).
+    prompt_for_task: {task name: prompt name} for a multi-task mixture
+      (multi-task ProMoT: each task's examples run with their own prompt);
+      None: one prompt for the run (`prompt_routing.training_routes`).
+    max_grad_norm: clip the gradients' global norm to this (None: no clipping).
+    stop_after_steps: stop (after checkpointing) once this many steps ran in
+      this call; for preemption drills and tests. The next call resumes.
+    run_eval_before_training: as in T5X, also evaluate the starting parameters
+      (step 0 of a fresh run) when an evaluator is given.
+
+  Returns:
+    A `TrainResult`: the folder, the last step, its loss, the last
+    evaluation's metrics, the step resumed from (None: a fresh start) and the
+    signal that stopped the run, if one did.
+
+  Raises:
+    ValueError: a configuration that cannot run (before anything is written).
+    CheckpointError: MODEL_DIR's checkpoints or `initial_checkpoint` do not
+      fit the run.
+    NonFiniteLossError: the loss or the parameter update became NaN or Inf.
   """
+  # ---------------------------------------------------------------------------
+  # 1. Check the configuration.
+  # ---------------------------------------------------------------------------
   if train_steps <= 0:
     raise ValueError(f'TRAIN_STEPS must be positive, got {train_steps}.')
   if checkpoint_period <= 0:
@@ -232,18 +279,25 @@ def train(*,
   if initial_checkpoint is not None:
     _require_file_system_path('INITIAL_CHECKPOINT_PATH', initial_checkpoint.path)
   partitioner = partitioner or partitioning.Partitioner(partitioning.make_mesh())
-  prompt_index, prompt_for_task_idx = _prompt_routing(model, stage, prompt_for_task)
-  # Validate first: nothing is read from or written to MODEL_DIR before these pass.
+  prompt_index, prompt_for_task_idx = prompt_routing.training_routes(stage, model.config.prompt,
+                                                                     prompt_for_task)
   preflight.check_training(model=model, stage=stage, train_dataset=train_dataset,
                            model_dir=model_dir, partitioner=partitioner,
                            initial_checkpoint=initial_checkpoint,
                            resuming=bool(orbax_io.finished_steps(ckpt_manager.checkpoint_dir(model_dir))))
 
+  # ---------------------------------------------------------------------------
+  # 2. Build the trainer; take MODEL_DIR.
+  # ---------------------------------------------------------------------------
   trainer = trainer_lib.Trainer(model, stage, optimizer, partitioner, num_microbatches,
                                 seed if dropout_seed is None else dropout_seed, max_grad_norm)
   os.makedirs(model_dir, exist_ok=True)
   lock = run_guard.RunLock(model_dir)
   lock.acquire()
+
+  # ---------------------------------------------------------------------------
+  # 3. Resume or start.
+  # ---------------------------------------------------------------------------
   try:
     manager = ckpt_manager.TrainCheckpointManager(model_dir, keep_checkpoints, best_metric,
                                                   best_mode, model.config)
@@ -253,7 +307,6 @@ def train(*,
     lock.release()
     raise
   batches_consumed = run_meta['batches_consumed']
-
   start = int(state.step)
   if start >= train_steps:
     _log(f'{model_dir} is already at step {start} >= TRAIN_STEPS={train_steps}; nothing to do.')
@@ -261,20 +314,16 @@ def train(*,
     lock.release()
     return TrainResult(model_dir, start, None, {}, latest)
 
+  # ---------------------------------------------------------------------------
+  # 4. Input pipeline.
+  # ---------------------------------------------------------------------------
   layout = partitioner.data_layout()
-  if layout.num_shards < jax.process_count():
-    if train_dataset.shuffle and train_dataset.seed is None:
-      raise ValueError(
-          f'{jax.process_count()} processes load {layout.num_shards} data shards (processes '
-          "sharing the mesh's data rows load the same one), so they must shuffle alike: set "
-          'SEED (DatasetConfig.seed) instead of None.')
-    _log(f'{jax.process_count()} processes load {layout.num_shards} data shards (processes '
-         "on the same data rows of the mesh share one); this one loads shard "
-         f'{layout.shard_index}')
-  ds = data.get_dataset(train_dataset, layout.shard_index, layout.num_shards,
-                        num_epochs=None, prompt_index=prompt_index,
-                        prompt_for_task=prompt_for_task_idx)
-  batches = data.numpy_batches(ds, skip_batches=batches_consumed)
+  batches = _train_batches(train_dataset, layout, prompt_index, prompt_for_task_idx,
+                           batches_consumed)
+
+  # ---------------------------------------------------------------------------
+  # 5. Train loop.
+  # ---------------------------------------------------------------------------
   log = _RunLog(model_dir)
   preemption = run_guard.Preemption().install()
   _log(f'training {stage.name}: steps {start} -> {train_steps}, global batch '
@@ -283,18 +332,7 @@ def train(*,
        'parameter arrays')
 
   def check_finite(step: int, metrics: Mapping[str, Any]) -> float:
-    loss, update_norm = float(metrics['loss']), float(metrics['update_norm'])
-    if not (math.isfinite(loss) and math.isfinite(update_norm)):
-      what = f'Loss is {loss}' if not math.isfinite(loss) else (
-          f'The parameter update is {update_norm} (loss {loss})')
-      good = manager.latest_step()
-      kept = (f'the last good checkpoint (step {good}) is intact' if good is not None else
-              'no checkpoint had been saved yet, so a rerun starts from the beginning')
-      raise NonFiniteLossError(
-          f'{what} at step {step} of {model_dir}. Stopped without saving; {kept}. Lower the '
-          'learning rate, check the data (and that its vocabulary fits the model), or resume '
-          'from that checkpoint.')
-    return loss
+    return _finite_loss(step, metrics, model_dir, manager.latest_step)
 
   def evaluate(params: Any, at_step: int) -> dict[str, float]:
     metrics = {k: float(v) for k, v in evaluator(model, params, at_step).items()}
@@ -375,6 +413,49 @@ def train(*,
     manager.close()
     lock.release()
   return TrainResult(model_dir, step, last_loss, eval_metrics, latest, stopped_by)
+
+
+def _train_batches(train_dataset: data.DatasetConfig, layout: Any, prompt_index: int | None,
+                   prompt_for_task: Mapping[str, int] | None, batches_consumed: int
+                   ) -> Iterator[dict[str, Any]]:
+  """This host's numpy batches (its data shard of `layout`), after `batches_consumed`.
+
+  Processes on the same data rows of the mesh load the same shard, so they
+  must shuffle alike (a fixed seed).
+  """
+  if layout.num_shards < jax.process_count():
+    if train_dataset.shuffle and train_dataset.seed is None:
+      raise ValueError(
+          f'{jax.process_count()} processes load {layout.num_shards} data shards (processes '
+          "sharing the mesh's data rows load the same one), so they must shuffle alike: set "
+          'SEED (DatasetConfig.seed) instead of None.')
+    _log(f'{jax.process_count()} processes load {layout.num_shards} data shards (processes '
+         "on the same data rows of the mesh share one); this one loads shard "
+         f'{layout.shard_index}')
+  ds = data.get_dataset(train_dataset, layout.shard_index, layout.num_shards,
+                        num_epochs=None, prompt_index=prompt_index,
+                        prompt_for_task=prompt_for_task)
+  return data.numpy_batches(ds, skip_batches=batches_consumed)
+
+
+def _finite_loss(step: int, metrics: Mapping[str, Any], model_dir: str,
+                 last_good: Callable[[], int | None]) -> float:
+  """The step's loss; raises `NonFiniteLossError` if it or the update is NaN/Inf.
+
+  last_good: the newest saved checkpoint's step (None: none yet), asked for the message only.
+  """
+  loss, update_norm = float(metrics['loss']), float(metrics['update_norm'])
+  if not (math.isfinite(loss) and math.isfinite(update_norm)):
+    what = f'Loss is {loss}' if not math.isfinite(loss) else (
+        f'The parameter update is {update_norm} (loss {loss})')
+    good = last_good()
+    kept = (f'the last good checkpoint (step {good}) is intact' if good is not None else
+            'no checkpoint had been saved yet, so a rerun starts from the beginning')
+    raise NonFiniteLossError(
+        f'{what} at step {step} of {model_dir}. Stopped without saving; {kept}. Lower the '
+        'learning rate, check the data (and that its vocabulary fits the model), or resume '
+        'from that checkpoint.')
+  return loss
 
 
 def _resume_or_start(trainer: trainer_lib.Trainer, manager: ckpt_manager.TrainCheckpointManager,

@@ -39,7 +39,7 @@ def test_stage1_from_a_pretrained_model_initializes_only_the_prompt(tmp_path):
   params, report = ckpt_manager.restore_params(
       cfg, _abstract(prompted),
       lambda paths, restored: param_sets.flatten(prompted.init_params(jax.random.PRNGKey(1))))
-  assert report.initialized == ['prompt/task']
+  assert report.left_out == ('prompt/task',)
   flat, base_flat = param_sets.flatten(params), param_sets.flatten(base_params)
   assert all(np.array_equal(flat[p], np.asarray(base_flat[p])) for p in base_flat)
   assert flat['prompt/task'].shape == (4, 16)
@@ -73,7 +73,7 @@ def test_assignment_map_renames_and_skips(tmp_path):
   params, report = ckpt_manager.restore_params(cfg, _abstract(target),
                                                lambda paths, restored: param_sets.flatten(fresh))
   flat, base_flat = param_sets.flatten(params), param_sets.flatten(base_params)
-  assert report.initialized == ['decoder/logits_dense/kernel']
+  assert report.left_out == ('decoder/logits_dense/kernel',)
   assert np.array_equal(flat['decoder/logits_dense/kernel'],
                         np.asarray(param_sets.flatten(fresh)['decoder/logits_dense/kernel']))
   assert np.array_equal(flat['decoder/decoder_norm/scale'],

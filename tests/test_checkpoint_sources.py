@@ -151,7 +151,7 @@ def test_restore_params_lays_out_restored_and_initialized_parameters(tmp_path):
   cfg = manager.RestoreConfig(str(tmp_path / 'pretrained'), fallback_to_init=('prompt/.*',))
   params, report = manager.restore_params(cfg, nn.unbox(prompted.abstract_params()), init_fn,
                                           shardings=shardings)
-  assert report.initialized == ['prompt/task']
+  assert report.left_out == ('prompt/task',)
   assert asked == [(['prompt/task'], sorted(param_sets.flatten(base_params)))]
   flat = param_sets.flatten(params)
   for path, value in param_sets.flatten(base_params).items():

@@ -285,7 +285,7 @@ def test_compiled_decoder_is_reused_across_tasks_calls_and_checkpoints(tiny):
                                 task_feature_lengths=lengths, name_prefixes=('evaltest_',))
   evaluator = evaluation.Evaluator([suite], settings)
   first = evaluator.evaluate(model, params)
-  plain = evaluation._eval_model(model, keep_prompt=False)
+  plain = evaluation.eval_model(model, keep_prompt=False)
   decode = encoder_decoder._compiled_decoder(plain.module, 'greedy', 1, 8, 1)
   compiled = decode._cache_size()
   assert compiled == 1  # one shape for both tasks

@@ -19,8 +19,9 @@ from promot_t5x.checkpoints.hf import (
 )
 from promot_t5x.checkpoints.matching import (
     PROMPT_PATTERN,
+    CheckpointError,
     CheckpointMismatchError,
-    ImportReport,
+    CheckpointReport,
     match_params,
 )
 from promot_t5x.checkpoints.orbax_io import (
@@ -41,8 +42,9 @@ from promot_t5x.checkpoints.t5x_legacy import (
 
 __all__ = [
     'PROMPT_PATTERN',
+    'CheckpointError',
     'CheckpointMismatchError',
-    'ImportReport',
+    'CheckpointReport',
     'export_hf',
     'export_run_to_t5x',
     'export_t5x',

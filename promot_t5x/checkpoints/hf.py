@@ -448,7 +448,7 @@ def import_hf(
     allow_missing: regexes of model parameters HF cannot hold (by default
       the soft prompt, which is then left out or taken from `fallback_params`).
     fallback_params: parameter tree to take allowed-missing parameters from.
-    return_report: also return the `matching.ImportReport`.
+    return_report: also return the `matching.CheckpointReport`.
 
   Returns:
     `(EncoderDecoderModel, params)` (no vocabulary attached: set

@@ -32,11 +32,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from promot_t5x import param_sets, selection
-from promot_t5x.checkpoints import orbax_io, sources
+from promot_t5x.checkpoints import matching, orbax_io, sources
 
-# Run-folder layout and source resolution live below this module; the names stay here for callers.
+# The one error of a checkpoint check (restore and import alike), run-folder layout and
+# source resolution live below this module; the names stay here for callers.
+from promot_t5x.checkpoints.matching import CheckpointError
 from promot_t5x.checkpoints.orbax_io import best_step, checkpoint_dir  # noqa: F401
-from promot_t5x.checkpoints.sources import CheckpointError, params_item
+from promot_t5x.checkpoints.sources import params_item
 from promot_t5x.models import t5
 
 ITEMS = ('params', 'opt_state', 'meta')
@@ -80,26 +82,10 @@ def restore_config(path: str | None = None,
                        step)
 
 
-@dataclasses.dataclass
-class RestoreReport:
-  restored: list[str]
-  initialized: list[str]
-  unused_in_checkpoint: list[str]
-  source: str
-
-  def summary(self) -> str:
-    lines = [f'restored {len(self.restored)} parameters from {self.source}']
-    if self.initialized:
-      lines.append(f'initialized (not in checkpoint or mapped to None): {self.initialized}')
-    if self.unused_in_checkpoint:
-      lines.append(f'checkpoint parameters not used: {self.unused_in_checkpoint}')
-    return '\n'.join(lines)
-
-
 def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
                    init_fn: Callable[[list[str], dict[str, Any]], Mapping[str, Any]] | None = None,
                    module=None, shardings: Mapping[str, Any] | None = None,
-                   ) -> tuple[dict[str, Any], RestoreReport]:
+                   ) -> tuple[dict[str, Any], matching.CheckpointReport]:
   """Parameters for a new run: checkpoint values where mapped, init elsewhere.
 
   abstract_params: the new model's (unboxed) parameter shapes (nested).
@@ -109,33 +95,20 @@ def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
   shardings: the new model's parameter shardings (nested, like
     abstract_params): each parameter comes back a jax.Array with its sharding,
     this process reading only its devices' slices. None: whole numpy arrays.
-  Raises CheckpointError naming every parameter that is missing (and not
-  allowed to fall back) or has the wrong shape (both shapes given).
+  Returns (nested parameters, `matching.CheckpointReport`). Raises
+  `CheckpointError` naming every parameter that is missing (and not allowed
+  to fall back) or has the wrong shape (both shapes given): the shared check
+  `matching.fit`, as the importers use it.
   """
   source = sources.open_source(cfg.path, cfg.step)
   target = param_sets.flatten(abstract_params)
   flat_shardings = param_sets.flatten(shardings) if shardings is not None else {}
-  plan, initialized, missing, wrong = {}, [], [], []
-  for path, spec in target.items():
-    src = path
-    for pattern, replacement in cfg.assignment_map:
-      if re.fullmatch(pattern, path):
-        src = None if replacement is None else re.sub(pattern, replacement, path)
-        break
-    if src is None:
-      initialized.append(path)
-      continue
-    if src not in source.shapes:
-      if any(re.fullmatch(p, path) for p in cfg.fallback_to_init):
-        initialized.append(path)
-      else:
-        missing.append(path if src == path else f'{path} (mapped to {src})')
-      continue
-    shape = source.shapes[src].shape
-    if tuple(shape) != tuple(spec.shape):
-      wrong.append(f'{path}: checkpoint {tuple(shape)} vs model {tuple(spec.shape)}')
-      continue
-    plan[path] = src
+  # Checkpoint parameters the new model does not take are dropped (listed in the report).
+  check = matching.fit({path: spec.shape for path, spec in target.items()},
+                       {path: info.shape for path, info in source.shapes.items()},
+                       assignment_map=cfg.assignment_map, allow_missing=cfg.fallback_to_init,
+                       allow_unused=('.*',))
+  plan, initialized, missing, wrong = check.plan, check.left_out, check.missing, check.wrong_shape
   if missing or wrong:
     parts = [f'Checkpoint {cfg.path} does not fit the model.']
     if missing:
@@ -164,8 +137,9 @@ def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
     fresh = init_fn(list(initialized), dict(restored))
     for path in initialized:
       restored[path] = fresh[path]
-  report = RestoreReport(sorted(plan), sorted(initialized),
-                         sorted(set(source.shapes) - set(plan.values())), cfg.path)
+  report = matching.CheckpointReport(
+      source=cfg.path, loaded=tuple(sorted(plan)), left_out=tuple(sorted(initialized)),
+      from_fallback=tuple(sorted(initialized)), unused=tuple(sorted(check.unused)))
   return param_sets.unflatten(restored), report
 
 
@@ -374,6 +348,3 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
   text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
   return text if len(text) <= limit else text[:limit] + ' ...'
 
-
-def log_report(report: RestoreReport) -> None:
-  logging.info(report.summary())

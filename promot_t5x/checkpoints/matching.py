@@ -1,17 +1,21 @@
-"""Matching an imported checkpoint against a model's parameter tree.
+"""Checking a checkpoint against a model: the one check that restore and import share.
 
-Every importer (legacy T5X, Hugging Face) turns its file into a flat dict
-`{'encoder/layers_0/attention/query/kernel': np.ndarray, ...}` and hands it to
-`match_params`, which checks it against the model's abstract parameters
-(`t5.abstract_params`) and either returns the nested float32 tree or raises
-one `CheckpointMismatchError` that lists every missing, unexpected and
-wrong-shape parameter at once (a user fixing a gin file wants the whole list,
-not the first problem).
+A checkpoint's parameters are a flat `{'encoder/layers_0/attention/query/kernel':
+shape or array, ...}`; a model's are `expected_shapes(model)` (or a trainer's
+abstract parameters). `fit` compares the two: which checkpoint path each model
+parameter comes from (an optional T5X assignment map renames or skips paths),
+which model parameters the checkpoint lacks and may lack (`allow_missing`:
+the soft prompt when starting from a pretrained model), which are missing or
+of the wrong shape, and which checkpoint parameters the model does not take.
+Both users of the check turn its answer into one `CheckpointError` that lists
+every problem at once (a user fixing a gin file wants the whole list, not the
+first problem) and, when it fits, one `CheckpointReport`:
 
-Parameters the checkpoint cannot hold (the soft prompt when starting from a
-pretrained model) are allowed to be missing by regex (`allow_missing`); they
-are left out of the result, or taken from `fallback_params` when given, and
-named in the `ImportReport`.
+- the importers (legacy T5X, Mesh-TensorFlow, Hugging Face) through
+  `match_params`, which returns the nested float32 tree and copies allowed-missing
+  parameters from `fallback_params` when given;
+- the trainer's and evaluator's restore (`manager.restore_params`), which reads
+  shard by shard and initializes the allowed-missing parameters.
 """
 
 from __future__ import annotations
@@ -34,32 +38,119 @@ PROMPT_PATTERN = r'prompt/.*'
 _MAX_LISTED = 25
 
 
-class CheckpointMismatchError(ValueError):
-  """The checkpoint's parameters do not match the model's."""
+class CheckpointError(ValueError):
+  """A checkpoint is missing, incomplete, or does not fit the model (restore and import alike)."""
+
+
+# The importers' name for the same error (kept for callers that catch it by that name).
+CheckpointMismatchError = CheckpointError
 
 
 @dataclasses.dataclass(frozen=True)
-class ImportReport:
-  """What an import did: which parameters came from where."""
+class CheckpointReport:
+  """What a restore or an import took from a checkpoint, and what it did not.
+
+  Attributes:
+    source: where the checkpoint is (its path, or what the caller calls it).
+    loaded: model parameters read from the checkpoint.
+    left_out: model parameters the checkpoint lacks (or an assignment map sent
+      to None) and was allowed to lack.
+    from_fallback: of `left_out`, those that got a value elsewhere (the
+      initialization, or an import's `fallback_params`).
+    unused: checkpoint parameters the model does not take (dropped).
+  """
 
   source: str
   loaded: tuple[str, ...]
-  # Allowed to be missing and absent from the checkpoint.
   left_out: tuple[str, ...] = ()
-  # Of `left_out`: the ones taken from `fallback_params`.
   from_fallback: tuple[str, ...] = ()
-  # In the checkpoint, not in the model, and allowed to be dropped.
   unused: tuple[str, ...] = ()
 
   def summary(self) -> str:
-    lines = [f'Imported {len(self.loaded)} parameters from {self.source}.']
-    if self.left_out:
-      how = ('taken from the fallback parameters' if self.from_fallback
-             else 'left out: initialize them yourself')
-      lines.append(f'Not in the checkpoint ({how}): {", ".join(self.left_out)}.')
+    lines = [f'restored {len(self.loaded)} parameters from {self.source}']
+    if self.from_fallback:
+      lines.append('initialized (not in checkpoint or mapped to None): '
+                   f'{list(self.from_fallback)}')
+    absent = [p for p in self.left_out if p not in self.from_fallback]
+    if absent:
+      lines.append(f'left out (not in checkpoint; initialize them yourself): {absent}')
     if self.unused:
-      lines.append(f'In the checkpoint but not in the model (dropped): {", ".join(self.unused)}.')
-    return ' '.join(lines)
+      lines.append(f'checkpoint parameters not used: {list(self.unused)}')
+    return '\n'.join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+  """`fit`'s answer. Model-side lists follow the model's order, checkpoint-side the checkpoint's.
+
+  Attributes:
+    plan: {model path: checkpoint path} of the parameters to read.
+    left_out: model parameters not read and allowed not to be (mapped to None,
+      or missing and matching `allow_missing`).
+    missing: model parameters the checkpoint lacks and may not lack
+      ('path (mapped to other/path)' when an assignment map renamed it).
+    wrong_shape: 'path: checkpoint (a, b) vs model (c, d)'.
+    unexpected: checkpoint parameters no model parameter takes, not allowed.
+    unused: the same, allowed by `allow_unused`.
+  """
+
+  plan: dict[str, str]
+  left_out: list[str]
+  missing: list[str]
+  wrong_shape: list[str]
+  unexpected: list[str]
+  unused: list[str]
+
+
+def fit(expected: Mapping[str, Sequence[int]], available: Mapping[str, Sequence[int]], *,
+        assignment_map: Sequence[tuple[str, str | None]] = (),
+        allow_missing: Iterable[str] = (),
+        allow_unused: Iterable[str] = ()) -> Fit:
+  """Checks a checkpoint's parameter shapes against a model's.
+
+  Args:
+    expected: {model path: shape}, the model's parameters.
+    available: {checkpoint path: shape}, the checkpoint's.
+    assignment_map: T5X's ((regex over model paths, replacement or None), ...):
+      the first pattern that fully matches a model path gives its checkpoint
+      path (`re.sub(pattern, replacement, path)`), or None: not read (left out).
+      Unmatched paths are looked up under their own name.
+    allow_missing: regexes (full match) of model parameters the checkpoint may lack.
+    allow_unused: regexes of checkpoint parameters the model may not take.
+
+  Returns:
+    A `Fit`; nothing is raised here, each caller words its own error.
+  """
+  rules = list(zip(_compile([pattern for pattern, _ in assignment_map], 'assignment_map'),
+                   [replacement for _, replacement in assignment_map]))
+  missing_ok = _compile(allow_missing, 'allow_missing')
+  unused_ok = _compile(allow_unused, 'allow_unused')
+  plan, left_out, missing, wrong_shape, wanted = {}, [], [], [], set()
+  for path, shape in expected.items():
+    src = path
+    for pattern, replacement in rules:
+      if pattern.fullmatch(path):
+        src = None if replacement is None else pattern.sub(replacement, path)
+        break
+    if src is None:
+      left_out.append(path)
+      continue
+    wanted.add(src)
+    if src not in available:
+      if _matches(path, missing_ok):
+        left_out.append(path)
+      else:
+        missing.append(path if src == path else f'{path} (mapped to {src})')
+      continue
+    have = tuple(int(d) for d in available[src])
+    if have != tuple(int(d) for d in shape):
+      wrong_shape.append(f'{path}: checkpoint {have} vs model {tuple(int(d) for d in shape)}')
+      continue
+    plan[path] = src
+  not_taken = [p for p in available if p not in wanted]
+  return Fit(plan=plan, left_out=left_out, missing=missing, wrong_shape=wrong_shape,
+             unexpected=[p for p in not_taken if not _matches(p, unused_ok)],
+             unused=[p for p in not_taken if _matches(p, unused_ok)])
 
 
 def transformer_of(model: Any) -> t5.Transformer:
@@ -117,7 +208,7 @@ def match_params(
     allow_unused: Iterable[str] = (),
     fallback_params: Mapping[str, Any] | None = None,
     hint: str = '',
-) -> tuple[dict[str, Any], ImportReport]:
+) -> tuple[dict[str, Any], CheckpointReport]:
   """Checks `flat` against `model`'s parameters; returns (nested float32 tree, report).
 
   Args:
@@ -133,20 +224,15 @@ def match_params(
     hint: extra advice appended to a mismatch error (how to fix the config).
 
   Raises:
-    CheckpointMismatchError: listing every missing, unexpected and
+    CheckpointError: listing every missing, unexpected and
       wrong-shape parameter (with both shapes).
   """
   expected = expected_shapes(model)
-  missing_ok = _compile(allow_missing, 'allow_missing')
-  unused_ok = _compile(allow_unused, 'allow_unused')
-
-  missing = sorted(p for p in expected if p not in flat and not _matches(p, missing_ok))
-  left_out = sorted(p for p in expected if p not in flat and _matches(p, missing_ok))
-  unexpected = sorted(p for p in flat if p not in expected and not _matches(p, unused_ok))
-  unused = sorted(p for p in flat if p not in expected and _matches(p, unused_ok))
-  wrong_shape = sorted(
-      f'{p}: checkpoint {tuple(np.shape(flat[p]))} vs model {expected[p]}'
-      for p in expected if p in flat and tuple(np.shape(flat[p])) != expected[p])
+  check = fit(expected, {p: np.shape(v) for p, v in flat.items()},
+              allow_missing=allow_missing, allow_unused=allow_unused)
+  missing, left_out = sorted(check.missing), sorted(check.left_out)
+  unexpected, unused = sorted(check.unexpected), sorted(check.unused)
+  wrong_shape = sorted(check.wrong_shape)
 
   if missing or unexpected or wrong_shape:
     parts = [f'The checkpoint {source} does not match the model '
@@ -167,26 +253,26 @@ def match_params(
     if unexpected:
       advice += ' To drop checkpoint parameters the model does not use, pass allow_unused.'
     parts.append(advice + (' ' + hint if hint else ''))
-    raise CheckpointMismatchError('\n'.join(parts))
+    raise CheckpointError('\n'.join(parts))
 
-  result = {p: np.asarray(flat[p], dtype=np.float32) for p in expected if p in flat}
+  result = {p: np.asarray(flat[p], dtype=np.float32) for p in check.plan}
   from_fallback = []
   if fallback_params is not None and left_out:
     fallback_flat = param_sets.flatten(nn.unbox(fallback_params))
     for p in left_out:
       if p not in fallback_flat:
-        raise CheckpointMismatchError(
+        raise CheckpointError(
             f'{p} is missing from the checkpoint {source} and from fallback_params.')
       value = np.asarray(jax.device_get(fallback_flat[p]), dtype=np.float32)
       if value.shape != expected[p]:
-        raise CheckpointMismatchError(
+        raise CheckpointError(
             f'fallback_params[{p!r}] has shape {value.shape}; the model needs {expected[p]}.')
       result[p] = value
       from_fallback.append(p)
 
-  report = ImportReport(source=source, loaded=tuple(sorted(p for p in expected if p in flat)),
-                        left_out=tuple(left_out), from_fallback=tuple(from_fallback),
-                        unused=tuple(unused))
+  report = CheckpointReport(source=source, loaded=tuple(sorted(check.plan)),
+                            left_out=tuple(left_out), from_fallback=tuple(from_fallback),
+                            unused=tuple(unused))
   logging.info('%s', report.summary())
   if left_out and not from_fallback:
     logging.warning('Parameters not in %s were left out of the imported tree: %s', source,

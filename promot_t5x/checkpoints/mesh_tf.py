@@ -207,14 +207,14 @@ def import_mesh_tf(path: str, model: Any, *, allow_missing: Iterable[str] = (),
       prompt: `('prompt/.*',)`).
     allow_unused: regexes of checkpoint parameters to drop.
     fallback_params: a parameter tree of `model` for allowed-missing parameters.
-    return_report: also return the `matching.ImportReport`.
+    return_report: also return the `matching.CheckpointReport`.
 
   Returns:
     Nested float32 numpy parameters of `model`; with `return_report`,
     `(params, report)`.
 
   Raises:
-    matching.CheckpointMismatchError: missing, unexpected or wrong-shape parameters.
+    matching.CheckpointError: missing, unexpected or wrong-shape parameters.
   """
   prefix = _require_prefix(path)
   params, report = matching.match_params(

@@ -39,6 +39,7 @@ from etils import epath
 
 from promot_t5x import param_sets
 from promot_t5x.checkpoints import hf, orbax_io, t5x_legacy
+from promot_t5x.checkpoints.matching import CheckpointError
 
 Sharding = jax.sharding.Sharding
 
@@ -137,10 +138,6 @@ class OrbaxSource(Source):
                                                partial_restore=True))
     flat = param_sets.flatten(orbax_io.plain_dict(restored))
     return {k: flat[k] for k in wanted}
-
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing, incomplete or does not fit the model."""
 
 
 def params_item(path: str, step: int | str = 'latest') -> epath.Path:

@@ -376,7 +376,7 @@ def import_t5x(
     allow_unused: regexes of checkpoint parameters to drop.
     fallback_params: a parameter tree of `model` to take allowed-missing
       parameters from (e.g. its initialization).
-    return_report: also return the `matching.ImportReport`.
+    return_report: also return the `matching.CheckpointReport`.
 
   Returns:
     Nested dict of float32 numpy arrays with exactly `model`'s parameter paths
@@ -384,7 +384,7 @@ def import_t5x(
     `return_report`, `(params, report)`.
 
   Raises:
-    matching.CheckpointMismatchError: any parameter missing, unexpected, or of
+    matching.CheckpointError: any parameter missing, unexpected, or of
       the wrong shape (all are listed, with both shapes).
   """
   checkpoint_dir = find_checkpoint_dir(path)
