@@ -39,6 +39,8 @@ RUNTIME = [
     'sacrebleu>=2.4,<3',
     'msgpack>=1.0,<2',
     'tensorstore>=0.1.86,<0.2',
+    # gs:// run folders: orbax asks the bucket (google-cloud-storage) before it lists steps.
+    'google-cloud-storage>=3.0,<4',
     'safetensors>=0.4,<1',
     'matplotlib>=3.8,<4',
 ]

@@ -40,10 +40,11 @@ and feeds its devices' part of each batch; process 0 writes the results.
 With `--dry_run` the commands are printed (copy-pasteable) instead of run.
 Everything after `--` (or every `--gin...` flag) goes to `promot-train` (or
 `promot-eval`) unchanged. On a multi-host slice MODEL_DIR and INITIAL_CHECKPOINT_PATH must be
-on a file system every worker mounts at the same path (NFS, Filestore, a
-gcsfuse mount of a bucket): promot-train uses local file operations on them,
-so a `gs://` URL is refused (here and by promot-train). TFDS data may be a
-`gs://` URL (`--env TFDS_DATA_DIR=gs://...`): TFDS reads it itself.
+storage every worker reaches at the same path: a `gs://` bucket (promot-train
+reads and writes it through its file-system layer, promot_t5x.fs, with the
+workers' service account), or a file system every worker mounts (NFS,
+Filestore). Other URLs (`s3://`, ...) are refused (here and by promot-train).
+TFDS data may be a `gs://` URL (`--env TFDS_DATA_DIR=gs://...`): TFDS reads it itself.
 """
 
 from __future__ import annotations
@@ -338,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+
+def _is_gs(value: str) -> bool:
+  return value.strip('\'"').startswith('gs://')
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   ours, train_args = split_argv(sys.argv[1:] if argv is None else argv)
   parser = build_parser()
@@ -373,11 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     hosts = hosts_of(args.accelerator_type)
     model_dir = overrides.get('MODEL_DIR', '')
     checkpoint = overrides.get('CHECKPOINT_PATH', '')
-    if hosts > 1 and args.program == 'train' and model_dir:
+    if hosts > 1 and args.program == 'train' and model_dir and not _is_gs(model_dir):
       print(f'note: {args.accelerator_type} has {hosts} hosts; '
             f'MODEL_DIR={model_dir} must be a file system all of them mount at that path '
             '(NFS, Filestore, gcsfuse) so that they write one checkpoint.', file=sys.stderr)
-    if hosts > 1 and args.program == 'eval' and checkpoint:
+    if hosts > 1 and args.program == 'eval' and checkpoint and not _is_gs(checkpoint):
       print(f'note: {args.accelerator_type} has {hosts} hosts; every one reads '
             f'CHECKPOINT_PATH={checkpoint} at that path (NFS, Filestore, gcsfuse); '
             'process 0 writes EVAL_OUTPUT_DIR.', file=sys.stderr)

@@ -40,7 +40,7 @@ from typing import Any
 
 import jax
 
-from promot_t5x import cli, evaluation, gin_utils, param_sets, partitioning, preflight, reports, t5x_flags
+from promot_t5x import cli, evaluation, fs, gin_utils, param_sets, partitioning, paths, preflight, reports, t5x_flags
 from promot_t5x.checkpoints import manager as ckpt_manager
 from promot_t5x.checkpoints import sources
 from promot_t5x.models import encoder_decoder, t5
@@ -56,7 +56,7 @@ def resolve_step(checkpoint_path: str, checkpoint_step: int | str) -> int | None
   """The step number a run folder's 'latest' / 'best' designates (None for other formats)."""
   from promot_t5x import checkpoints as ckpt_lib
 
-  if not os.path.isdir(ckpt_manager.checkpoint_dir(checkpoint_path)):
+  if not fs.isdir(ckpt_manager.checkpoint_dir(checkpoint_path)):
     return int(checkpoint_step) if isinstance(checkpoint_step, int) else None
   if checkpoint_step == 'latest':
     return ckpt_lib.latest_step(ckpt_manager.checkpoint_dir(checkpoint_path))
@@ -174,7 +174,7 @@ def evaluate(*, model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str
   if not all_suites:
     raise ValueError('Nothing to evaluate: set EVAL_SUITE and/or MIXTURE_OR_TASK_NAME.')
   settings = settings or evaluation.EvalSettings()
-  run_name = run_name or os.path.basename(os.path.normpath(output_dir))
+  run_name = run_name or fs.basename(output_dir)
   _check_paths(checkpoint_path, output_dir)
   model, params = load_params(model, checkpoint_path, checkpoint_step, partitioner)
   step = resolve_step(checkpoint_path, checkpoint_step)
@@ -182,7 +182,7 @@ def evaluate(*, model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str
   _log(f'evaluating {checkpoint_path} (step {step}, prompts {list(prompts) or "none"}) on '
        + ', '.join(f'{s.name} ({len(s.tasks)} tasks)' for s in all_suites))
   result = evaluation.Evaluator(all_suites, settings, partitioner).evaluate(
-      model, params, step=step, run=run_name, checkpoint=os.path.abspath(checkpoint_path))
+      model, params, step=step, run=run_name, checkpoint=fs.absolute(checkpoint_path))
   if jax.process_index() == 0:
     write_outputs(result, output_dir)
   _log(reports.run_table(result))
@@ -193,34 +193,36 @@ def evaluate(*, model: encoder_decoder.EncoderDecoderModel, checkpoint_path: str
 
 def _check_paths(checkpoint_path: str, output_dir: str) -> None:
   """Fails before any work when the results could not be written or there is nothing to read."""
+  for name, path in (('CHECKPOINT_PATH', checkpoint_path), ('EVAL_OUTPUT_DIR', output_dir)):
+    problem = paths.url_path_problem(name, path, 'promot-eval')
+    if problem:
+      raise ValueError(problem)
   problem = preflight.writable_problem('EVAL_OUTPUT_DIR', output_dir)
   if problem:
     raise ValueError(problem)
-  if not os.path.exists(checkpoint_path):
+  if not fs.exists(checkpoint_path):
     raise ckpt_manager.CheckpointError(
         f'CHECKPOINT_PATH={checkpoint_path!r} does not exist. Set --gin.CHECKPOINT_PATH to a '
         'run folder (MODEL_DIR of promot-train), a step or params folder, a legacy T5X '
         'checkpoint or a Hugging Face folder.')
   if jax.process_index() == 0:
-    os.makedirs(output_dir, exist_ok=True)
+    fs.makedirs(output_dir)
 
 
 def write_outputs(result: evaluation.EvalResult, output_dir: str) -> None:
   """results.json, table.md, predictions/<suite>/<task>.jsonl and config.gin."""
-  os.makedirs(output_dir, exist_ok=True)
-  reports.write_results(result, os.path.join(output_dir, 'results.json'))
-  reports.write_predictions(result, os.path.join(output_dir, 'predictions'))
+  fs.makedirs(output_dir)
+  reports.write_results(result, fs.join(output_dir, 'results.json'))
+  reports.write_predictions(result, fs.join(output_dir, 'predictions'))
   table = reports.run_table(result)
   if any(s.role == evaluation.SUITE for s in result.suites.values()):
     table += '\n' + reports.report_markdown({result.run or 'model': result}, baseline=None)
-  with open(os.path.join(output_dir, 'table.md'), 'w') as f:
-    f.write(table)
+  fs.write_text(fs.join(output_dir, 'table.md'), table)
   try:
     config = gin_utils.config_str()
   except Exception:  # evaluate() called from Python without gin
     config = '# evaluate() was called without gin.\n'
-  with open(os.path.join(output_dir, 'config.gin'), 'w') as f:
-    f.write(config)
+  fs.write_text(fs.join(output_dir, 'config.gin'), config)
 
 
 def merge(paths: Sequence[str], output: str | None = None, names: Sequence[str] | None = None,

@@ -21,7 +21,7 @@ import os
 import tempfile
 from typing import Any
 
-from promot_t5x import data, param_sets, partitioning
+from promot_t5x import data, fs, param_sets, partitioning
 
 # Examples read from the start of the training split to count truncation.
 TRUNCATION_SAMPLE = 200
@@ -38,7 +38,10 @@ def writable_problem(name: str, path: str) -> str | None:
 
   Probes by creating a file in the folder, or in the nearest existing parent
   of a folder not yet made (file modes alone do not tell: root, ACLs, read-only mounts).
+  A `gs://` path is probed by writing and deleting an object in it.
   """
+  if not fs.is_local(path):
+    return _url_writable_problem(name, path)
   probe_dir = os.path.abspath(path)
   while not os.path.isdir(probe_dir):
     if os.path.exists(probe_dir):
@@ -53,6 +56,18 @@ def writable_problem(name: str, path: str) -> str | None:
   except OSError as e:
     return (f'{name}={path!r} cannot be written: {probe_dir} refuses new files ({e.strerror}). '
             f'Choose a writable {name}, or fix the folder\'s permissions or mount.')
+  return None
+
+
+def _url_writable_problem(name: str, path: str) -> str | None:
+  probe = fs.join(path, f'.promot-write-test-{os.getpid()}')
+  try:
+    if fs.isfile(path):
+      return f'{name}={path!r} is a file, not a folder. Give a folder path.'
+    fs.write_text(probe, '')
+    fs.remove(probe)
+  except OSError as e:
+    return f'{name}={path!r} cannot be written: {e}'
   return None
 
 

@@ -35,6 +35,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from promot_t5x import fs
 from promot_t5x import results as results_lib
 from promot_t5x.results import RESULTS_FORMAT
 
@@ -51,21 +52,17 @@ CurveLike = Union[Mapping[int, float], tuple, Sequence[Mapping[int, float]]]
 # -----------------------------------------------------------------------------
 def write_results(result: results_lib.EvalResult, path: str) -> str:
   """Writes `result` (without per-example predictions) as JSON; returns the path."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(result.to_json(include_predictions=False), f, indent=2, sort_keys=False)
-    f.write('\n')
-  os.replace(tmp, path)
+  fs.makedirs(fs.dirname(fs.absolute(path)))
+  fs.write_text(path, json.dumps(result.to_json(include_predictions=False), indent=2,
+                                 sort_keys=False) + '\n', atomic=True)
   return path
 
 
 def read_results(path: str) -> results_lib.EvalResult:
   """Reads a results.json written by `write_results` (or a folder holding one)."""
-  if os.path.isdir(path):
-    path = os.path.join(path, 'results.json')
-  with open(path) as f:
-    data = json.load(f)
+  if fs.isdir(path):
+    path = fs.join(path, 'results.json')
+  data = json.loads(fs.read_text(path))
   if data.get('format') != RESULTS_FORMAT:
     raise ValueError(f'{path} is not a promot-eval results file (format '
                      f'{data.get("format")!r}, expected {RESULTS_FORMAT!r}).')
@@ -81,20 +78,18 @@ def write_predictions(result: results_lib.EvalResult, directory: str) -> list[st
   """
   paths = []
   for suite in result.suites.values():
-    folder = os.path.join(directory, suite.name)
-    os.makedirs(folder, exist_ok=True)
+    folder = fs.join(directory, suite.name)
+    fs.makedirs(folder)
     for name, task in suite.tasks.items():
-      path = os.path.join(folder, f'{name}.jsonl')
-      with open(path, 'w') as f:
-        for record in task.predictions:
-          f.write(json.dumps({'task': task.task, **record}, ensure_ascii=False) + '\n')
+      path = fs.join(folder, f'{name}.jsonl')
+      fs.write_text(path, ''.join(json.dumps({'task': task.task, **record}, ensure_ascii=False)
+                                  + '\n' for record in task.predictions))
       paths.append(path)
   return paths
 
 
 def read_predictions(path: str) -> list[dict[str, Any]]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in fs.read_text(path).splitlines() if line.strip()]
 
 
 def read_metrics_jsonl(path: str, prefix: str = 'eval/') -> dict[str, dict[int, float]]:
@@ -104,10 +99,10 @@ def read_metrics_jsonl(path: str, prefix: str = 'eval/') -> dict[str, dict[int, 
   `eval/fewshot/triviaqa/format_specialization` becomes
   `fewshot/triviaqa/format_specialization`. A folder means its metrics.jsonl.
   """
-  if os.path.isdir(path):
-    path = os.path.join(path, 'metrics.jsonl')
+  if fs.isdir(path):
+    path = fs.join(path, 'metrics.jsonl')
   curves: dict[str, dict[int, float]] = {}
-  with open(path) as f:
+  with fs.open(path) as f:
     for line in f:
       if not line.strip():
         continue

@@ -31,6 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from promot_t5x import fs
+
 LOCK_FILE = '.lock'
 HISTORY_DIR = 'history'
 
@@ -67,13 +69,18 @@ class RunLock:
   """An exclusive lock on MODEL_DIR held for the run's lifetime (process 0 holds it)."""
 
   def __init__(self, model_dir: str):
-    self.path = os.path.join(model_dir, LOCK_FILE)
+    self.path = fs.join(model_dir, LOCK_FILE)
     self._fd: int | None = None
+    self.local = fs.is_local(model_dir)
 
   def acquire(self) -> None:
     """Takes the lock, or raises RunLockedError naming the holder, on every process."""
     import fcntl
 
+    if not self.local:
+      warn(f'{fs.dirname(self.path)} is on object storage, which has no file locks: nothing '
+           'stops a second run on the same MODEL_DIR, so start only one.')
+      return
     problem = None
     if jax.process_index() == 0:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -181,21 +188,17 @@ def record_start(model_dir: str, config: str, model_info: str, start: Mapping[st
   """
   if jax.process_index() != 0:
     return ''
-  history = os.path.join(model_dir, HISTORY_DIR)
-  os.makedirs(history, exist_ok=True)
-  n = 1 + max((int(d) for d in os.listdir(history) if d.isdigit()), default=0)
-  folder = os.path.join(history, f'{n:03d}')
-  os.makedirs(folder)
+  history = fs.join(model_dir, HISTORY_DIR)
+  fs.makedirs(history)
+  n = 1 + max((int(d) for d in fs.listdir(history) if d.isdigit()), default=0)
+  folder = fs.join(history, f'{n:03d}')
+  fs.makedirs(folder, exist_ok=False)
   files = {'config.gin': config, 'model-info.txt': model_info,
            'start.json': json.dumps(dict(start), indent=1, default=str) + '\n'}
   for name, text in files.items():
-    with open(os.path.join(folder, name), 'w') as f:
-      f.write(text)
+    fs.write_text(fs.join(folder, name), text)
   for name in ('config.gin', 'model-info.txt'):
-    tmp = os.path.join(model_dir, name + '.tmp')
-    with open(tmp, 'w') as f:
-      f.write(files[name])
-    os.replace(tmp, os.path.join(model_dir, name))
+    fs.write_text(fs.join(model_dir, name), files[name], atomic=True)
   return folder
 
 
@@ -206,7 +209,7 @@ def source_of(initial_checkpoint: Any) -> dict[str, Any] | None:
   from promot_t5x.checkpoints import manager as ckpt_manager
   from promot_t5x.checkpoints import orbax_io
 
-  path = os.path.abspath(initial_checkpoint.path)
+  path = fs.absolute(initial_checkpoint.path)
   step = None
   ckdir = ckpt_manager.checkpoint_dir(path)
   steps = orbax_io.finished_steps(ckdir)

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
+
+from promot_t5x import fs
 
 BEST_FILE = 'best.json'
 # The metric orbax's keep-best policy ranks checkpoints by: the record's order.
@@ -69,22 +70,18 @@ def check_config(best_metric: str | None, best_mode: str, has_evaluator: bool,
 
 def read_best(checkpoint_directory: str) -> BestRecord | None:
   """The run's recorded best (None when it records none)."""
-  path = os.path.join(checkpoint_directory, BEST_FILE)
-  if not os.path.exists(path):
+  path = fs.join(checkpoint_directory, BEST_FILE)
+  if not fs.exists(path):
     return None
-  with open(path) as f:
-    raw = json.load(f)
+  raw = json.loads(fs.read_text(path))
   return BestRecord(step=int(raw['step']), metric=raw['metric'], value=float(raw['value']),
                     order=int(raw.get('order', 1)))
 
 
 def write_best(checkpoint_directory: str, record: BestRecord) -> None:
   """Writes best.json atomically (call it on one process)."""
-  path = os.path.join(checkpoint_directory, BEST_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(dataclasses.asdict(record), f)
-  os.replace(tmp, path)
+  fs.write_text(fs.join(checkpoint_directory, BEST_FILE), json.dumps(dataclasses.asdict(record)),
+                atomic=True)
 
 
 def improves(best: BestRecord | None, value: float, mode: str) -> bool:
@@ -104,4 +101,4 @@ def metric_value(metrics: Mapping[str, Any], best_metric: str) -> float:
 
 def checkpoint_step(run_dir: str) -> str:
   """'best' when the run folder recorded a best checkpoint, else 'latest'."""
-  return 'best' if read_best(os.path.join(run_dir, 'checkpoints')) is not None else 'latest'
+  return 'best' if read_best(fs.join(run_dir, 'checkpoints')) is not None else 'latest'

@@ -19,11 +19,12 @@ side, as for a T5X run.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from promot_t5x import fs
 
 TRAIN_DIR = 'train'
 TRAINING_EVAL_DIR = 'training_eval'
@@ -44,7 +45,7 @@ class RunSummaries:
       from clu import metric_writers
 
       self._writers[relative] = metric_writers.create_default_writer(
-          os.path.join(self.model_dir, relative), asynchronous=False)
+          fs.join(self.model_dir, relative), asynchronous=False)
     return self._writers[relative]
 
   def _write(self, relative: str, step: int, scalars: Mapping[str, float]) -> None:
@@ -57,7 +58,7 @@ class RunSummaries:
 
   def training_eval(self, step: int, task: str, scalars: Mapping[str, float]) -> None:
     """Teacher-forced metrics of `task` into MODEL_DIR/training_eval/<task>/."""
-    self._write(os.path.join(TRAINING_EVAL_DIR, task), step, scalars)
+    self._write(f'{TRAINING_EVAL_DIR}/{task}', step, scalars)
 
   def inference_eval(self, step: int, metrics: Mapping[str, float]) -> None:
     """Evaluator metrics `<task>/<metric>` into MODEL_DIR/inference_eval/<task>/ as `eval/<metric>`."""
@@ -66,7 +67,7 @@ class RunSummaries:
       task, _, metric = name.rpartition('/')
       by_task.setdefault(task, {})[f'eval/{metric}'] = value
     for task, scalars in by_task.items():
-      self._write(os.path.join(INFERENCE_EVAL_DIR, task) if task else INFERENCE_EVAL_DIR,
+      self._write(f'{INFERENCE_EVAL_DIR}/{task}' if task else INFERENCE_EVAL_DIR,
                   step, scalars)
 
   def close(self) -> None:

@@ -29,7 +29,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +39,7 @@ import jax
 from promot_t5x import (
   cli,
   data,
+  fs,
   gin_utils,
   param_sets,
   partitioning,
@@ -88,7 +88,7 @@ class _RunLog:
 
   def __init__(self, model_dir: str):
     self.enabled = jax.process_index() == 0
-    self.jsonl = os.path.join(model_dir, 'metrics.jsonl')
+    self.jsonl = fs.join(model_dir, 'metrics.jsonl')
     self.summaries = summaries.RunSummaries(model_dir, enabled=self.enabled)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -99,8 +99,7 @@ class _RunLog:
     self.summaries.inference_eval(step, evals)
     self.summaries.train(step, {self._T5X_TAGS.get(k, k): v for k, v in scalars.items()
                                 if not k.startswith('eval/')})
-    with open(self.jsonl, 'a') as f:
-      f.write(json.dumps({'step': step, **scalars}) + '\n')
+    fs.append_text(self.jsonl, json.dumps({'step': step, **scalars}) + '\n')
 
   def close(self) -> None:
     self.summaries.close()
@@ -173,6 +172,8 @@ def _require_file_system_path(name: str, path: str) -> None:
   problem = paths.url_path_problem(name, path)
   if problem:
     raise ValueError(problem)
+  if not fs.is_local(path):
+    fs.exists(path)  # a bucket out of reach fails here, saying why (fs.RemoteAccessError)
 
 
 def train(*,
@@ -291,7 +292,7 @@ def train(*,
   # ---------------------------------------------------------------------------
   trainer = trainer_lib.Trainer(model, stage, optimizer, partitioner, num_microbatches,
                                 seed if dropout_seed is None else dropout_seed, max_grad_norm)
-  os.makedirs(model_dir, exist_ok=True)
+  fs.makedirs(model_dir)
   lock = run_guard.RunLock(model_dir)
   lock.acquire()
 
@@ -511,8 +512,8 @@ def promot(*, model_dir: str, stage1: Callable[..., TrainResult],
   starts from stage 1's result (prompt and model); each stage resumes or is
   skipped if already finished, so the recipe can be re-run after a crash.
   """
-  dir1 = os.path.join(model_dir, 'stage1')
-  dir2 = os.path.join(model_dir, 'stage2')
+  dir1 = fs.join(model_dir, 'stage1')
+  dir2 = fs.join(model_dir, 'stage2')
   r1 = stage1(model_dir=dir1)
   if r1.stopped_by:  # preempted: stage 2 must not start from an unfinished stage 1
     return r1, r1

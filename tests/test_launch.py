@@ -87,9 +87,9 @@ def test_slice_sizes(accelerator, devices, hosts):
   assert tpu_pod.hosts_of(accelerator) == hosts
 
 
-@pytest.mark.parametrize('flag', ['--gin.MODEL_DIR=gs://bucket/promot/rte',
-                                  "--gin.INITIAL_CHECKPOINT_PATH='gs://bucket/ckpt'"])
-def test_tpu_pod_refuses_a_url_where_promot_train_needs_a_mounted_path(capsys, flag):
+@pytest.mark.parametrize('flag', ['--gin.MODEL_DIR=s3://bucket/promot/rte',
+                                  "--gin.INITIAL_CHECKPOINT_PATH='s3://bucket/ckpt'"])
+def test_tpu_pod_refuses_a_url_promot_train_cannot_write(capsys, flag):
   args = ['--tpu=pod1', '--zone=z', '--project=p', '--accelerator_type=v4-64',
           '--repo_url=https://example.com/promot.git', '--dry_run', *TRAIN_ARGS, flag]
   with pytest.raises(SystemExit) as e:
@@ -98,6 +98,17 @@ def test_tpu_pod_refuses_a_url_where_promot_train_needs_a_mounted_path(capsys, f
   out, err = capsys.readouterr()
   assert 'is a URL' in err and 'gcsfuse' in err and '/mnt/gcs/' in err
   assert 'gcloud' not in out   # nothing printed (or run) before the refusal
+
+
+def test_tpu_pod_passes_a_gs_model_dir_to_every_worker(capsys):
+  args = ['--tpu=pod1', '--zone=z', '--project=p', '--accelerator_type=v4-64',
+          '--repo_url=https://example.com/promot.git', '--dry_run', *TRAIN_ARGS,
+          '--gin.MODEL_DIR=gs://bucket/promot/rte',
+          "--gin.INITIAL_CHECKPOINT_PATH='gs://bucket/ckpt'"]
+  assert tpu_pod.main(args) == 0
+  out, err = capsys.readouterr()
+  assert 'gs://bucket/promot/rte' in remote_command(printed_commands(out)[-1])
+  assert 'is a URL' not in err and 'must be a file system' not in err  # no mount needed
 
 
 def test_tpu_pod_rejects_a_mesh_that_does_not_match_the_slice(capsys):
@@ -211,7 +222,7 @@ def test_tpu_pod_starts_promot_eval_on_every_worker(capsys):
   assert 'every one reads CHECKPOINT_PATH=/mnt/gcs/promot/rte/stage2' in err  # 8 hosts
 
   # The eval paths are checked as promot-eval uses them; the mesh as in training.
-  for bad, expected in [('--gin.CHECKPOINT_PATH=gs://bucket/stage2', 'promot-eval reads'),
+  for bad, expected in [('--gin.CHECKPOINT_PATH=s3://bucket/stage2', 'promot-eval reads'),
                         ('--gin.MESH_DATA=8', 'MESH_DATA=8 x MESH_MODEL=8 = 64')]:
     with pytest.raises(SystemExit) as e:
       tpu_pod.main(['--tpu=pod1', '--zone=z', '--project=p', '--accelerator_type=v4-64',

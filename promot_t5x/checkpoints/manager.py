@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -31,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from promot_t5x import param_sets, selection
+from promot_t5x import fs, param_sets, selection
 from promot_t5x.checkpoints import matching, orbax_io, sources
 
 # The one error of a checkpoint check (restore and import alike), run-folder layout and
@@ -177,7 +176,7 @@ class TrainCheckpointManager:
     state stays in the run's own layout: resume with the same `scan_layers`)."""
     self._scanned = model_config if getattr(model_config, 'scan_layers', False) else None
     selection.check_config(None, best_mode, False, None)
-    self.directory = checkpoint_dir(os.path.abspath(model_dir))
+    self.directory = checkpoint_dir(fs.absolute(model_dir))
     self.best_metric = best_metric
     self.best_mode = best_mode
     # Held in memory on every process (all see the same metrics), so every
@@ -311,19 +310,19 @@ class TrainCheckpointManager:
 
   def _move_aside(self, steps: Sequence[int]) -> list[str]:
     """Moves step folders to MODEL_DIR/bad_checkpoints/ (process 0; all processes wait)."""
-    bad_dir = os.path.join(os.path.dirname(self.directory), 'bad_checkpoints')
+    bad_dir = fs.join(fs.dirname(self.directory), 'bad_checkpoints')
     moved = []
     for step in steps:
-      where = os.path.join(bad_dir, str(step))
+      where = fs.join(bad_dir, str(step))
       n = 1
-      while os.path.exists(where):
+      while fs.exists(where):
         n += 1
-        where = os.path.join(bad_dir, f'{step}.{n}')
+        where = fs.join(bad_dir, f'{step}.{n}')
       moved.append(where)
     if jax.process_index() == 0:
-      os.makedirs(bad_dir, exist_ok=True)
+      fs.makedirs(bad_dir)
       for step, where in zip(steps, moved):
-        os.replace(os.path.join(self.directory, str(step)), where)
+        fs.replace(fs.join(self.directory, str(step)), where)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 

@@ -20,7 +20,6 @@ it.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +27,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from promot_t5x import fs
 
 CHECKPOINTS_DIR = 'checkpoints'
 PARAMS_ITEM = 'params'
@@ -46,7 +47,7 @@ def save_params(directory: str | epath.PathLike, params: Mapping[str, Any], *,
     raise FileExistsError(f'{directory} exists; pass force=True (--force) to overwrite it.')
   params = jax.tree_util.tree_map(np.asarray, dict(params))
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory.absolute(), params, force=force)
+  checkpointer.save(fs.path(directory), params, force=force)
   checkpointer.wait_until_finished()
   return directory
 
@@ -57,7 +58,7 @@ def _is_item(path: epath.Path) -> bool:
 
 def checkpoint_dir(model_dir: str) -> str:
   """The folder of a run's step folders (MODEL_DIR/checkpoints)."""
-  return os.path.join(model_dir, CHECKPOINTS_DIR)
+  return fs.join(model_dir, CHECKPOINTS_DIR)
 
 
 def finished_steps(checkpoints_dir: str | epath.PathLike) -> list[int]:
@@ -84,11 +85,10 @@ def latest_step(checkpoints_dir: str | epath.PathLike) -> int | None:
 
 def best_step(model_dir: str) -> int | None:
   """The step recorded as best on the run's metric (None when not tracked)."""
-  path = os.path.join(checkpoint_dir(model_dir), 'best.json')
-  if not os.path.exists(path):
+  path = fs.join(checkpoint_dir(model_dir), 'best.json')
+  if not fs.exists(path):
     return None
-  with open(path) as f:
-    return int(json.load(f)['step'])
+  return int(json.loads(fs.read_text(path))['step'])
 
 
 def find_params_item(path: str | epath.PathLike) -> epath.Path:
@@ -121,13 +121,13 @@ def load_params(path: str | epath.PathLike) -> dict[str, Any]:
   """Nested dict of numpy arrays from a run, step or params folder (see `find_params_item`)."""
   item = find_params_item(path)
   # The item's own metadata (step folders keep theirs one level up).
-  tree = ocp.PyTreeCheckpointHandler().metadata(item.absolute()).tree
+  tree = ocp.PyTreeCheckpointHandler().metadata(fs.path(item)).tree
   checkpointer = ocp.PyTreeCheckpointer()
   # Restore every leaf as a host numpy array: no sharding or device layout
   # from the writer is needed.
   restore_args = jax.tree_util.tree_map(
       lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  restored = checkpointer.restore(item.absolute(),
+  restored = checkpointer.restore(fs.path(item),
                                   args=ocp.args.PyTreeRestore(restore_args=restore_args))
   return jax.tree_util.tree_map(np.asarray, plain_dict(restored))
 

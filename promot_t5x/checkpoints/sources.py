@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from promot_t5x import param_sets
+from promot_t5x import fs, param_sets
 from promot_t5x.checkpoints import hf, orbax_io, t5x_legacy
 from promot_t5x.checkpoints.matching import CheckpointError
 
@@ -115,7 +114,7 @@ class OrbaxSource(Source):
   kind = 'orbax'
 
   def __init__(self, path: str, item: epath.Path):
-    self.item = item.absolute()
+    self.item = fs.path(item)
     tree = ocp.PyTreeCheckpointHandler().metadata(self.item).tree
     flat = param_sets.flatten(orbax_io.plain_dict(tree))
     super().__init__(path, {k: ArrayInfo(tuple(m.shape), np.dtype(m.dtype))
@@ -155,7 +154,7 @@ def params_item(path: str, step: int | str = 'latest') -> epath.Path:
       the step asked for.
   """
   ckdir = orbax_io.checkpoint_dir(path)
-  if os.path.isdir(ckdir):
+  if fs.isdir(ckdir):
     steps = orbax_io.finished_steps(ckdir)
     if not steps:
       raise CheckpointError(f'Run folder {path} has no complete checkpoint under {ckdir}.')
@@ -170,7 +169,7 @@ def params_item(path: str, step: int | str = 'latest') -> epath.Path:
       chosen = int(step)
     if chosen not in steps:
       raise CheckpointError(f'Step {chosen} is not among the complete checkpoints {steps} of {path}.')
-    path = os.path.join(ckdir, str(chosen))
+    path = fs.join(ckdir, str(chosen))
   return orbax_io.find_params_item(path)
 
 
