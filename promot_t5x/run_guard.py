@@ -15,12 +15,19 @@
   latest accepted ones.
 - `refuse_mismatch`, `warn_changes`: a resume's configuration against what its checkpoint records
   (stage, the stage-1 checkpoint a stage 2 started from, batch size, learning rate).
+- `raise_if_disk_full`, `raise_if_unreadable_initial`, `remove_unused_start`:
+  a full disk and a damaged INITIAL_CHECKPOINT_PATH reported in one paragraph
+  with the fix, and a start that failed before its first record leaves no
+  MODEL_DIR behind.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import sys
@@ -37,6 +44,10 @@ HISTORY_DIR = 'history'
 
 class RunLockedError(RuntimeError):
   """Another process holds MODEL_DIR's lock."""
+
+
+class DiskFullError(OSError):
+  """The disk (or quota) of MODEL_DIR is full; the checkpoints saved before are intact."""
 
 
 def _log(msg: str) -> None:
@@ -291,3 +302,107 @@ def learning_rate_macro() -> float | None:
     if v is not None:
       return v
   return None
+
+
+# -----------------------------------------------------------------------------
+# A full disk, a damaged starting checkpoint, a start that failed.
+# -----------------------------------------------------------------------------
+_DISK_FULL_TEXT = re.compile(r'No space left on device|Disk quota exceeded|'
+                             r"os_error_code='(28|122)'")
+_FAILED_FILE = re.compile(r'(?:Failed writing|local file): "([^"]+)"')
+
+
+def _chain(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def is_disk_full(e: BaseException) -> bool:
+  """Whether `e` (or an error it came from) is ENOSPC/EDQUOT, as OSError or TensorStore text."""
+  return any((isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT))
+             or bool(_DISK_FULL_TEXT.search(str(x))) for x in _chain(e))
+
+
+def raise_if_disk_full(e: BaseException, model_dir: str) -> None:
+  """Raises DiskFullError (the fix, the last good checkpoint) from `e` when `e` is a full disk."""
+  if not is_disk_full(e):
+    return
+  from promot_t5x.checkpoints import manager as ckpt_manager
+  from promot_t5x.checkpoints import orbax_io
+
+  where = ''
+  for x in _chain(e):
+    match = _FAILED_FILE.search(str(x))
+    name = getattr(x, 'filename', None) if isinstance(x, OSError) else None
+    if name or match:
+      where = f' while writing {name or match.group(1)}'
+      break
+  ckdir = ckpt_manager.checkpoint_dir(os.path.abspath(model_dir))
+  steps = orbax_io.finished_steps(ckdir)
+  kept = (f'The last good checkpoint, {ckdir}/{steps[-1]}, is intact (a save that did not '
+          'finish is never taken for a checkpoint and is removed on the next start).'
+          if steps else 'No checkpoint had been saved yet, so a rerun starts from the beginning.')
+  full = DiskFullError(
+      f'No space left on the disk of MODEL_DIR={model_dir}{where}. {kept} Free space on that '
+      'disk (or raise the quota), or give another MODEL_DIR on a disk with room (copy this '
+      'run folder there first to keep its checkpoints); then run the same command again'
+      + (f' to resume from step {steps[-1]}.' if steps else '.'))
+  full.errno = errno.ENOSPC
+  raise full from e
+
+
+def raise_if_unreadable_initial(e: BaseException, path: str) -> None:
+  """Raises CheckpointError naming INITIAL_CHECKPOINT_PATH when reading it failed.
+
+  An error that already explains itself (a checkpoint that does not fit the
+  model, a path that does not exist: CheckpointError) is left as it is.
+  """
+  from promot_t5x.checkpoints import manager as ckpt_manager
+
+  if isinstance(e, ckpt_manager.CheckpointError) or not isinstance(
+      e, (OSError, ValueError, RuntimeError, KeyError)):
+    return
+  text = str(e).strip()
+  first = text.splitlines()[0] if text else type(e).__name__
+  first = re.sub(r"\s*\[tensorstore_spec=.*", '', first)
+  if len(first) > 400:
+    first = first[:400] + ' ...'
+  raise ckpt_manager.CheckpointError(
+      f'INITIAL_CHECKPOINT_PATH={path} could not be read ({first}). The checkpoint is damaged '
+      'or incomplete (a truncated or garbled file, a copy or download that did not finish). '
+      'Copy it again from its source, or set INITIAL_CHECKPOINT_PATH to an intact checkpoint '
+      '(another step folder of that run, .../checkpoints/<step>). Nothing was written to '
+      'MODEL_DIR.') from e
+
+
+def first_missing_folder(path: str) -> str | None:
+  """The topmost folder of `path` that does not exist yet (what os.makedirs would create)."""
+  path = os.path.abspath(path)
+  top = None
+  while not os.path.exists(path):
+    top = path
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return top
+
+
+def remove_unused_start(created: str | None, model_dir: str) -> None:
+  """Removes the folders a failed start created, if they hold nothing but its lock file.
+
+  Args:
+    created: `first_missing_folder(model_dir)` before the start made MODEL_DIR
+      (None: MODEL_DIR existed; nothing is removed).
+    model_dir: MODEL_DIR.
+  """
+  if created is None or jax.process_index() != 0 or not os.path.isdir(created):
+    return
+  allowed = {os.path.join(os.path.abspath(model_dir), LOCK_FILE)}
+  for root, _, files in os.walk(created):
+    if any(os.path.join(root, f) not in allowed for f in files):
+      return  # something else is there: keep everything
+  shutil.rmtree(created, ignore_errors=True)

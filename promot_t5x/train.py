@@ -178,8 +178,12 @@ def _initial_params(trainer: trainer_lib.Trainer, restore: ckpt_manager.RestoreC
   abstract_params = trainer.abstract_params
   if scanned is not None:
     abstract_params = t5.unscan_params(abstract_params, scanned, take=t5.take_layer_abstract)
-  params, report = ckpt_manager.restore_params(restore, abstract_params,
-                                               init_from_restored, model.module, shardings)
+  try:
+    params, report = ckpt_manager.restore_params(restore, abstract_params,
+                                                 init_from_restored, model.module, shardings)
+  except Exception as e:
+    run_guard.raise_if_unreadable_initial(e, restore.path)
+    raise
   _log(report.summary())
   if scanned is not None:
     params = jax.device_put(t5.scan_params(params, scanned), scanned_shardings)
@@ -241,6 +245,7 @@ def train(*,
 
   trainer = trainer_lib.Trainer(model, stage, optimizer, partitioner, num_microbatches,
                                 seed if dropout_seed is None else dropout_seed, max_grad_norm)
+  created = run_guard.first_missing_folder(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   lock = run_guard.RunLock(model_dir)
   lock.acquire()
@@ -249,8 +254,10 @@ def train(*,
                                                   best_mode, model.config)
     state, latest, run_meta = _resume_or_start(trainer, manager, model_dir, initial_checkpoint,
                                                train_dataset.batch_size, seed)
-  except BaseException:
+  except BaseException as e:
     lock.release()
+    run_guard.remove_unused_start(created, model_dir)  # a failed first start leaves no MODEL_DIR
+    run_guard.raise_if_disk_full(e, model_dir)
     raise
   batches_consumed = run_meta['batches_consumed']
 
@@ -369,6 +376,9 @@ def train(*,
           break
     if pending is not None:
       last_loss = check_finite(*pending)
+  except Exception as e:
+    run_guard.raise_if_disk_full(e, model_dir)
+    raise
   finally:
     preemption.uninstall()
     log.close()

@@ -8,6 +8,8 @@ helpers are test_train_runs.py's.
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -213,6 +215,113 @@ def test_truncated_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the
   assert _steps(run_dir) == [2]
   after = _final_params(run_dir)
   assert all(np.array_equal(at_2[p], after[p]) for p in at_2)  # the intact one, untouched
+
+
+def _tmpfs_unavailable():
+  """Why a tmpfs cannot be mounted in a user and mount namespace here (None: it can)."""
+  if shutil.which('unshare') is None or shutil.which('fallocate') is None:
+    return 'unshare or fallocate (util-linux) is not installed'
+  r = subprocess.run(['unshare', '--user', '--map-root-user', '--mount', 'sh', '-c',
+                      'd=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs "$d" && umount "$d"; '
+                      'rc=$?; rmdir "$d"; exit $rc'], capture_output=True, text=True)
+  return None if r.returncode == 0 else f'unshare/mount failed: {r.stderr.strip()[:200]}'
+
+
+def test_full_disk_while_saving_is_one_paragraph_and_the_last_checkpoint_resumes(tmp_path,
+                                                                                fixtures_dir):
+  """A real full disk: a 4 MiB tmpfs in a user+mount namespace (no root needed), filled up."""
+  why = _tmpfs_unavailable()
+  if why:
+    pytest.skip(f'a full disk needs a small file system of its own: {why}')
+  env = _env(fixtures_dir)
+  common = [*FINETUNE, '--gin.CHECKPOINT_PERIOD=2']
+  _run(_cmd(*_toy_args(fixtures_dir, tmp_path / 'straight'), *common, '--gin.TRAIN_STEPS=4'), env)
+  disk, out = tmp_path / 'disk', tmp_path / 'out'
+  disk.mkdir()
+  out.mkdir()
+  run_dir = disk / 'run'
+
+  def train(steps, name):
+    cmd = shlex.join(_cmd(*_toy_args(fixtures_dir, run_dir), *common, f'--gin.TRAIN_STEPS={steps}'))
+    return f'{cmd} >{out}/{name}.out 2>{out}/{name}.err; echo $? >{out}/{name}.rc'
+
+  # The tmpfs lives as long as the namespace: one script runs the whole story in it.
+  script = '\n'.join([
+      f'mount -t tmpfs -o size=4m tmpfs {disk} || exit 3',
+      train(2, 'first'),  # checkpoint 2 (~330 KB)
+      f'cp -a {run_dir} {out}/at_2',
+      # Fill the disk, leaving 120 KiB: the resume's records fit, checkpoint 4 does not.
+      f'avail=$(df -B1 --output=avail {disk} | tail -1)',
+      f'fallocate -l $((avail - 120 * 1024)) {disk}/filler || exit 4',
+      train(4, 'full'),
+      f'cp -a {run_dir} {out}/after_full',
+      f'rm {disk}/filler',  # the fix: free space
+      train(4, 'resumed'),
+      f'cp -a {run_dir} {out}/resumed_dir'])
+  r = subprocess.run(['unshare', '--user', '--map-root-user', '--mount', 'bash', '-c', script],
+                     cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = {n: ((out / f'{n}.rc').read_text().strip(), (out / f'{n}.out').read_text(),
+                (out / f'{n}.err').read_text()) for n in ('first', 'full', 'resumed')}
+  assert result['first'][0] == '0', result['first'][2][-3000:]
+
+  rc, stdout, stderr = result['full']
+  assert rc == '1', stdout[-2000:] + stderr[-3000:]
+  assert f'promot-train: DiskFullError: No space left on the disk of MODEL_DIR={run_dir}' in stderr
+  assert f'The last good checkpoint, {run_dir}/checkpoints/2, is intact' in stderr
+  assert 'Free space on that disk' in stderr and 'another MODEL_DIR' in stderr
+  assert 'run the same command again to resume from step 2.' in stderr
+  assert len([line for line in stderr.splitlines() if line.startswith('promot-train:')]) == 1
+  _no_traceback(stderr)
+  assert len(stderr) < 3000, stderr[-3000:]
+  # Nothing lost: checkpoint 2 as it was, and only it.
+  assert _steps(out / 'after_full') == [2]
+  at_2, after = _final_params(out / 'at_2'), _final_params(out / 'after_full')
+  assert all(np.array_equal(at_2[p], after[p]) for p in at_2)
+
+  rc, stdout, stderr = result['resumed']
+  assert rc == '0', stderr[-3000:]
+  assert f'resuming {run_dir} from step 2' in stdout
+  assert _steps(out / 'resumed_dir') == [2, 4]
+  straight, resumed = _final_params(tmp_path / 'straight'), _final_params(out / 'resumed_dir')
+  for p in straight:
+    assert np.array_equal(straight[p], resumed[p]), p
+
+
+# -----------------------------------------------------------------------------
+# A damaged INITIAL_CHECKPOINT_PATH.
+# -----------------------------------------------------------------------------
+@pytest.mark.parametrize('damage', ['truncated', 'garbled'])
+def test_damaged_initial_checkpoint_is_named_and_nothing_is_written(tmp_path, fixtures_dir,
+                                                                    damage):
+  env = _env(fixtures_dir)
+  base = tmp_path / 'base'
+  _run(_cmd(*_toy_args(fixtures_dir, base), *FINETUNE, '--gin.TRAIN_STEPS=2'), env)
+  # The arrays' data files (OCDBT), as a copy or download that did not finish leaves them.
+  data_files = [p for p in (base / 'checkpoints' / '2' / 'params').rglob('*')
+                if p.is_file() and p.parent.name == 'd']
+  assert data_files
+  for p in data_files:
+    size = p.stat().st_size
+    with open(p, 'r+b') as f:
+      if damage == 'truncated':
+        f.truncate(size // 3)
+      else:
+        f.seek(0)
+        f.write(bytes(range(256)) * (size // 256) + bytes(size % 256))
+
+  run_dir = tmp_path / 'new' / 'stage1'
+  r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), '--gin_file=runs/prompt_tuning.gin',
+                '--gin.PROMPT_LENGTH=2', '--gin.TRAIN_STEPS=2',
+                f'--gin.INITIAL_CHECKPOINT_PATH={base}'), env, check=False)
+  assert r.returncode == 1, r.stderr[-3000:]
+  assert f'promot-train: CheckpointError: INITIAL_CHECKPOINT_PATH={base} could not be read (' \
+      in r.stderr
+  assert 'The checkpoint is damaged or incomplete' in r.stderr
+  assert 'Copy it again from its source' in r.stderr
+  _no_traceback(r.stderr)
+  assert len(r.stderr) < 3000, r.stderr[-3000:]
+  assert not (tmp_path / 'new').exists()  # nothing written: not even the folders
 
 
 # -----------------------------------------------------------------------------
