@@ -15,6 +15,9 @@
   latest accepted ones.
 - `refuse_mismatch`, `warn_changes`: a resume's configuration against what its checkpoint records
   (stage, the stage-1 checkpoint a stage 2 started from, batch size, learning rate).
+- `refuse_stale_stage2`: `promot` (stage 1 then stage 2) refuses, before stage 1
+  trains a step, a re-run whose stage 1 would move past the checkpoint its
+  existing stage 2 started from.
 - `raise_if_disk_full`, `raise_if_unreadable_initial`, `remove_unused_start`:
   a full disk and a damaged INITIAL_CHECKPOINT_PATH reported in one paragraph
   with the fix, and a start that failed before its first record leaves no
@@ -302,6 +305,103 @@ def learning_rate_macro() -> float | None:
     if v is not None:
       return v
   return None
+
+
+# -----------------------------------------------------------------------------
+# Stage chaining, checked before stage 1 trains.
+# -----------------------------------------------------------------------------
+def _gin_value(key: str) -> Any:
+  """The value gin binds to `key` (a macro resolved), or None when unbound or without gin."""
+  try:
+    import gin
+    from gin import config as gin_config
+
+    v = gin.query_parameter(key)
+    while isinstance(v, gin_config.ConfigurableReference) and v.selector == 'gin.macro':
+      v = gin.query_parameter('%' + v.scoped_selector.rsplit('/', 1)[0])
+    return v
+  except Exception:  # noqa: BLE001 (not bound, or called without gin)
+    return None
+
+
+def stage_train_steps(entry: str, argument: str) -> int | None:
+  """TRAIN_STEPS of the gin-scoped `train` that `entry`'s `argument` names (None if unknown).
+
+  E.g. ('train.promot', 'stage1') -> the binding of `stage1/train.train.train_steps`
+  (STAGE1_STEPS in gin/promot/promot.gin), else of `train.train.train_steps`.
+  """
+  ref = _gin_value(f'{entry}.{argument}')
+  scoped = getattr(ref, 'scoped_selector', None)
+  if not scoped:
+    return None
+  *scopes, selector = scoped.split('/')
+  for n in range(len(scopes), -1, -1):
+    v = _gin_value('/'.join([*scopes[:n], selector]) + '.train_steps')
+    if isinstance(v, int) and not isinstance(v, bool):
+      return v
+  return None
+
+
+def _read_meta(step_dir: str) -> dict[str, Any] | None:
+  """The JSON record (meta item) of a checkpoint step folder, or None when unreadable."""
+  try:
+    import orbax.checkpoint as ocp
+
+    return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        os.path.abspath(os.path.join(step_dir, 'meta'))))
+  except Exception:  # noqa: BLE001 (a damaged record: the resume itself reports it)
+    return None
+
+
+def refuse_stale_stage2(stage1_dir: str, stage2_dir: str, stage2_from: Any,
+                        stage1_steps: int | None) -> None:
+  """Refuses, before stage 1 trains, a re-run after which stage 2 could not resume.
+
+  Stage 2 records the stage-1 step it started from (`refuse_mismatch` refuses
+  to resume it once stage 1 has moved on). When stage 2 started from stage 1's
+  latest checkpoint, this predicts where stage 1 will stand after this run
+  (its newest step, or `stage1_steps` if it trains on) and refuses now, so a
+  re-run with more stage-1 steps costs nothing instead of a whole stage 1.
+
+  Args:
+    stage1_dir, stage2_dir: the two stages' MODEL_DIRs.
+    stage2_from: 'latest', 'best' or a step (promot's stage2_from); only
+      'latest' moves with stage 1 and is checked.
+    stage1_steps: stage 1's TRAIN_STEPS (None: unknown; then only a stage 1
+      that has already moved on is refused).
+
+  Raises:
+    CheckpointError: stage 2's existing checkpoints started from another
+      stage-1 step than stage 1 will end at.
+  """
+  from promot_t5x.checkpoints import manager as ckpt_manager
+  from promot_t5x.checkpoints import orbax_io
+
+  if stage2_from != 'latest':
+    return
+  steps2 = orbax_io.finished_steps(ckpt_manager.checkpoint_dir(stage2_dir))
+  if not steps2:
+    return
+  meta = _read_meta(os.path.join(ckpt_manager.checkpoint_dir(stage2_dir), str(steps2[-1])))
+  started = (meta or {}).get('initial_checkpoint') or {}
+  stage1_path = os.path.abspath(stage1_dir)
+  if started.get('path') != stage1_path or started.get('step') is None:
+    return
+  steps1 = orbax_io.finished_steps(ckpt_manager.checkpoint_dir(stage1_dir))
+  now = steps1[-1] if steps1 else None
+  will_be = max(now or 0, stage1_steps) if stage1_steps is not None else now
+  began = int(started['step'])
+  if will_be is None or will_be == began:
+    return
+  moving = (f'its newest checkpoint is step {now}' if stage1_steps is None or will_be == now
+            else f'this run would train it from step {now} on to step {will_be} '
+                 f'(STAGE1_STEPS={stage1_steps}) first')
+  raise ckpt_manager.CheckpointError(
+      f'{stage2_dir} (stage 2) started from step {began} of {stage1_path} (stage 1), but '
+      f'{moving}, and stage 2 must not go on training a model made with the old prompt. '
+      'Nothing was trained. To run stage 2 from the new prompt, move '
+      f'{stage2_dir} aside (or use another MODEL_DIR) and run again; to finish the run as it '
+      f'began, set STAGE1_STEPS={began}.')
 
 
 # -----------------------------------------------------------------------------

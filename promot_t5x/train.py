@@ -442,6 +442,9 @@ def promot(*, model_dir: str, stage1: Callable[..., TrainResult],
   """
   dir1 = os.path.join(model_dir, 'stage1')
   dir2 = os.path.join(model_dir, 'stage2')
+  # Before stage 1 spends a step: would stage 2 still resume after it?
+  run_guard.refuse_stale_stage2(dir1, dir2, stage2_from,
+                                run_guard.stage_train_steps('train.promot', 'stage1'))
   r1 = stage1(model_dir=dir1)
   if r1.stopped_by:  # preempted: stage 2 must not start from an unfinished stage 1
     return r1, r1

@@ -347,6 +347,47 @@ def test_stage2_refuses_to_resume_when_stage1_moved_on(tmp_path, fixtures_dir):
   assert all(np.array_equal(before[p], after[p]) for p in before)
 
 
+def test_promot_rerun_with_more_stage1_steps_is_refused_before_stage1_trains(tmp_path,
+                                                                             fixtures_dir):
+  env = _env(fixtures_dir)
+  top = tmp_path / 'promot'
+  s1, s2 = top / 'stage1', top / 'stage2'
+
+  def promot(*overrides, check=True):
+    return _run(_cmd(*_toy_args(fixtures_dir, top), '--gin_file=promot/promot.gin',
+                     '--gin.PROMPT_LENGTH=2', '--gin.STAGE2_STEPS=1',
+                     '--gin.STAGE1_CHECKPOINT_PERIOD=2', '--gin.STAGE2_CHECKPOINT_PERIOD=1',
+                     *overrides), env, check=check)
+
+  promot('--gin.STAGE1_STEPS=2')
+  assert _steps(s1) == [2] and _steps(s2) == [1]
+  before1, before2 = _final_params(s1), _final_params(s2)
+  history1 = sorted(os.listdir(s1 / 'history'))
+
+  r = promot('--gin.STAGE1_STEPS=4', check=False)
+  assert r.returncode == 1, r.stderr[-3000:]
+  assert (f'{s2} (stage 2) started from step 2 of {s1} (stage 1), but this run would train it '
+          'from step 2 on to step 4 (STAGE1_STEPS=4) first') in r.stderr
+  assert 'Nothing was trained' in r.stderr
+  assert f'move {s2} aside (or use another MODEL_DIR)' in r.stderr
+  assert 'set STAGE1_STEPS=2' in r.stderr
+  _no_traceback(r.stderr)
+  assert 'training prompt_tuning' not in r.stdout  # refused before stage 1 spent a step
+  assert _steps(s1) == [2] and _steps(s2) == [1]
+  assert sorted(os.listdir(s1 / 'history')) == history1
+  after1, after2 = _final_params(s1), _final_params(s2)
+  assert all(np.array_equal(before1[p], after1[p]) for p in before1)
+  assert all(np.array_equal(before2[p], after2[p]) for p in before2)
+
+  # The fix it names: stage 2 moved aside, the same command trains both stages.
+  shutil.move(s2, tmp_path / 'old_stage2')
+  r = promot('--gin.STAGE1_STEPS=4')
+  assert f'resuming {s1} from step 2' in r.stdout
+  assert _steps(s1) == [2, 4] and _steps(s2) == [1]
+  start = json.loads((s2 / 'history' / '001' / 'start.json').read_text())
+  assert start['initial_checkpoint'] == {'path': str(s1), 'step': 4}
+
+
 # -----------------------------------------------------------------------------
 # Validate first: refused before any checkpoint is read or anything written.
 # -----------------------------------------------------------------------------
