@@ -492,17 +492,33 @@ def first_missing_folder(path: str) -> str | None:
 
 
 def remove_unused_start(created: str | None, model_dir: str) -> None:
-  """Removes the folders a failed start created, if they hold nothing but its lock file.
+  """Removes what a failed start put in a MODEL_DIR that never had an accepted start.
+
+  Called before the start releases its lock. A folder tree the start created
+  (`created`) goes when it holds nothing but the lock file; a MODEL_DIR that
+  existed but has no run record (history/) loses the lock file and an empty
+  checkpoints/ folder. A MODEL_DIR with a history is left as it is.
 
   Args:
-    created: `first_missing_folder(model_dir)` before the start made MODEL_DIR
-      (None: MODEL_DIR existed; nothing is removed).
+    created: `first_missing_folder(model_dir)`, taken before the start made MODEL_DIR
+      (None: MODEL_DIR existed).
     model_dir: MODEL_DIR.
   """
-  if created is None or jax.process_index() != 0 or not os.path.isdir(created):
+  from promot_t5x.checkpoints import orbax_io
+
+  if jax.process_index() != 0:
     return
-  allowed = {os.path.join(os.path.abspath(model_dir), LOCK_FILE)}
-  for root, _, files in os.walk(created):
-    if any(os.path.join(root, f) not in allowed for f in files):
-      return  # something else is there: keep everything
-  shutil.rmtree(created, ignore_errors=True)
+  model_dir = os.path.abspath(model_dir)
+  lock = os.path.join(model_dir, LOCK_FILE)
+  if created is not None:
+    if os.path.isdir(created) and all(os.path.join(root, f) == lock
+                                      for root, _, files in os.walk(created) for f in files):
+      shutil.rmtree(created, ignore_errors=True)
+    return
+  if os.path.exists(os.path.join(model_dir, HISTORY_DIR)):
+    return
+  checkpoints = orbax_io.checkpoint_dir(model_dir)
+  if os.path.isdir(checkpoints) and not os.listdir(checkpoints):
+    os.rmdir(checkpoints)
+  if os.path.isfile(lock):
+    os.remove(lock)

@@ -255,8 +255,8 @@ def train(*,
     state, latest, run_meta = _resume_or_start(trainer, manager, model_dir, initial_checkpoint,
                                                train_dataset.batch_size, seed)
   except BaseException as e:
+    run_guard.remove_unused_start(created, model_dir)  # a failed first start leaves nothing
     lock.release()
-    run_guard.remove_unused_start(created, model_dir)  # a failed first start leaves no MODEL_DIR
     run_guard.raise_if_disk_full(e, model_dir)
     raise
   batches_consumed = run_meta['batches_consumed']

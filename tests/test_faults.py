@@ -310,7 +310,10 @@ def test_damaged_initial_checkpoint_is_named_and_nothing_is_written(tmp_path, fi
         f.seek(0)
         f.write(bytes(range(256)) * (size // 256) + bytes(size % 256))
 
+  # A MODEL_DIR to be made (with its parent), or an empty one made beforehand.
   run_dir = tmp_path / 'new' / 'stage1'
+  if damage == 'garbled':
+    run_dir.mkdir(parents=True)
   r = _run(_cmd(*_toy_args(fixtures_dir, run_dir), '--gin_file=runs/prompt_tuning.gin',
                 '--gin.PROMPT_LENGTH=2', '--gin.TRAIN_STEPS=2',
                 f'--gin.INITIAL_CHECKPOINT_PATH={base}'), env, check=False)
@@ -321,7 +324,8 @@ def test_damaged_initial_checkpoint_is_named_and_nothing_is_written(tmp_path, fi
   assert 'Copy it again from its source' in r.stderr
   _no_traceback(r.stderr)
   assert len(r.stderr) < 3000, r.stderr[-3000:]
-  assert not (tmp_path / 'new').exists()  # nothing written: not even the folders
+  # Nothing written: not even the folders, or nothing in the folder that was there.
+  assert (os.listdir(run_dir) == [] if damage == 'garbled' else not (tmp_path / 'new').exists())
 
 
 # -----------------------------------------------------------------------------
