@@ -18,7 +18,8 @@ so that all of them
 - fail in one style: one paragraph `<prog>: <Kind>: <problem and fix>` on
   stderr and a non-zero exit status (2: the command line or the gin config;
   1: anything else), the Python traceback only with `--verbose` (or
-  PROMOT_DEBUG=1).
+  PROMOT_DEBUG=1), and without the echoes of a failed orbax read or write
+  (`quiet_failed_io_aftermath`).
 """
 
 from __future__ import annotations
@@ -109,6 +110,69 @@ def _configure_logging(verbose: bool) -> None:
     pass
 
 
+def _through_orbax(exc_info: Any) -> bool:
+  tb = exc_info[2] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
+  while tb is not None:
+    if f'{os.sep}orbax{os.sep}' in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+class _OrbaxFailureEchoes(logging.Filter):
+  """Drops the logs that repeat a failed orbax operation's error (see quiet_failed_io_aftermath)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = str(record.msg)
+    if '_SignalingThread.run() raised an exception' in msg:  # orbax: re-raised to the caller
+      return False
+    # asyncio: the other reads/writes of the failed operation, left in orbax's closed loop.
+    return not ('exception was never retrieved' in msg and _through_orbax(record.exc_info))
+
+
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+  """An unraisable RuntimeError('Event loop is closed') from asyncio's `_check_closed`."""
+  e = unraisable.exc_value
+  if not (isinstance(e, RuntimeError) and str(e) == 'Event loop is closed'):
+    return False
+  tb, last = unraisable.exc_traceback, None
+  while tb is not None:
+    last, tb = tb, tb.tb_next
+  return last is not None and last.tb_frame.f_code.co_name == '_check_closed' and (
+      'asyncio' in last.tb_frame.f_code.co_filename)
+
+
+def quiet_failed_io_aftermath() -> None:
+  """Hides the echoes of a failed orbax read or write; the error itself is reported once.
+
+  orbax runs each save and restore in an event loop of its own and closes that
+  loop as soon as the operation raises (a truncated file, a full disk, a shape
+  that does not fit), while TensorStore reads and writes of the same operation
+  are still in flight. As each finishes, TensorStore posts its result to the
+  closed loop, and Python prints the `RuntimeError: Event loop is closed` as
+  an unraisable exception, one traceback per array. orbax also logs the
+  exception of each of its worker threads with a traceback before re-raising
+  it to the caller, and asyncio logs `Task exception was never retrieved` for
+  each of the operation's other tasks left in the closed loop. None of them says
+  anything that the one-paragraph error does not: this drops exactly those
+  (with --verbose everything is shown).
+  """
+  for name in ('absl', 'asyncio'):
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _OrbaxFailureEchoes) for f in logger.filters):
+      logger.addFilter(_OrbaxFailureEchoes())
+  previous = sys.unraisablehook
+  if getattr(previous, 'promot_quiet', False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    if not _is_closed_loop_callback(unraisable):
+      previous(unraisable)
+
+  hook.promot_quiet = True  # type: ignore[attr-defined]
+  sys.unraisablehook = hook
+
+
 class UsageError(ValueError):
   """A wrong command line or configuration that the user fixes (exit status 2)."""
 
@@ -192,6 +256,8 @@ def main(prog: str, doc: str | None, run: Callable[[argparse.Namespace], Any],
   args = p.parse_args(argv)
   verbose = args.verbose or bool(os.environ.get('PROMOT_DEBUG'))
   _configure_logging(verbose)
+  if not verbose:
+    quiet_failed_io_aftermath()
   if gin and parse_gin and args.gin_file:  # the gin tools read seqio tasks, which import TensorFlow
     import_tensorflow_quietly()
   if check_args is not None:

@@ -15,12 +15,22 @@
   latest accepted ones.
 - `refuse_mismatch`, `warn_changes`: a resume's configuration against what its checkpoint records
   (stage, the stage-1 checkpoint a stage 2 started from, batch size, learning rate).
+- `refuse_stale_stage2`: `promot` (stage 1 then stage 2) refuses, before stage 1
+  trains a step, a re-run whose stage 1 would move past the checkpoint its
+  existing stage 2 started from.
+- `raise_if_disk_full`, `raise_if_unreadable_initial`, `remove_unused_start`:
+  a full disk and a damaged INITIAL_CHECKPOINT_PATH reported in one paragraph
+  with the fix, and a start that failed before its first record leaves no
+  MODEL_DIR behind.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import sys
@@ -39,6 +49,10 @@ HISTORY_DIR = 'history'
 
 class RunLockedError(RuntimeError):
   """Another process holds MODEL_DIR's lock."""
+
+
+class DiskFullError(OSError):
+  """The disk (or quota) of MODEL_DIR is full; the checkpoints saved before are intact."""
 
 
 def _log(msg: str) -> None:
@@ -294,3 +308,225 @@ def learning_rate_macro() -> float | None:
     if v is not None:
       return v
   return None
+
+
+# -----------------------------------------------------------------------------
+# Stage chaining, checked before stage 1 trains.
+# -----------------------------------------------------------------------------
+def _gin_value(key: str) -> Any:
+  """The value gin binds to `key` (a macro resolved), or None when unbound or without gin."""
+  try:
+    import gin
+    from gin import config as gin_config
+
+    v = gin.query_parameter(key)
+    while isinstance(v, gin_config.ConfigurableReference) and v.selector == 'gin.macro':
+      v = gin.query_parameter('%' + v.scoped_selector.rsplit('/', 1)[0])
+    return v
+  except Exception:  # noqa: BLE001 (not bound, or called without gin)
+    return None
+
+
+def stage_train_steps(entry: str, argument: str) -> int | None:
+  """TRAIN_STEPS of the gin-scoped `train` that `entry`'s `argument` names (None if unknown).
+
+  E.g. ('train.promot', 'stage1') -> the binding of `stage1/train.train.train_steps`
+  (STAGE1_STEPS in gin/promot/promot.gin), else of `train.train.train_steps`.
+  """
+  ref = _gin_value(f'{entry}.{argument}')
+  scoped = getattr(ref, 'scoped_selector', None)
+  if not scoped:
+    return None
+  *scopes, selector = scoped.split('/')
+  for n in range(len(scopes), -1, -1):
+    v = _gin_value('/'.join([*scopes[:n], selector]) + '.train_steps')
+    if isinstance(v, int) and not isinstance(v, bool):
+      return v
+  return None
+
+
+def _read_meta(step_dir: str) -> dict[str, Any] | None:
+  """The JSON record (meta item) of a checkpoint step folder, or None when unreadable."""
+  try:
+    import orbax.checkpoint as ocp
+
+    return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        fs.absolute(fs.join(step_dir, 'meta'))))
+  except Exception:  # noqa: BLE001 (a damaged record: the resume itself reports it)
+    return None
+
+
+def refuse_stale_stage2(stage1_dir: str, stage2_dir: str, stage2_from: Any,
+                        stage1_steps: int | None) -> None:
+  """Refuses, before stage 1 trains, a re-run after which stage 2 could not resume.
+
+  Stage 2 records the stage-1 step it started from (`refuse_mismatch` refuses
+  to resume it once stage 1 has moved on). When stage 2 started from stage 1's
+  latest checkpoint, this predicts where stage 1 will stand after this run
+  (its newest step, or `stage1_steps` if it trains on) and refuses now, so a
+  re-run with more stage-1 steps costs nothing instead of a whole stage 1.
+
+  Args:
+    stage1_dir, stage2_dir: the two stages' MODEL_DIRs.
+    stage2_from: 'latest', 'best' or a step (promot's stage2_from); only
+      'latest' moves with stage 1 and is checked.
+    stage1_steps: stage 1's TRAIN_STEPS (None: unknown; then only a stage 1
+      that has already moved on is refused).
+
+  Raises:
+    CheckpointError: stage 2's existing checkpoints started from another
+      stage-1 step than stage 1 will end at.
+  """
+  from promot_t5x.checkpoints import manager as ckpt_manager
+  from promot_t5x.checkpoints import orbax_io
+
+  if stage2_from != 'latest':
+    return
+  steps2 = orbax_io.finished_steps(ckpt_manager.checkpoint_dir(stage2_dir))
+  if not steps2:
+    return
+  meta = _read_meta(fs.join(ckpt_manager.checkpoint_dir(stage2_dir), str(steps2[-1])))
+  started = (meta or {}).get('initial_checkpoint') or {}
+  stage1_path = fs.absolute(stage1_dir)
+  if started.get('path') != stage1_path or started.get('step') is None:
+    return
+  steps1 = orbax_io.finished_steps(ckpt_manager.checkpoint_dir(stage1_dir))
+  now = steps1[-1] if steps1 else None
+  will_be = max(now or 0, stage1_steps) if stage1_steps is not None else now
+  began = int(started['step'])
+  if will_be is None or will_be == began:
+    return
+  moving = (f'its newest checkpoint is step {now}' if stage1_steps is None or will_be == now
+            else f'this run would train it from step {now} on to step {will_be} '
+                 f'(STAGE1_STEPS={stage1_steps}) first')
+  raise ckpt_manager.CheckpointError(
+      f'{stage2_dir} (stage 2) started from step {began} of {stage1_path} (stage 1), but '
+      f'{moving}, and stage 2 must not go on training a model made with the old prompt. '
+      'Nothing was trained. To run stage 2 from the new prompt, move '
+      f'{stage2_dir} aside (or use another MODEL_DIR) and run again; to finish the run as it '
+      f'began, set STAGE1_STEPS={began}.')
+
+
+# -----------------------------------------------------------------------------
+# A full disk, a damaged starting checkpoint, a start that failed.
+# -----------------------------------------------------------------------------
+_DISK_FULL_TEXT = re.compile(r'No space left on device|Disk quota exceeded|'
+                             r"os_error_code='(28|122)'")
+_FAILED_FILE = re.compile(r'(?:Failed writing|local file): "([^"]+)"')
+
+
+def _chain(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def is_disk_full(e: BaseException) -> bool:
+  """Whether `e` (or an error it came from) is ENOSPC/EDQUOT, as OSError or TensorStore text."""
+  return any((isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT))
+             or bool(_DISK_FULL_TEXT.search(str(x))) for x in _chain(e))
+
+
+def raise_if_disk_full(e: BaseException, model_dir: str) -> None:
+  """Raises DiskFullError (the fix, the last good checkpoint) from `e` when `e` is a full disk."""
+  if not is_disk_full(e):
+    return
+  from promot_t5x.checkpoints import manager as ckpt_manager
+  from promot_t5x.checkpoints import orbax_io
+
+  where = ''
+  for x in _chain(e):
+    match = _FAILED_FILE.search(str(x))
+    name = getattr(x, 'filename', None) if isinstance(x, OSError) else None
+    if name or match:
+      where = f' while writing {name or match.group(1)}'
+      break
+  ckdir = ckpt_manager.checkpoint_dir(fs.absolute(model_dir))
+  steps = orbax_io.finished_steps(ckdir)
+  kept = (f'The last good checkpoint, {ckdir}/{steps[-1]}, is intact (a save that did not '
+          'finish is never taken for a checkpoint and is removed on the next start).'
+          if steps else 'No checkpoint had been saved yet, so a rerun starts from the beginning.')
+  full = DiskFullError(
+      f'No space left on the disk of MODEL_DIR={model_dir}{where}. {kept} Free space on that '
+      'disk (or raise the quota), or give another MODEL_DIR on a disk with room (copy this '
+      'run folder there first to keep its checkpoints); then run the same command again'
+      + (f' to resume from step {steps[-1]}.' if steps else '.'))
+  full.errno = errno.ENOSPC
+  raise full from e
+
+
+def raise_if_unreadable_initial(e: BaseException, path: str) -> None:
+  """Raises CheckpointError naming INITIAL_CHECKPOINT_PATH when reading it failed.
+
+  An error that already explains itself (a checkpoint that does not fit the
+  model, a path that does not exist: CheckpointError) is left as it is.
+  """
+  from promot_t5x.checkpoints import manager as ckpt_manager
+
+  if isinstance(e, ckpt_manager.CheckpointError) or not isinstance(
+      e, (OSError, ValueError, RuntimeError, KeyError)):
+    return
+  text = str(e).strip()
+  first = text.splitlines()[0] if text else type(e).__name__
+  first = re.sub(r"\s*\[tensorstore_spec=.*", '', first)
+  if len(first) > 400:
+    first = first[:400] + ' ...'
+  raise ckpt_manager.CheckpointError(
+      f'INITIAL_CHECKPOINT_PATH={path} could not be read ({first}). The checkpoint is damaged '
+      'or incomplete (a truncated or garbled file, a copy or download that did not finish). '
+      'Copy it again from its source, or set INITIAL_CHECKPOINT_PATH to an intact checkpoint '
+      '(another step folder of that run, .../checkpoints/<step>). Nothing was written to '
+      'MODEL_DIR.') from e
+
+
+def first_missing_folder(path: str) -> str | None:
+  """The topmost folder of `path` that does not exist yet (what os.makedirs would create).
+
+  None for a `gs://` path (object storage has no folders to clean up).
+  """
+  if not fs.is_local(path):
+    return None
+  path = os.path.abspath(path)
+  top = None
+  while not os.path.exists(path):
+    top = path
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return top
+
+
+def remove_unused_start(created: str | None, model_dir: str) -> None:
+  """Removes what a failed start put in a MODEL_DIR that never had an accepted start.
+
+  Called before the start releases its lock. A folder tree the start created
+  (`created`) goes when it holds nothing but the lock file; a MODEL_DIR that
+  existed but has no run record (history/) loses the lock file and an empty
+  checkpoints/ folder. A MODEL_DIR with a history is left as it is.
+
+  Args:
+    created: `first_missing_folder(model_dir)`, taken before the start made MODEL_DIR
+      (None: MODEL_DIR existed).
+    model_dir: MODEL_DIR.
+  """
+  from promot_t5x.checkpoints import orbax_io
+
+  if jax.process_index() != 0 or not fs.is_local(model_dir):  # (no lock is taken on gs://)
+    return
+  model_dir = os.path.abspath(model_dir)
+  lock = os.path.join(model_dir, LOCK_FILE)
+  if created is not None:
+    if os.path.isdir(created) and all(os.path.join(root, f) == lock
+                                      for root, _, files in os.walk(created) for f in files):
+      shutil.rmtree(created, ignore_errors=True)
+    return
+  if os.path.exists(os.path.join(model_dir, HISTORY_DIR)):
+    return
+  checkpoints = orbax_io.checkpoint_dir(model_dir)
+  if os.path.isdir(checkpoints) and not os.listdir(checkpoints):
+    os.rmdir(checkpoints)
+  if os.path.isfile(lock):
+    os.remove(lock)

@@ -160,8 +160,12 @@ def _initial_params(trainer: trainer_lib.Trainer, restore: ckpt_manager.RestoreC
   abstract_params = trainer.abstract_params
   if scanned is not None:
     abstract_params = t5.unscan_params(abstract_params, scanned, take=t5.take_layer_abstract)
-  params, report = ckpt_manager.restore_params(restore, abstract_params,
-                                               init_from_restored, model.module, shardings)
+  try:
+    params, report = ckpt_manager.restore_params(restore, abstract_params,
+                                                 init_from_restored, model.module, shardings)
+  except Exception as e:
+    run_guard.raise_if_unreadable_initial(e, restore.path)
+    raise
   _log(report.summary())
   if scanned is not None:
     params = jax.device_put(t5.scan_params(params, scanned), scanned_shardings)
@@ -292,6 +296,7 @@ def train(*,
   # ---------------------------------------------------------------------------
   trainer = trainer_lib.Trainer(model, stage, optimizer, partitioner, num_microbatches,
                                 seed if dropout_seed is None else dropout_seed, max_grad_norm)
+  created = run_guard.first_missing_folder(model_dir)
   fs.makedirs(model_dir)
   lock = run_guard.RunLock(model_dir)
   lock.acquire()
@@ -304,8 +309,10 @@ def train(*,
                                                   best_mode, model.config)
     state, latest, run_meta = _resume_or_start(trainer, manager, model_dir, initial_checkpoint,
                                                train_dataset.batch_size, seed)
-  except BaseException:
+  except BaseException as e:
+    run_guard.remove_unused_start(created, model_dir)  # a failed first start leaves nothing
     lock.release()
+    run_guard.raise_if_disk_full(e, model_dir)
     raise
   batches_consumed = run_meta['batches_consumed']
   start = int(state.step)
@@ -408,6 +415,9 @@ def train(*,
           break
     if pending is not None:
       last_loss = check_finite(*pending)
+  except Exception as e:
+    run_guard.raise_if_disk_full(e, model_dir)
+    raise
   finally:
     preemption.uninstall()
     log.close()
@@ -514,6 +524,9 @@ def promot(*, model_dir: str, stage1: Callable[..., TrainResult],
   """
   dir1 = fs.join(model_dir, 'stage1')
   dir2 = fs.join(model_dir, 'stage2')
+  # Before stage 1 spends a step: would stage 2 still resume after it?
+  run_guard.refuse_stale_stage2(dir1, dir2, stage2_from,
+                                run_guard.stage_train_steps('train.promot', 'stage1'))
   r1 = stage1(model_dir=dir1)
   if r1.stopped_by:  # preempted: stage 2 must not start from an unfinished stage 1
     return r1, r1

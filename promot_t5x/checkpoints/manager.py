@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from promot_t5x import fs, param_sets, selection
 from promot_t5x.checkpoints import matching, orbax_io, sources
@@ -241,6 +242,8 @@ class TrainCheckpointManager:
         opt_state=ocp.args.StandardRestore(_non_empty(abstract_opt_state)),
         meta=ocp.args.JsonRestore())
     try:
+      # From the metadata first: a restore that orbax starts and abandons leaves reads in flight.
+      _check_params_fit(os.path.join(self.directory, str(step), 'params'), abstract_params)
       out = self._manager.restore(step, args=args)
     except Exception as e:  # orbax raises several types for tree/shape mismatches
       raise CheckpointError(
@@ -332,6 +335,27 @@ class TrainCheckpointManager:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _check_params_fit(item: str, abstract_params: Any) -> None:
+  """Raises ValueError when a params item's recorded names or shapes differ from the model's.
+
+  Read from the item's metadata only, before any array: orbax abandons a
+  restore at its first mismatch with the reads of the other arrays still in
+  flight (their late results then land in a closed event loop; cli.py).
+  """
+  tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item)).tree
+  stored = {k: tuple(m.shape) for k, m in
+            param_sets.flatten(orbax_io.plain_dict(tree)).items()}
+  wanted = {k: tuple(v.shape) for k, v in param_sets.flatten(abstract_params).items()}
+  for k in sorted(set(stored) & set(wanted)):
+    if stored[k] != wanted[k]:
+      raise ValueError(f'parameter {k} has shape {stored[k]} in the checkpoint, {wanted[k]} in '
+                       'this model')
+  missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+  if missing or extra:
+    raise ValueError(f'the checkpoint lacks parameters {missing[:5]} of this model'
+                     if missing else f'the checkpoint has parameters {extra[:5]} this model lacks')
 
 
 def place_like(params: Any, abstract: Any) -> Any:
