@@ -243,7 +243,7 @@ class TrainCheckpointManager:
         meta=ocp.args.JsonRestore())
     try:
       # From the metadata first: a restore that orbax starts and abandons leaves reads in flight.
-      _check_params_fit(os.path.join(self.directory, str(step), 'params'), abstract_params)
+      _check_params_fit(fs.join(self.directory, str(step), 'params'), abstract_params)
       out = self._manager.restore(step, args=args)
     except Exception as e:  # orbax raises several types for tree/shape mismatches
       raise CheckpointError(
