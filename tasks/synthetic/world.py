@@ -969,10 +969,6 @@ PRETRAIN_RATES_V2_PHASE2 = {'documents': 0.2, 'episodes': 0.27, 'skills': 0.15, 
 # ~190 tokens) at half the examples left it at one label for 2,000 steps.
 PRETRAIN_RATES_V2_PHASE3 = {'documents': 0.12, 'episodes': 0.18, 'skills': 0.06, 'inference': 0.1,
                             'inference_short': 0.5, 'lumic': 0.02, 'cipher': 0.02}
-# The fourth phase: three quarters short yes/no inference (the third phase still
-# left the model at one label; a direct fine-tune on `rte` alone did learn the skill).
-PRETRAIN_RATES_V2_PHASE4 = {'documents': 0.08, 'episodes': 0.1, 'skills': 0.05,
-                            'inference_short': 0.75, 'lumic': 0.01, 'cipher': 0.01}
 # Within a conjugate component, the fraction of documents (the rest are episodes).
 CONJUGATE_DOCUMENT_RATE = 0.3
 
