@@ -1,0 +1,140 @@
+"""Does a miniature-sized T5 learn a bare content match? Ours against Hugging Face's.
+
+The second synthetic world's inference skill ("does the hypothesis's value word
+occur in the premise?") is a content match inside the encoder, and the base
+model never picked it up in pretraining (docs/results.md, "The second world and
+its gate"). This runs the bare form of that match: is the last of 24 random
+tokens (vocabulary 64) among the 22 before the separator? Balanced labels, one
+answer token plus EOS, the miniature's model size (3 + 3 layers, 128 wide,
+4 heads of 32, gated GELU, untied logits). It trains our `t5.Transformer` (JAX)
+or `transformers.T5ForConditionalGeneration` (torch, the reference) from scratch
+and prints loss and answer accuracy every 100 steps; each line also goes to
+bench/results/membership_plateau.jsonl.
+
+  python bench/membership_plateau.py --impl=ours --optimizer=adam --learning_rate=1e-3
+  python bench/membership_plateau.py --impl=hf --optimizer=adam --learning_rate=1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+VOCAB, LENGTH, BATCH = 64, 24, 64
+YES, NO, EOS, SEPARATOR, FIRST = 3, 4, 1, 5, 10
+LAYERS, WIDTH, HEADS, HEAD_DIM, MLP = 3, 128, 4, 32, 512
+
+
+def batches(seed: int):
+  """(inputs [B, L], targets [B, 2], labels [B]) with the query token last."""
+  rng = np.random.default_rng(seed)
+  while True:
+    x = rng.integers(FIRST, VOCAB, size=(BATCH, LENGTH))
+    y = rng.integers(2, size=BATCH)
+    for i in range(BATCH):
+      q, body = x[i, -1], x[i, :-2]
+      if y[i] and q not in body:
+        body[rng.integers(len(body))] = q
+      while not y[i] and q in body:
+        body[body == q] = rng.integers(FIRST, VOCAB, size=int((body == q).sum()))
+      x[i, -2] = SEPARATOR
+    yield x, np.stack([np.where(y == 1, YES, NO), np.full(BATCH, EOS)], 1), y
+
+
+def ours(args):
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from promot_t5x import losses
+  from promot_t5x.models import t5
+
+  model = t5.Transformer(t5.T5Config(
+      vocab_size=VOCAB, emb_dim=WIDTH, num_heads=HEADS, head_dim=HEAD_DIM, mlp_dim=MLP,
+      num_encoder_layers=LAYERS, num_decoder_layers=LAYERS, mlp_activations=('gelu', 'linear'),
+      logits_via_embedding=False, relative_attention_num_buckets=32,
+      relative_attention_max_distance=128))
+  params = nn.unbox(t5.init_params(model, jax.random.PRNGKey(args.seed)))
+  opt = (optax.adam if args.optimizer == 'adam' else optax.adafactor)(args.learning_rate)
+  state = opt.init(params)
+
+  @jax.jit
+  def step(params, state, x, t):
+    dec_in = jnp.concatenate([jnp.zeros_like(t[:, :1]), t[:, :1]], 1)
+
+    def loss_fn(p):
+      logits = model.apply({'params': p}, x, dec_in, t)
+      total, _, count = losses.cross_entropy_with_logits(logits, t, (t > 0).astype(jnp.float32), 0.0, 0.0)
+      return total / count, logits[:, 0]
+
+    (loss, first), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss, first
+
+  def run(x, t):
+    nonlocal params, state
+    params, state, loss, first = step(params, state, jnp.asarray(x, jnp.int32), jnp.asarray(t, jnp.int32))
+    return float(loss), np.asarray(first)
+
+  return run
+
+
+def hf(args):
+  import torch
+  from transformers import T5Config, T5ForConditionalGeneration
+
+  torch.manual_seed(args.seed)
+  torch.set_num_threads(1)
+  model = T5ForConditionalGeneration(T5Config(
+      vocab_size=VOCAB, d_model=WIDTH, d_kv=HEAD_DIM, d_ff=MLP, num_layers=LAYERS,
+      num_decoder_layers=LAYERS, num_heads=HEADS, relative_attention_num_buckets=32,
+      relative_attention_max_distance=128, dropout_rate=0.0, feed_forward_proj='gated-gelu',
+      tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=EOS))
+  if args.optimizer != 'adam':
+    raise SystemExit('--impl=hf runs with --optimizer=adam only.')
+  opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+
+  def run(x, t):
+    out = model(input_ids=torch.tensor(x), labels=torch.tensor(t))  # mean over the 2 tokens
+    opt.zero_grad()
+    out.loss.backward()
+    opt.step()
+    return out.loss.item(), out.logits[:, 0].detach().numpy()
+
+  return run
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--impl', choices=('ours', 'hf'), default='ours')
+  parser.add_argument('--optimizer', choices=('adam', 'adafactor'), default='adam')
+  parser.add_argument('--learning_rate', type=float, default=1e-3)
+  parser.add_argument('--steps', type=int, default=1500)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--output', default=os.path.join(os.path.dirname(__file__), 'results',
+                                                       'membership_plateau.jsonl'))
+  args = parser.parse_args()
+  run = (ours if args.impl == 'ours' else hf)(args)
+  data, start, hits = batches(args.seed), time.time(), []
+  os.makedirs(os.path.dirname(args.output), exist_ok=True)
+  for s in range(1, args.steps + 1):
+    x, t, y = next(data)
+    loss, first = run(x, t)
+    hits.append(float(np.mean((first[:, YES] > first[:, NO]) == (y == 1))))
+    if s % 100 == 0:
+      row = {'impl': args.impl, 'optimizer': args.optimizer, 'learning_rate': args.learning_rate,
+             'seed': args.seed, 'step': s, 'loss': round(loss, 4),
+             'accuracy_last_100_steps': round(float(np.mean(hits[-100:])), 4),
+             'seconds': round(time.time() - start, 1)}
+      print(json.dumps(row), flush=True)
+      with open(args.output, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+
+
+if __name__ == '__main__':
+  main()
