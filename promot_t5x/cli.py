@@ -110,13 +110,23 @@ def _configure_logging(verbose: bool) -> None:
     pass
 
 
+# Where a failed checkpoint read or write shows: orbax's frames, the array
+# serialization under it, or (a Future that TensorStore completed, with no
+# Python frames) the paths of an orbax checkpoint in the error text.
+_ORBAX_IO_FRAMES = (f'{os.sep}orbax{os.sep}', f'{os.sep}array_serialization{os.sep}')
+_ORBAX_IO_TEXT = ('.orbax-checkpoint-tmp', 'OCDBT database')
+
+
 def _through_orbax(exc_info: Any) -> bool:
-  tb = exc_info[2] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
+  """Whether a logged exception comes from an orbax checkpoint read or write."""
+  if not (isinstance(exc_info, tuple) and len(exc_info) == 3):
+    return False
+  tb = exc_info[2]
   while tb is not None:
-    if f'{os.sep}orbax{os.sep}' in tb.tb_frame.f_code.co_filename:
+    if any(part in tb.tb_frame.f_code.co_filename for part in _ORBAX_IO_FRAMES):
       return True
     tb = tb.tb_next
-  return False
+  return any(text in str(exc_info[1]) for text in _ORBAX_IO_TEXT)
 
 
 class _OrbaxFailureEchoes(logging.Filter):

@@ -537,6 +537,24 @@ def test_failed_orbax_io_echoes_are_dropped_and_other_reports_kept(tmp_path, cap
   assert 'Event loop is closed' not in capfd.readouterr().err
 
 
+def test_a_failed_checkpoint_write_left_in_a_future_is_dropped_and_other_futures_kept():
+  """asyncio's 'Future exception was never retrieved' for a write TensorStore completed
+  (no Python frames: only the error text names the orbax checkpoint), as on a full disk."""
+  import logging
+
+  from promot_t5x import cli
+
+  def record(error):
+    return logging.LogRecord('asyncio', logging.ERROR, 'base_events.py', 1, 'Future exception was never '
+                             'retrieved', None, (type(error), error, None))
+
+  full = ValueError('RESOURCE_EXHAUSTED: Error writing "decoder.decoder_norm.scale/0" in OCDBT database '
+                    'at local file "run/checkpoints/4.orbax-checkpoint-tmp/params.orbax-checkpoint-tmp/"')
+  echoes = cli._OrbaxFailureEchoes()  # pylint: disable=protected-access
+  assert not echoes.filter(record(full))
+  assert echoes.filter(record(ValueError('a failure of something else')))
+
+
 # -----------------------------------------------------------------------------
 # promot-eval fails fast.
 # -----------------------------------------------------------------------------
