@@ -296,6 +296,35 @@ def claims_markdown(claims: Sequence[Claim]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+README_BEGIN = '<!-- claims table: python -m promot_t5x.claims --readme=README.md -->'
+README_END = '<!-- end of the claims table -->'
+
+
+def readme_table(doc: Mapping[str, Any]) -> str:
+  """The README's short claims table from a claims.json document: tested mean [95 % CI], verdict."""
+
+  def cell(t: Mapping[str, Any]) -> str:
+    ci = t.get('ci95')
+    return f'{t["mean"]:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]' if ci else f'{t["mean"]:+.2f}'
+
+  rule = {'above': 'above {b:g}', 'below': 'below {b:g}', 'within': 'within ±{b:g}'}
+  lines = ['| claim | tested (mean [95 % CI], n) | needs | verdict |', '|---|---|---|---|']
+  for c in doc['claims']:
+    lines.append(f'| {c["id"]} | {cell(c["tested"])}, n={c["tested"]["n"]} | '
+                 f'{rule[c["test"]].format(b=c["bound"])} | {c["verdict"]} |')
+  return '\n'.join(lines)
+
+
+def update_readme(readme: str, doc: Mapping[str, Any]) -> str:
+  """`readme`'s text with the block between README_BEGIN and README_END replaced by `readme_table`."""
+  if readme.count(README_BEGIN) != 1 or readme.count(README_END) != 1:
+    raise ValueError(f'The README needs one {README_BEGIN!r} line and one {README_END!r} line '
+                     'around its claims table.')
+  head, rest = readme.split(README_BEGIN)
+  _, tail = rest.split(README_END)
+  return f'{head}{README_BEGIN}\n{readme_table(doc)}\n{README_END}{tail}'
+
+
 def write_claims(path: str, claims: Sequence[Claim], settings: Mapping[str, Any]) -> str:
   """Writes claims.json (and claims.md beside it); returns the JSON path."""
   with open(path, 'w', encoding='utf-8') as f:
@@ -314,21 +343,46 @@ def claims_from_summary(summary: Mapping[str, Any]) -> tuple[list[Claim], dict[s
     curves = {'finetune': curves.get('finetune', []), 'promot': curves.get('promot_stage2', [])}
   s = summary.get('settings', {})
   info = {'seeds': s.get('seeds'), 'eval_examples_per_task': s.get('max_examples'),
-          'task_test_examples': s.get('max_examples'), 'world': s.get('world', 'v1'),
+          'task_test_examples': s.get('task_examples', s.get('max_examples')), 'world': s.get('world', 'v1'),
           'interval': 'two-sided 95 % t-interval over seeds; differences paired by seed'}
   return miniature_claims(summary['tables'], curves), info
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """`python -m promot_t5x.claims --summary=runs/miniature/summary.json`: (re)computes claims.json beside it."""
+  """(Re)computes claims.json from a run, or puts a claims.json's table into the README.
+
+  python -m promot_t5x.claims --summary=runs/miniature/summary.json    # claims.json beside it
+  python -m promot_t5x.claims --readme=README.md                       # from docs/miniature/claims.json
+  """
   import argparse
   import os
   import sys
 
-  parser = argparse.ArgumentParser(prog='python -m promot_t5x.claims', description=main.__doc__)
-  parser.add_argument('--summary', required=True, help="a miniature run's summary.json")
+  parser = argparse.ArgumentParser(prog='python -m promot_t5x.claims', description=main.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--summary', default=None, help="a miniature run's summary.json")
   parser.add_argument('--output', default=None, help='default: claims.json beside the summary')
+  parser.add_argument('--readme', default=None, help='a README with the claims-table markers')
+  parser.add_argument('--claims', default='docs/miniature/claims.json', help='with --readme: the claims.json')
   args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+  if args.readme:
+    with open(args.claims, encoding='utf-8') as f:
+      doc = json.load(f)
+    problems = check_claims_file(doc)
+    if problems:
+      parser.error(f'{args.claims}: ' + '; '.join(problems))
+    with open(args.readme, encoding='utf-8') as f:
+      text = f.read()
+    try:
+      text = update_readme(text, doc)
+    except ValueError as e:
+      parser.error(str(e))
+    with open(args.readme, 'w', encoding='utf-8') as f:
+      f.write(text)
+    print(f'{args.readme}: claims table from {args.claims}')
+    return 0
+  if not args.summary:
+    parser.error('pass --summary (a run to compute claims from) or --readme (a README to update).')
   with open(args.summary, encoding='utf-8') as f:
     summary = json.load(f)
   found, info = claims_from_summary(summary)

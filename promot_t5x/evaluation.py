@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 
 from promot_t5x import metrics as metrics_lib
-from promot_t5x import reports
+from promot_t5x import reports, suites
 from promot_t5x.eval_data import TaskData, clear_data_cache, load_task_data
 from promot_t5x.models import encoder_decoder
 from promot_t5x.prompt_routing import AUTO
@@ -155,7 +155,7 @@ class Evaluator:
     for suite in self.suites:
       for task in suite.tasks:
         load_task_data(task, suite.split, suite.task_feature_lengths,
-                       self.settings.max_examples, self.settings.try_in_mem_cache,
+                       suites.examples_limit(suite, self.settings), self.settings.try_in_mem_cache,
                        self.settings.sentinel_format)
 
   def evaluate(self, model: encoder_decoder.EncoderDecoderModel, params: Any,

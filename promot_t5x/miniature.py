@@ -26,8 +26,9 @@ trainer, evaluator and experiment runner (`promot_t5x.experiment`):
                  baseline finetune_multitask (the plain model fine-tuned on
                  the same mixture)
 
-Every run is evaluated at 1 and 4 shots on the 8 evaluation analogues with
-the prompt removed, and on its fine-tuned task with the prompt
+Every run is evaluated 1-shot (and 4-shot with --four_shot) on the 8
+evaluation analogues with the prompt removed (the first 128 examples of each),
+and on its fine-tuned task's test split with the prompt (the first 256)
 (gin/eval/fewshot_miniature.gin). For the binary-inference analogue:
 
   curves     standard fine-tuning and ProMoT stage 2 are evaluated before
@@ -46,7 +47,7 @@ each run's folder (`<task>/<variant>/seed_<s>/`: checkpoints, config.gin,
 metrics.jsonl, eval/results.json, predictions). Finished runs are not re-run:
 re-running the command resumes an interrupted experiment.
 
-The seeds are split over worker processes, one CPU each (`--workers`; logs in
+The (task, seed) units are split over worker processes, one CPU each (`--workers`; logs in
 `<output_dir>/logs/`): the small model's steps gain almost nothing from a
 second core, so the CPUs are better used by running seeds side by side.
 """
@@ -92,7 +93,8 @@ class Settings:
   # 'v1': the first synthetic world; 'v2': the second (latent skills, `world.WORLD_V2`).
   world: str = 'v1'
   tasks: tuple[str, ...] = FINETUNE_TASKS
-  seeds: tuple[int, ...] = (0, 1)
+  # Five seeds, paired across methods (every method of a seed is scored on the same examples).
+  seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   stage1_steps: int = 150
   stage2_steps: int = 150
   finetune_steps: int = 150
@@ -104,8 +106,12 @@ class Settings:
   # steps move the small model (no learning-rate grid has been run).
   prompt_learning_rate: float = 0.2
   model_learning_rate: float = 0.01
-  # Few-shot evaluation: examples per task and suite.
-  max_examples: int = 48
+  # Few-shot evaluation: the first max_examples of each evaluation task (1-shot;
+  # 4-shot too with four_shot), and the first task_examples of the fine-tuned task's
+  # test split (all it has, where fewer: the first world has 128 per task).
+  max_examples: int = 128
+  task_examples: int = 256
+  four_shot: bool = False
   # The curves: evaluated every curve_period steps of fine-tuning / stage 2.
   curve_period: int = 30
   curve_max_examples: int = 32
@@ -115,8 +121,8 @@ class Settings:
   # kernels (gin/options/cpu_kernels.gin; docs/cpu_kernels.md). Recorded in summary.json.
   cpu_kernels: bool = False
   extras: bool = False
-  # Processes that split the seeds, each pinned to one CPU (None: one per seed,
-  # at most one per CPU this process may use; 1: everything in this process).
+  # Processes that split the (task, seed) units, each pinned to one CPU (None: one
+  # per CPU this process may use; 1: everything in this process).
   # The small model's steps barely use a second core (a fine-tuning step takes
   # the same time on one core as on two). On the 2-core machine of the README
   # the gain is ~15 % (18.3 vs 21.7 min), as each worker slows the other down.
@@ -139,6 +145,9 @@ class Settings:
       raise ValueError(f'Unknown fine-tuning task(s) {unknown}; choose from {FINETUNE_TASKS}.')
     if not self.seeds:
       raise ValueError('The miniature needs at least one seed.')
+    for name in ('max_examples', 'task_examples'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
     if self.workers is not None and self.workers < 1:
       raise ValueError(f'workers must be >= 1 (or None: automatic), got {self.workers}.')
     if self.multitask and len(self.tasks) < 2:
@@ -161,7 +170,8 @@ class Settings:
 
 
 QUICK = dict(tasks=('rte',), seeds=(0, 1), controls=True, stage1_steps=4, stage2_steps=4, finetune_steps=4,
-             prompt_length=4, batch_size=8, max_examples=4, curve_period=2, curve_max_examples=4)
+             prompt_length=4, batch_size=8, max_examples=4, task_examples=6, curve_period=2,
+             curve_max_examples=4)
 
 
 def _log(msg: str) -> None:
@@ -174,12 +184,16 @@ def _log(msg: str) -> None:
 # (tokens, max): mini_rte 43, mini_rte_1shot_train 85, mini_enfr 15,
 # mini_enfr_1shot_train 39; so no batch is padded to 64 or 128 tokens.
 TRAIN_BUCKETS = {('rte', 0): (48,), ('rte', 1): (88,), ('enfr', 0): (16,), ('enfr', 1): (40,)}
+# Training target lengths: just above the longest target with its EOS (mini_rte 2
+# tokens, mini_enfr 12, on 2,000 examples). The decoder's cost follows this length:
+# padding mini_rte's two tokens to 16 made a third of each step's work.
+TARGET_LENGTH = {'rte': 4, 'enfr': 16}
 
 
 def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
   """The (variants x seeds) experiment of one fine-tuning analogue."""
   name = f'{settings.prefix}{task}'
-  lengths = {'inputs': 128, 'targets': 16}
+  lengths = {'inputs': 128, 'targets': TARGET_LENGTH[task]}
   shared = [
       f'MIXTURE_OR_TASK_NAME = {name!r}',
       f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',
@@ -216,10 +230,10 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
       experiment_lib.Variant(
           'prompt_tuning', train=False,
           overrides=("INITIAL_CHECKPOINT_PATH = '{output_dir}/promot/seed_{seed}/stage1'",)),
-      experiment_lib.Variant('promot_1shot', gin_files=('promot/promot.gin',),
-                             overrides=tuple(promot) + (f"MIXTURE_OR_TASK_NAME = '{name}_1shot_train'",
-                                                        "TASK_FEATURE_LENGTHS = {'inputs': 192, 'targets': 16}",
-                                                        f'TRAIN_LENGTH_BUCKETS = {TRAIN_BUCKETS[task, 1]!r}')),
+      experiment_lib.Variant('promot_1shot', gin_files=('promot/promot.gin',), overrides=tuple(promot) + (
+          f"MIXTURE_OR_TASK_NAME = '{name}_1shot_train'",
+          f"TASK_FEATURE_LENGTHS = {{'inputs': 192, 'targets': {TARGET_LENGTH[task]}}}",
+          f'TRAIN_LENGTH_BUCKETS = {TRAIN_BUCKETS[task, 1]!r}')),
   ]
   if settings.extras:
     variants += [
@@ -242,10 +256,12 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
   if settings.with_multitask:
     variants += multitask_variants(settings, task, promot)
   labels = FORMAT_LABELS[task]
-  world_eval = () if settings.world == 'v1' else (
-      f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',
-      f"EVAL_SUITE = ['{settings.prefix}eval_1shot', '{settings.prefix}eval_4shot']",
-      f"TASK_NAME_PREFIXES = ('{settings.prefix}', 'mini_', 'promot_')")
+  shots = ('1shot', '4shot') if settings.four_shot else ('1shot',)
+  world_eval = (f'EVAL_SUITE = {[f"{settings.prefix}eval_{k}" for k in shots]!r}',
+                f'EVAL_SUITE_NAMES = {[f"fewshot_{k}" for k in shots]!r}')
+  if settings.world != 'v1':
+    world_eval += (f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',
+                   f"TASK_NAME_PREFIXES = ('{settings.prefix}', 'mini_', 'promot_')")
   return experiment_lib.Experiment(
       name=f'ProMoT miniature: {name}',
       output_dir=os.path.join(settings.output_dir, task),
@@ -254,6 +270,7 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
       overrides=tuple(shared),
       eval_gin_files=('eval/fewshot_miniature.gin',),
       eval_overrides=(f'MIXTURE_OR_TASK_NAME = {name!r}', f'MAX_EXAMPLES = {settings.max_examples}',
+                      f'TARGET_MAX_EXAMPLES = {settings.task_examples}',
                       f'FORMAT_LABELS = {labels!r}') + world_eval,
       seeds=settings.seeds)
 
@@ -291,15 +308,16 @@ def multitask_variants(settings: Settings, task: str, promot: Sequence[str]) -> 
             for name, sub in ((MULTITASK_FINETUNE, ()), (MULTITASK, ('stage2',)))]
   mixture = f'MIXTURE_OR_TASK_NAME = {multitask_mixture(settings.tasks, settings.prefix)!r}'
   buckets = f'TRAIN_LENGTH_BUCKETS = {tuple(sorted({TRAIN_BUCKETS[t, 0][0] for t in settings.tasks}))!r}'
+  lengths = f"TASK_FEATURE_LENGTHS = {{'inputs': 128, 'targets': {max(TARGET_LENGTH[t] for t in settings.tasks)}}}"
   routing = {f'{settings.prefix}{t}': t for t in settings.tasks}
   return [
       experiment_lib.Variant(
           MULTITASK_FINETUNE, gin_files=('runs/finetune.gin',),
           overrides=(f'TRAIN_STEPS = {settings.finetune_steps}',
-                     f'LEARNING_RATE = {settings.model_learning_rate}', mixture, buckets)),
+                     f'LEARNING_RATE = {settings.model_learning_rate}', mixture, buckets, lengths)),
       experiment_lib.Variant(
           MULTITASK, gin_files=('promot/promot.gin',),
-          overrides=tuple(promot) + (mixture, buckets, f'PROMPT_NAMES = {tuple(settings.tasks)!r}',
+          overrides=tuple(promot) + (mixture, buckets, lengths, f'PROMPT_NAMES = {tuple(settings.tasks)!r}',
                                      f'train.train.prompt_for_task = {routing!r}')),
   ]
 
@@ -419,15 +437,33 @@ def _cpus() -> list[int]:
   return sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
 
 
-def worker_shares(settings: Settings) -> list[tuple[int, ...]]:
-  """The seeds of each worker process (one share: everything runs in this process)."""
-  n = min(settings.workers or len(_cpus()) or 1, len(settings.seeds))
-  return [tuple(settings.seeds[i::n]) for i in range(n)]
+Share = tuple[tuple[str, int], ...]  # (fine-tuning task, seed) units of one worker
 
 
-def _worker(settings_dict: dict[str, Any], seeds: tuple[int, ...], cpu: int | None,
-            log_path: str) -> None:
-  """One worker process: its seeds of every task, pinned to one CPU, logging to a file.
+def worker_shares(settings: Settings) -> list[Share]:
+  """The (task, seed) units of each worker process (one share: everything runs in this process).
+
+  Units are dealt out in turn, every seed of the first task and then of the next, so
+  that 5 seeds of two tasks split 5/5 rather than 3 seeds/2 seeds. Multi-task runs
+  train in the first task's experiment and are evaluated from the others: there each
+  worker keeps all tasks of its seeds, in order.
+  """
+  units = [(task, seed) for task in settings.tasks for seed in settings.seeds]
+  if settings.with_multitask:
+    n = min(settings.workers or len(_cpus()) or 1, len(settings.seeds))
+    return [tuple((t, s) for t in settings.tasks for s in settings.seeds[i::n]) for i in range(n)]
+  n = min(settings.workers or len(_cpus()) or 1, len(units))
+  return [tuple(units[i::n]) for i in range(n)]
+
+
+def _share_text(share: Share) -> str:
+  """'rte seeds [0, 2], enfr seeds [1]'."""
+  tasks = list(dict.fromkeys(t for t, _ in share))
+  return ', '.join(f'{t} seeds {[s for u, s in share if u == t]}' for t in tasks)
+
+
+def _worker(settings_dict: dict[str, Any], share: Share, cpu: int | None, log_path: str) -> None:
+  """One worker process: its (task, seed) units, pinned to one CPU, logging to a file.
 
   The run's milestones (`[i/n] variant seed s: ...`) also go to the console.
   """
@@ -439,7 +475,7 @@ def _worker(settings_dict: dict[str, Any], seeds: tuple[int, ...], cpu: int | No
   os.dup2(log_file.fileno(), 1)
   os.dup2(log_file.fileno(), 2)
   sys.stdout = sys.stderr = log_file
-  tag = f'[worker seeds {",".join(map(str, seeds))}]'
+  tag = f'[worker {_share_text(share)}]'
 
   def log(msg: str) -> None:
     print(msg, flush=True)
@@ -448,12 +484,15 @@ def _worker(settings_dict: dict[str, Any], seeds: tuple[int, ...], cpu: int | No
   settings = Settings(**settings_dict)
   _configure_jax(settings)
   for task in settings.tasks:
+    seeds = tuple(s for t, s in share if t == task)
+    if not seeds:
+      continue
     exp = experiment(settings, task)
     log(f'{exp.name} -> {exp.output_dir}')
     experiment_lib.run(exp, seeds=seeds, merge_table=False, log=log)
 
 
-def _run_workers(settings: Settings, shares: Sequence[tuple[int, ...]]) -> None:
+def _run_workers(settings: Settings, shares: Sequence[Share]) -> None:
   """Runs the shares in parallel processes; raises naming the log of a worker that failed."""
   import multiprocessing
 
@@ -464,13 +503,13 @@ def _run_workers(settings: Settings, shares: Sequence[tuple[int, ...]]) -> None:
   cpus = _cpus()
   ctx = multiprocessing.get_context('spawn')
   procs = []
-  for i, seeds in enumerate(shares):
+  for i, share in enumerate(shares):
     log_path = os.path.join(log_dir, f'worker_{i}.log')
     cpu = cpus[i % len(cpus)] if len(cpus) >= len(shares) else None
-    _log(f'worker {i}: seeds {list(seeds)}' + (f' on CPU {cpu}' if cpu is not None else '')
+    _log(f'worker {i}: {_share_text(share)}' + (f' on CPU {cpu}' if cpu is not None else '')
          + f'; full log {log_path}')
     proc = ctx.Process(target=module._worker,  # pylint: disable=protected-access
-                       args=(dataclasses.asdict(settings), tuple(seeds), cpu, log_path))
+                       args=(dataclasses.asdict(settings), tuple(share), cpu, log_path))
     proc.start()
     procs.append((proc, log_path))
   failed = []
@@ -498,8 +537,8 @@ def run(settings: Settings) -> str:
   experiments = {task: experiment(settings, task) for task in settings.tasks}
   # Workers only for the seeds with runs left to do (a finished experiment just re-merges).
   shares = [share for share in worker_shares(settings)
-            if any(not os.path.exists(exp.results_path(v, seed)) for exp in experiments.values()
-                   for v in exp.variants for seed in share if seed in exp.seeds_of(v))]
+            if any(not os.path.exists(experiments[task].results_path(v, seed)) for task, seed in share
+                   for v in experiments[task].variants if seed in experiments[task].seeds_of(v))]
   if len(shares) > 1:
     t0 = time.time()
     _run_workers(settings, shares)
@@ -546,22 +585,27 @@ def _mean_std(values: Sequence[float]) -> str:
 
 def overview_table(output_dir: str, tasks: Sequence[str]) -> str:
   """The paper's Table 1 layout: per fine-tuning task and run, the task's score (with its
-  prompt) and Norm. Avg. at 1 and 4 shots (prompt removed) with the change from pretrained;
-  mean ± std over seeds."""
+  prompt) and Norm. Avg. at each evaluated shot count (prompt removed; 1, and 4 with
+  --four_shot) with the change from pretrained; mean ± std over seeds."""
   import numpy as np
 
-  lines = ['| fine-tuned on | run | seeds | task score | Norm. Avg. 1-shot | Δ 1-shot | '
-           'Norm. Avg. 4-shot | Δ 4-shot |', '|---|---|---:|---:|---:|---:|---:|---:|']
+  tables = {}
   for task in tasks:
     with open(os.path.join(output_dir, task, 'table.json')) as f:
-      table = json.load(f)
+      tables[task] = json.load(f)
+  shots = [k for k in (1, 4) if any(f'fewshot_{k}shot/norm_avg' in r for t in tables.values()
+                                    for rows in t.values() for r in rows)]
+  lines = ['| fine-tuned on | run | seeds | task score | '
+           + ' | '.join(f'Norm. Avg. {k}-shot | Δ {k}-shot' for k in shots) + ' |',
+           '|---|---|---:|---:|' + '---:|---:|' * len(shots)]
+  for task, table in tables.items():
     base = {k: float(np.mean([r[f'fewshot_{k}shot/norm_avg'] for r in table['pretrained']]))
-            for k in (1, 4)} if 'pretrained' in table else None
+            for k in shots} if 'pretrained' in table else None
     order = [v for v in RUN_ORDER if v in table] + sorted(v for v in table if v not in RUN_ORDER)
     for run in order:
       seeds = table[run]
       cells = [_mean_std([r[TARGET_METRIC[task]] for r in seeds if TARGET_METRIC[task] in r])]
-      for k in (1, 4):
+      for k in shots:
         values = [r[f'fewshot_{k}shot/norm_avg'] for r in seeds]
         cells.append(_mean_std(values))
         cells.append(f'{np.mean(values) - base[k]:+.1f}' if base and run != 'pretrained' else '')
@@ -624,14 +668,38 @@ def write_claims(settings: Settings, curve_data: Any) -> str:
   curve_runs = {'finetune': (curve_data or {}).get('finetune', []),
                 'promot': (curve_data or {}).get('promot_stage2', [])}
   found = claims.miniature_claims(tables, curve_runs if curve_data else None)
-  info = {'seeds': list(settings.seeds), 'eval_examples_per_task': settings.max_examples,
-          'task_test_examples': settings.max_examples, 'world': settings.world,
+  counts = scored_examples(settings)
+  info = {'seeds': list(settings.seeds),
+          'eval_examples_per_task': min(counts['eval'].values(), default=0),
+          'task_test_examples': min(counts['task'].values(), default=0),
+          'examples_scored': counts, 'world': settings.world,
           'base_model': portable_settings(settings)['base_model'],
           'interval': 'two-sided 95 % t-interval over seeds; differences paired by seed',
           'command': 'promot-miniature ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else 'promot-miniature'}
   path = claims.write_claims(os.path.join(settings.output_dir, 'claims.json'), found, info)
   _log(f'claims: {path} (' + ', '.join(f'{c.id} {c.verdict}' for c in found) + ')')
   return path
+
+
+def scored_examples(settings: Settings) -> dict[str, dict[str, int]]:
+  """The examples each task was scored on, read from the pretrained model's results.
+
+  {'task': {fine-tuned task: n}, 'eval': {evaluation task (1-shot): smallest n over the runs}}.
+  """
+  out: dict[str, dict[str, int]] = {'task': {}, 'eval': {}}
+  for task in settings.tasks:
+    path = os.path.join(settings.output_dir, task, 'pretrained', f'seed_{settings.seeds[0]}', 'eval',
+                        'results.json')
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      suites = json.load(f)['suites']
+    for name, result in suites.get('target', {}).get('tasks', {}).items():
+      out['task'][name] = int(result['num_examples'])
+    for name, result in suites.get('fewshot_1shot', {}).get('tasks', {}).items():
+      n = int(result['num_examples'])
+      out['eval'][name] = min(n, out['eval'].get(name, n))
+  return out
 
 
 def export_base(run_dir: str, output: str = BASE_MODEL) -> str:
@@ -658,7 +726,14 @@ def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--quick', action='store_true', help='a few steps of every part (tests)')
   parser.add_argument('--output_dir', default=None,
                       help='default runs/miniature (runs/miniature_quick with --quick)')
-  parser.add_argument('--seeds', default=None, help='comma-separated, default 0,1')
+  parser.add_argument('--seeds', default=None, help='comma-separated, default 0,1,2,3,4')
+  parser.add_argument('--four_shot', action='store_true',
+                      help='also evaluate every run 4-shot (the default run: 1-shot, as the claims)')
+  parser.add_argument('--max_examples', type=int, default=None,
+                      help=f'examples per evaluation task (default {Settings.max_examples})')
+  parser.add_argument('--task_examples', type=int, default=None,
+                      help=f'test examples of the fine-tuned task (default {Settings.task_examples}, '
+                           'or all its test split has)')
   parser.add_argument('--tasks', default=None, help=f'comma-separated subset of {FINETUNE_TASKS}')
   parser.add_argument('--extras', action='store_true',
                       help='also joint tuning, fine-tuning with a fixed random prompt and '
@@ -667,8 +742,8 @@ def _flags(parser: argparse.ArgumentParser) -> None:
                       help='also multi-task ProMoT (one prompt per task, trained on both tasks) '
                            'and its baseline, multi-task fine-tuning')
   parser.add_argument('--workers', type=int, default=None,
-                      help='processes splitting the seeds, one CPU each (default: one per '
-                           'seed up to the CPU count; 1: all in this process)')
+                      help='processes splitting the (task, seed) units, one CPU each (default: one per '
+                           'CPU; 1: all in this process)')
   parser.add_argument('--world', default='v1', choices=tuple(WORLDS),
                       help="the synthetic world: 'v1' (the committed base model) or 'v2' (the fine-tuning "
                            'skills latent in pretraining; needs its base model, --base_model)')
@@ -695,6 +770,11 @@ def _main(args: argparse.Namespace) -> int:
     kwargs['seeds'] = tuple(int(s) for s in args.seeds.split(','))
   if args.tasks:
     kwargs['tasks'] = tuple(args.tasks.split(','))
+  for name in ('max_examples', 'task_examples'):
+    if getattr(args, name) is not None:
+      kwargs[name] = getattr(args, name)
+  if args.four_shot:
+    kwargs['four_shot'] = True
   if args.base_model:
     kwargs['base_model'] = os.path.abspath(args.base_model)
   kwargs.update(world=args.world, controls=args.controls or bool(kwargs.get('controls')))

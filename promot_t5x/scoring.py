@@ -33,7 +33,7 @@ from promot_t5x import param_sets, postprocessing, prompt_routing, sentinel
 from promot_t5x.eval_data import TaskData, as_text, load_task_data, postprocess
 from promot_t5x.models import encoder_decoder
 from promot_t5x.results import SUITE, TaskResult
-from promot_t5x.suites import RANK_CLASSIFICATION, EvalSettings, Suite
+from promot_t5x.suites import RANK_CLASSIFICATION, EvalSettings, Suite, examples_limit
 
 if TYPE_CHECKING:
   from promot_t5x import partitioning
@@ -210,7 +210,7 @@ def evaluate_task(model: encoder_decoder.EncoderDecoderModel, params: Any, suite
                   _runners: dict | None = None) -> TaskResult:
   """Evaluates one task of `suite` (see the module docstring)."""
   lengths = suite.task_feature_lengths
-  data = load_task_data(task_name, suite.split, lengths, settings.max_examples,
+  data = load_task_data(task_name, suite.split, lengths, examples_limit(suite, settings),
                         settings.try_in_mem_cache, settings.sentinel_format)
   _check_vocabulary(data, model)
   task = data.task

@@ -103,6 +103,9 @@ class Suite:
       a prefix in `name_prefixes` and a `_<k>shot` suffix are dropped
       (`promot_triviaqa_1shot` -> `triviaqa`).
     name_prefixes: task-name prefixes dropped from display names.
+    max_examples: score at most the first this-many examples of each task of
+      this suite (None: `EvalSettings.max_examples`), e.g. more examples for the
+      fine-tuned task than for each few-shot task.
   """
 
   name: str
@@ -117,6 +120,7 @@ class Suite:
   format_labels: tuple[str, ...] | None = None
   display_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
   name_prefixes: tuple[str, ...] = DEFAULT_NAME_PREFIXES
+  max_examples: int | None = None
 
   def __post_init__(self):
     tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
@@ -153,6 +157,9 @@ class Suite:
       if not labels or any(not isinstance(label, str) or not label for label in labels):
         raise ValueError(f'Suite {self.name!r}: rank_classification[{task!r}] needs non-empty '
                          f'label strings, got {labels}.')
+    if self.max_examples is not None and self.max_examples <= 0:
+      raise ValueError(f'Suite {self.name!r}: max_examples must be positive or None, got '
+                       f'{self.max_examples}.')
     if self.format_labels is not None and not self.format_labels:
       raise ValueError('Suite.format_labels is empty; pass the label words or None.')
     names = [self.display_name(t) for t in tasks]
@@ -190,7 +197,8 @@ def make_suite(mixture_or_task_name: str | Sequence[str] | None, *,
                format_labels: Sequence[str] | None = None,
                display_names: Mapping[str, str] | None = None,
                name_prefixes: Sequence[str] = DEFAULT_NAME_PREFIXES,
-               module: str | Sequence[str] | None = None) -> Suite | None:
+               module: str | Sequence[str] | None = None,
+               max_examples: int | None = None) -> Suite | None:
   """A `Suite` from a mixture, a task, or a list of either (gin-friendly).
 
   Args:
@@ -226,7 +234,13 @@ def make_suite(mixture_or_task_name: str | Sequence[str] | None, *,
                rank_classification=dict(rank_classification or {}),
                primary_metrics=dict(primary_metrics or {}),
                format_labels=None if format_labels is None else tuple(format_labels),
-               display_names=dict(display_names or {}), name_prefixes=tuple(name_prefixes))
+               display_names=dict(display_names or {}), name_prefixes=tuple(name_prefixes),
+               max_examples=max_examples)
+
+
+def examples_limit(suite: Suite, settings: EvalSettings) -> int | None:
+  """How many examples of each of the suite's tasks are scored (None: all)."""
+  return settings.max_examples if suite.max_examples is None else suite.max_examples
 
 
 def _expand(name: str) -> list[str]:

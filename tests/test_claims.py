@@ -107,3 +107,27 @@ def test_committed_claims_are_those_of_the_committed_run():
   for c, new in zip(committed['claims'], found):
     assert c['verdict'] == new.verdict and c['tested']['mean'] == pytest.approx(new.tested.mean), c['id']
   assert committed['settings']['seeds'] == info['seeds']
+
+
+def test_readme_claims_table_is_the_committed_claims_json(tmp_path):
+  """The README's claims table is generated from docs/miniature/claims.json, never typed."""
+  import json
+  import pathlib
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  doc = json.loads((root / 'docs' / 'miniature' / 'claims.json').read_text())
+  readme = (root / 'README.md').read_text()
+  assert C.update_readme(readme, doc) == readme, 'run: python -m promot_t5x.claims --readme=README.md'
+  table = C.readme_table(doc)
+  assert table.count('\n| C') == len(doc['claims'])
+  for c in doc['claims']:
+    assert f'| {c["id"]} |' in table and table.split(f'| {c["id"]} |')[1].split('\n')[0].endswith(
+        f'| {c["verdict"]} |')
+  # The command rewrites a stale block and refuses a README without the markers.
+  stale = tmp_path / 'README.md'
+  stale.write_text(f'# x\n{C.README_BEGIN}\n| old |\n{C.README_END}\nafter\n')
+  assert C.main([f'--readme={stale}', f'--claims={root / "docs" / "miniature" / "claims.json"}']) == 0
+  assert stale.read_text() == f'# x\n{C.README_BEGIN}\n{table}\n{C.README_END}\nafter\n'
+  stale.write_text('# no markers\n')
+  with pytest.raises(SystemExit):
+    C.main([f'--readme={stale}', f'--claims={root / "docs" / "miniature" / "claims.json"}'])

@@ -166,6 +166,25 @@ def test_scores_norm_avg_and_format_specialization_on_known_outputs(scripted_tas
   assert back.suites['fewshot'].tasks['qa'].predictions == []
 
 
+def test_a_suite_may_score_more_examples_than_the_settings_give(scripted_tasks, mini_vocab):
+  """Suite.max_examples (TARGET_MAX_EXAMPLES) overrides EvalSettings.max_examples for its tasks."""
+  answers = dict(zip([q for q, _ in QA], QA_OUTPUTS)) | dict(zip([c for c, _ in CLS], CLS_OUTPUTS))
+  model = _scripted_model(mini_vocab, answers)
+  params = {'prompt': {'rte': np.zeros((2, 8), np.float32)}, 'encoder': {}}
+  lengths = {'inputs': 64, 'targets': 16}
+  target = evaluation.make_suite('evaltest_cls_1shot', role=evaluation.TARGET, prompt='rte',
+                                 task_feature_lengths=lengths, max_examples=5,
+                                 display_names={'evaltest_cls_1shot': 'rte'})
+  suite = evaluation.make_suite(['evaltest_qa_1shot', 'evaltest_cls_1shot'], name='fewshot',
+                                task_feature_lengths=lengths, name_prefixes=('evaltest_',))
+  result = evaluation.Evaluator([target, suite], evaluation.EvalSettings(batch_size=4, max_examples=3)
+                                ).evaluate(model, params)
+  assert result.suites['target'].tasks['rte'].num_examples == 5
+  assert {t.num_examples for t in result.suites['fewshot'].tasks.values()} == {3}
+  with pytest.raises(ValueError, match='max_examples must be positive'):
+    evaluation.make_suite('evaltest_cls_1shot', max_examples=0)
+
+
 def test_truncated_inputs_are_counted(scripted_tasks, mini_vocab):
   rows = [('Q: a b c d e f g h i j k l m n o p A:', 'x'), ('Q: short A:', 'y'),
           ('Q: one two three four five six seven eight nine ten A:', 'z')]

@@ -28,9 +28,9 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   # The two seeds ran in two worker processes (one CPU each), logging to files; their
   # milestones reached the console.
   for i in (0, 1):
-    assert f'worker {i}: seeds [{i}]' in proc.stdout
+    assert f'worker {i}: rte seeds [{i}]' in proc.stdout
     assert 'training' in (out / 'logs' / f'worker_{i}.log').read_text()
-  assert '[worker seeds 1] [1/5] finetune seed 1: training' in proc.stdout
+  assert '[worker rte seeds [1]] [1/5] finetune seed 1: training' in proc.stdout
 
   # The paper's table: every variant is a column, the 8 analogues and Norm. Avg. are rows.
   table = json.loads((out / 'rte' / 'table.json').read_text())
@@ -46,7 +46,10 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   results = {v: json.loads((out / 'rte' / v / 'seed_0' / 'eval' / 'results.json').read_text())
              for v in table}
   for variant, r in results.items():
-    for name in ('fewshot_1shot', 'fewshot_4shot'):
+    assert set(r['suites']) == {'target', 'fewshot_1shot'}  # 4-shot only with --four_shot
+    assert r['suites']['target']['tasks']['rte']['num_examples'] == 6  # task_examples, not max_examples
+    assert {t['num_examples'] for t in r['suites']['fewshot_1shot']['tasks'].values()} == {4}
+    for name in ('fewshot_1shot',):
       suite = r['suites'][name]
       scores = [t['score'] for t in suite['tasks'].values()]
       assert len(scores) == 8
@@ -57,7 +60,7 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
     assert target['prompt'] == ('task' if has_prompt else None), variant
   # Prompt tuning leaves the model frozen, so without its prompt it *is* the pretrained
   # model: identical suite predictions prove the prompt was removed.
-  for name in ('fewshot_1shot', 'fewshot_4shot'):
+  for name in ('fewshot_1shot',):
     for task in results['pretrained']['suites'][name]['tasks']:
       pre = (out / 'rte' / 'pretrained' / 'seed_0' / 'eval' / 'predictions' / name / f'{task}.jsonl')
       pt = (out / 'rte' / 'prompt_tuning' / 'seed_0' / 'eval' / 'predictions' / name / f'{task}.jsonl')
@@ -92,6 +95,8 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   doc = json.loads((out / 'claims.json').read_text())
   assert claims.check_claims_file(doc) == []
   assert doc['settings']['seeds'] == [0, 1] and doc['settings']['world'] == 'v1'
+  assert doc['settings']['task_test_examples'] == 6 and doc['settings']['eval_examples_per_task'] == 4
+  assert doc['settings']['examples_scored']['task'] == {'rte': 6}
   assert not os.path.isabs(doc['settings']['base_model'])
   ids = {c['id'] for c in doc['claims']}
   assert {'C1-rte', 'C2-rte', 'C3-rte', 'C4', 'C5', 'C6-rte', 'C9', 'C10'} <= ids, ids
@@ -114,6 +119,18 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   assert again.stdout.count('done before') == 11
   assert 'worker 0' not in again.stdout  # nothing left to do: no workers
   assert 'training' not in again.stdout
+
+
+def test_worker_shares_balance_task_seed_units():
+  settings = miniature.Settings(seeds=(0, 1, 2, 3, 4), workers=2)
+  assert miniature.worker_shares(settings) == [
+      (('rte', 0), ('rte', 2), ('rte', 4), ('enfr', 1), ('enfr', 3)),
+      (('rte', 1), ('rte', 3), ('enfr', 0), ('enfr', 2), ('enfr', 4))]
+  # Multi-task runs train in rte's experiment and are evaluated from enfr's: seeds stay whole.
+  settings = miniature.Settings(seeds=(0, 1, 2), workers=2, multitask=True)
+  assert miniature.worker_shares(settings) == [
+      (('rte', 0), ('rte', 2), ('enfr', 0), ('enfr', 2)), (('rte', 1), ('enfr', 1))]
+  assert miniature.worker_shares(miniature.Settings(seeds=(0,), tasks=('rte',), workers=2)) == [(('rte', 0),)]
 
 
 def test_multitask_promot_routes_one_prompt_per_task(tmp_path):
