@@ -16,6 +16,8 @@ t5x or peft; requirements.lock pins the exact environment that `make run` and
   bench    test + peft (the PyTorch peer in bench/)
 """
 
+import os
+
 import setuptools
 
 RUNTIME = [
@@ -61,13 +63,21 @@ EXTRAS = {
 }
 EXTRAS['bench'] = EXTRAS['test'] + ['peft>=0.15']
 
+# gin/'s folders (eval/, models/, ...), named as data-only subpackages so that setuptools
+# ships their .gin files without warning that it would ignore them.
+_GIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gin')
+GIN_SUBPACKAGES = sorted('promot_t5x_gin.' + os.path.relpath(d, _GIN).replace(os.sep, '.')
+                         for d, _, files in os.walk(_GIN)
+                         if d != _GIN and any(f.endswith('.gin') for f in files))
+
 setuptools.setup(
     name='promot-t5x',
     version='0.1.0',
     description='ProMoT (prompt tuning with model tuning) as a T5X-style JAX pipeline.',
     python_requires='>=3.11,<3.12',
     packages=setuptools.find_packages(include=['promot_t5x', 'promot_t5x.*'])
-    + ['promot_t5x_tasks', 'promot_t5x_tasks.synthetic', 'promot_t5x_launch', 'promot_t5x_gin'],
+    + ['promot_t5x_tasks', 'promot_t5x_tasks.synthetic', 'promot_t5x_launch', 'promot_t5x_gin']
+    + GIN_SUBPACKAGES,
     package_dir={
         'promot_t5x_tasks': 'tasks',
         'promot_t5x_tasks.synthetic': 'tasks/synthetic',
@@ -80,7 +90,8 @@ setuptools.setup(
         'promot_t5x_tasks.synthetic': ['data/*', 'data/**/*'],
         # gin/ has no __init__.py (a package named `gin` would shadow gin-config); the files
         # travel as package data and promot_t5x.gin_utils finds them (checkout first).
-        'promot_t5x_gin': ['*.gin', '**/*.gin'],
+        'promot_t5x_gin': ['*.gin'],
+        **{name: ['*.gin'] for name in GIN_SUBPACKAGES},
     },
     include_package_data=True,
     install_requires=RUNTIME,

@@ -24,7 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from scipy import stats
@@ -179,7 +180,7 @@ def miniature_claims(tables: Tables, curves: Curves | None = None, *, task_margi
   Args:
     tables: task -> run -> per-seed flat metrics ('fewshot_1shot/norm_avg', ...),
       with runs 'pretrained', 'finetune', 'promot', 'promot_1shot', and where run,
-      'finetune_multitask' / 'promot_multitask' and 'finetune_shuffled'.
+      'finetune_multitask' / 'promot_multitask', 'finetune_shuffled' and 'promot_shuffled'.
     curves: run -> per-seed curves ({metric: {step: value}}) of mini_rte
       fine-tuning ('finetune') and ProMoT stage 2 ('promot'), seeds in the same order.
     task_margin: points within which ProMoT's task score must stay of fine-tuning's.
@@ -244,7 +245,8 @@ def miniature_claims(tables: Tables, curves: Curves | None = None, *, task_margi
         'C10', 'Fine-tuning on RTE with shuffled labels still costs in-context ability: the loss is format '
         'specialization, not the task (Section 4).',
         'change of the 1-shot Norm. Avg. from the pretrained model after fine-tuning on mini_rte with shuffled '
-        'labels (points)', {'finetune_shuffled': sh}, sh, 'below', 0.0))
+        'labels (points)', {'finetune_shuffled': sh, 'promot_shuffled': _deltas(tables, 'rte', 'promot_shuffled')},
+        sh, 'below', 0.0))
   if curves:
     fs_ft, fs_pm = _curve(curves, 'finetune', 'qa_true_false'), _curve(curves, 'promot', 'qa_true_false')
     if fs_ft:
@@ -296,12 +298,21 @@ def claims_markdown(claims: Sequence[Claim]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-README_BEGIN = '<!-- claims table: python -m promot_t5x.claims --readme=README.md -->'
+# The README's claims tables: each block between a begin line naming its claims.json
+# (relative to the README; `path#C7,C10` keeps those claims only) and the end line is
+# generated from that file.
+README_BEGIN = '<!-- claims table from {path}: python -m promot_t5x.claims --readme=README.md -->'
 README_END = '<!-- end of the claims table -->'
+_README_BLOCK = re.compile(r'<!-- claims table from ([^\s#]+)(?:#([\w,-]+))?: '
+                           r'python -m promot_t5x\.claims --readme=README\.md -->\n'
+                           r'(.*?)' + re.escape(README_END), re.S)
 
 
-def readme_table(doc: Mapping[str, Any]) -> str:
-  """The README's short claims table from a claims.json document: tested mean [95 % CI], verdict."""
+def readme_table(doc: Mapping[str, Any], ids: Sequence[str] | None = None) -> str:
+  """The README's short claims table from a claims.json document: tested mean [95 % CI], verdict.
+
+  ids: the claims to show (default: all), e.g. ('C7', 'C10').
+  """
 
   def cell(t: Mapping[str, Any]) -> str:
     ci = t.get('ci95')
@@ -310,19 +321,33 @@ def readme_table(doc: Mapping[str, Any]) -> str:
   rule = {'above': 'above {b:g}', 'below': 'below {b:g}', 'within': 'within ±{b:g}'}
   lines = ['| claim | tested (mean [95 % CI], n) | needs | verdict |', '|---|---|---|---|']
   for c in doc['claims']:
+    if ids is not None and c['id'] not in ids:
+      continue
     lines.append(f'| {c["id"]} | {cell(c["tested"])}, n={c["tested"]["n"]} | '
                  f'{rule[c["test"]].format(b=c["bound"])} | {c["verdict"]} |')
   return '\n'.join(lines)
 
 
-def update_readme(readme: str, doc: Mapping[str, Any]) -> str:
-  """`readme`'s text with the block between README_BEGIN and README_END replaced by `readme_table`."""
-  if readme.count(README_BEGIN) != 1 or readme.count(README_END) != 1:
-    raise ValueError(f'The README needs one {README_BEGIN!r} line and one {README_END!r} line '
-                     'around its claims table.')
-  head, rest = readme.split(README_BEGIN)
-  _, tail = rest.split(README_END)
-  return f'{head}{README_BEGIN}\n{readme_table(doc)}\n{README_END}{tail}'
+def update_readme(readme: str, load: Callable[[str], Mapping[str, Any]]) -> str:
+  """`readme`'s text with every claims block regenerated: `load(path)` gives the block's claims.json."""
+  if not _README_BLOCK.search(readme):
+    raise ValueError('The README has no claims table block: put a line '
+                     f'{README_BEGIN.format(path="docs/miniature/claims.json")!r} and a line '
+                     f'{README_END!r} where the table goes.')
+
+  def block(m: re.Match) -> str:
+    doc = load(m.group(1))
+    problems = check_claims_file(doc)
+    if problems:
+      raise ValueError(f'{m.group(1)}: ' + '; '.join(problems))
+    ids = m.group(2).split(',') if m.group(2) else None
+    missing = sorted(set(ids or ()) - {c['id'] for c in doc['claims']})
+    if missing:
+      raise ValueError(f'{m.group(1)} has no claim {missing} (its claims: {[c["id"] for c in doc["claims"]]}).')
+    path = m.group(1) + (f'#{m.group(2)}' if m.group(2) else '')
+    return f'{README_BEGIN.format(path=path)}\n{readme_table(doc, ids)}\n{README_END}'
+
+  return _README_BLOCK.sub(block, readme)
 
 
 def write_claims(path: str, claims: Sequence[Claim], settings: Mapping[str, Any]) -> str:
@@ -352,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   """(Re)computes claims.json from a run, or puts a claims.json's table into the README.
 
   python -m promot_t5x.claims --summary=runs/miniature/summary.json    # claims.json beside it
-  python -m promot_t5x.claims --readme=README.md                       # from docs/miniature/claims.json
+  python -m promot_t5x.claims --readme=README.md                       # its tables, from the files they name
   """
   import argparse
   import os
@@ -362,24 +387,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--summary', default=None, help="a miniature run's summary.json")
   parser.add_argument('--output', default=None, help='default: claims.json beside the summary')
-  parser.add_argument('--readme', default=None, help='a README with the claims-table markers')
-  parser.add_argument('--claims', default='docs/miniature/claims.json', help='with --readme: the claims.json')
+  parser.add_argument('--readme', default=None,
+                      help='a README whose claims-table blocks are regenerated from the claims.json they name')
   args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
   if args.readme:
-    with open(args.claims, encoding='utf-8') as f:
-      doc = json.load(f)
-    problems = check_claims_file(doc)
-    if problems:
-      parser.error(f'{args.claims}: ' + '; '.join(problems))
+    root = os.path.dirname(os.path.abspath(args.readme))
+
+    def load(path: str) -> dict[str, Any]:
+      with open(os.path.join(root, path), encoding='utf-8') as f:
+        return json.load(f)
+
     with open(args.readme, encoding='utf-8') as f:
       text = f.read()
     try:
-      text = update_readme(text, doc)
-    except ValueError as e:
+      text = update_readme(text, load)
+    except (ValueError, OSError) as e:
       parser.error(str(e))
     with open(args.readme, 'w', encoding='utf-8') as f:
       f.write(text)
-    print(f'{args.readme}: claims table from {args.claims}')
+    print(f'{args.readme}: claims tables regenerated')
     return 0
   if not args.summary:
     parser.error('pass --summary (a run to compute claims from) or --readme (a README to update).')

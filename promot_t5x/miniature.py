@@ -25,6 +25,8 @@ trainer, evaluator and experiment runner (`promot_t5x.experiment`):
                  evaluated on every task with that task's prompt; and its
                  baseline finetune_multitask (the plain model fine-tuned on
                  the same mixture)
+  (--controls)   finetune_shuffled and promot_shuffled: fine-tuning and ProMoT
+                 on mini_rte with its labels shuffled, scored on the real ones
 
 Every run is evaluated 1-shot (and 4-shot with --four_shot) on the 8
 evaluation analogues with the prompt removed (the first 128 examples of each),
@@ -130,7 +132,7 @@ class Settings:
   # Multi-task ProMoT (one prompt per task, stage 2 on the mixture of all
   # `tasks`); needs two or more tasks. `extras` turns it on too.
   multitask: bool = False
-  # The paper's control: fine-tuning on mini_rte with shuffled labels.
+  # The paper's control: fine-tuning and ProMoT on mini_rte with shuffled labels.
   controls: bool = False
 
   def __post_init__(self):
@@ -249,10 +251,15 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
                                           "manager.restore_config.fallback_to_init = ['prompt/.*']")),
     ]
   if settings.controls and task == 'rte':
-    variants.append(experiment_lib.Variant(
-        SHUFFLED, gin_files=('runs/finetune.gin',),
-        overrides=(f'TRAIN_STEPS = {settings.finetune_steps}', f'LEARNING_RATE = {settings.model_learning_rate}',
-                   f"MIXTURE_OR_TASK_NAME = '{settings.prefix}{task}_shuffled'")))
+    # The paper's control: the same training on shuffled labels, scored on the real ones.
+    shuffled = f"MIXTURE_OR_TASK_NAME = '{settings.prefix}{task}_shuffled'"
+    variants += [
+        experiment_lib.Variant(SHUFFLED, gin_files=('runs/finetune.gin',), overrides=(
+            f'TRAIN_STEPS = {settings.finetune_steps}', f'LEARNING_RATE = {settings.model_learning_rate}',
+            shuffled)),
+        experiment_lib.Variant(PROMOT_SHUFFLED, gin_files=('promot/promot.gin',),
+                               overrides=tuple(promot) + (shuffled,)),
+    ]
   if settings.with_multitask:
     variants += multitask_variants(settings, task, promot)
   labels = FORMAT_LABELS[task]
@@ -283,6 +290,7 @@ def model_gin_files(settings: Settings) -> tuple[str, ...]:
 MULTITASK = 'promot_multitask'
 MULTITASK_FINETUNE = 'finetune_multitask'
 SHUFFLED = 'finetune_shuffled'
+PROMOT_SHUFFLED = 'promot_shuffled'
 
 
 def multitask_mixture(tasks: Sequence[str], prefix: str = 'mini_') -> str:
@@ -328,12 +336,15 @@ CURVE_METRICS = {
     'qa_exact_match': 'eval/fewshot/triviaqa/exact_match',
     'qa_true_false': 'eval/fewshot/triviaqa/format_specialization',
     'grad_alignment': 'eval/grad_alignment/cosine',
+    # Per module of the last decoder layer, as the paper reports it (mean over 4 batches).
+    **{f'grad_alignment_{m}': f'eval/grad_alignment/{m}/cosine' for m in ('mlp', 'query', 'key', 'value')},
 }
 CURVE_PANELS = {
     'accuracy': 'mini_rte accuracy (with prompt)',
     'qa_exact_match': 'TriviaQA analogue EM, 1-shot',
     'qa_true_false': '% QA outputs True/False',
     'grad_alignment': 'gradient cosine, real vs shuffled labels',
+    **{f'grad_alignment_{m}': f'gradient cosine, {m} (last decoder layer)' for m in ('mlp', 'query', 'key', 'value')},
 }
 
 
@@ -569,7 +580,7 @@ def run(settings: Settings) -> str:
 
 
 RUN_ORDER = ('pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot', 'joint',
-             'finetune_random_prompt', SHUFFLED, MULTITASK_FINETUNE, MULTITASK)
+             'finetune_random_prompt', SHUFFLED, PROMOT_SHUFFLED, MULTITASK_FINETUNE, MULTITASK)
 TARGET_METRIC = {'rte': 'rte/accuracy', 'enfr': 'enfr/bleu'}
 
 
@@ -748,7 +759,7 @@ def _flags(parser: argparse.ArgumentParser) -> None:
                       help="the synthetic world: 'v1' (the committed base model) or 'v2' (the fine-tuning "
                            'skills latent in pretraining; needs its base model, --base_model)')
   parser.add_argument('--controls', action='store_true',
-                      help='also the control: fine-tuning on mini_rte with shuffled labels')
+                      help='also the controls: fine-tuning and ProMoT on mini_rte with shuffled labels')
   parser.add_argument('--cpu_kernels', action='store_true',
                       help='run the model\'s products through the optional CPU kernels '
                            '(gin/options/cpu_kernels.gin; needs the cpu extra and g++)')

@@ -109,25 +109,49 @@ def test_committed_claims_are_those_of_the_committed_run():
   assert committed['settings']['seeds'] == info['seeds']
 
 
-def test_readme_claims_table_is_the_committed_claims_json(tmp_path):
-  """The README's claims table is generated from docs/miniature/claims.json, never typed."""
+def test_readme_claims_tables_are_the_committed_claims_files(tmp_path):
+  """The README's claims tables are generated from the claims.json files they name, never typed."""
   import json
   import pathlib
+  import re
 
   root = pathlib.Path(__file__).resolve().parents[1]
-  doc = json.loads((root / 'docs' / 'miniature' / 'claims.json').read_text())
   readme = (root / 'README.md').read_text()
-  assert C.update_readme(readme, doc) == readme, 'run: python -m promot_t5x.claims --readme=README.md'
-  table = C.readme_table(doc)
-  assert table.count('\n| C') == len(doc['claims'])
-  for c in doc['claims']:
-    assert f'| {c["id"]} |' in table and table.split(f'| {c["id"]} |')[1].split('\n')[0].endswith(
-        f'| {c["verdict"]} |')
-  # The command rewrites a stale block and refuses a README without the markers.
+
+  def load(path):
+    return json.loads((root / path).read_text())
+
+  blocks = re.findall(r'<!-- claims table from ([^\s#]+)(?:#([\w,-]+))?:', readme)
+  assert ('docs/miniature/claims.json', '') in blocks
+  assert C.update_readme(readme, load) == readme, 'run: python -m promot_t5x.claims --readme=README.md'
+  for path, ids in blocks:
+    doc = load(path)
+    shown = [c for c in doc['claims'] if not ids or c['id'] in ids.split(',')]
+    table = C.readme_table(doc, ids.split(',') if ids else None)
+    assert table in readme
+    assert table.count('\n| C') == len(shown) > 0
+    for c in shown:
+      assert table.split(f'| {c["id"]} |')[1].split('\n')[0].endswith(f'| {c["verdict"]} |')
+  # The command rewrites a stale block from the file it names, and refuses a README without one
+  # or a claims file whose verdicts do not follow from its intervals.
+  (tmp_path / 'claims.json').write_text((root / 'docs' / 'miniature' / 'claims.json').read_text())
   stale = tmp_path / 'README.md'
-  stale.write_text(f'# x\n{C.README_BEGIN}\n| old |\n{C.README_END}\nafter\n')
-  assert C.main([f'--readme={stale}', f'--claims={root / "docs" / "miniature" / "claims.json"}']) == 0
-  assert stale.read_text() == f'# x\n{C.README_BEGIN}\n{table}\n{C.README_END}\nafter\n'
+  begin = C.README_BEGIN.format(path='claims.json')
+  stale.write_text(f'# x\n{begin}\n| old |\n{C.README_END}\nafter\n')
+  assert C.main([f'--readme={stale}']) == 0
+  expected = C.readme_table(load('docs/miniature/claims.json'))
+  assert stale.read_text() == f'# x\n{begin}\n{expected}\n{C.README_END}\nafter\n'
+  doc = load('docs/miniature/claims.json')
+  doc['claims'][0]['verdict'] = 'supported' if doc['claims'][0]['verdict'] != 'supported' else 'inconclusive'
+  (tmp_path / 'claims.json').write_text(json.dumps(doc))
+  with pytest.raises(SystemExit):
+    C.main([f'--readme={stale}'])
+  stale.write_text(f'{C.README_BEGIN.format(path="claims.json#C99")}\n{C.README_END}\n')
+  with pytest.raises(SystemExit):  # (the claims file is the bad one above; fix it first)
+    C.main([f'--readme={stale}'])
+  (tmp_path / 'claims.json').write_text((root / 'docs' / 'miniature' / 'claims.json').read_text())
+  with pytest.raises(SystemExit):  # no claim C99
+    C.main([f'--readme={stale}'])
   stale.write_text('# no markers\n')
   with pytest.raises(SystemExit):
-    C.main([f'--readme={stale}', f'--claims={root / "docs" / "miniature" / "claims.json"}'])
+    C.main([f'--readme={stale}'])

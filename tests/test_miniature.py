@@ -30,11 +30,12 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   for i in (0, 1):
     assert f'worker {i}: rte seeds [{i}]' in proc.stdout
     assert 'training' in (out / 'logs' / f'worker_{i}.log').read_text()
-  assert '[worker rte seeds [1]] [1/5] finetune seed 1: training' in proc.stdout
+  assert '[worker rte seeds [1]] [1/6] finetune seed 1: training' in proc.stdout
 
   # The paper's table: every variant is a column, the 8 analogues and Norm. Avg. are rows.
   table = json.loads((out / 'rte' / 'table.json').read_text())
-  assert set(table) == {'pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot', 'finetune_shuffled'}
+  assert set(table) == {'pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot', 'finetune_shuffled',
+                        'promot_shuffled'}
   for variant, seeds in table.items():
     assert len(seeds) == (1 if variant == 'pretrained' else 2), variant
     keys = seeds[0]
@@ -56,7 +57,7 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
       assert suite['norm_avg'] == pytest.approx(sum(scores) / 8)
       assert all(t['prompt'] is None for t in suite['tasks'].values())
     (target,) = r['suites']['target']['tasks'].values()
-    has_prompt = variant in ('prompt_tuning', 'promot', 'promot_1shot')
+    has_prompt = variant in ('prompt_tuning', 'promot', 'promot_1shot', 'promot_shuffled')
     assert target['prompt'] == ('task' if has_prompt else None), variant
   # Prompt tuning leaves the model frozen, so without its prompt it *is* the pretrained
   # model: identical suite predictions prove the prompt was removed.
@@ -108,15 +109,17 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   c2 = next(c for c in doc['claims'] if c['id'] == 'C2-rte')
   assert c2['tested']['mean'] == pytest.approx(c2['groups']['promot']['mean'] - c2['groups']['finetune']['mean'])
   assert (out / 'claims.md').read_text().count('| C') == len(doc['claims'])
-  # The control trained on shuffled labels and was scored on the real ones.
-  assert "'mini_rte_shuffled'" in (out / 'rte' / 'finetune_shuffled' / 'seed_0' / 'config.gin').read_text()
-  shuffled_eval = json.loads((out / 'rte' / 'finetune_shuffled' / 'seed_0' / 'eval' / 'results.json').read_text())
-  assert next(iter(shuffled_eval['suites']['target']['tasks'].values()))['task'] == 'mini_rte'
+  # The controls trained on shuffled labels and were scored on the real ones.
+  for run, config in (('finetune_shuffled', 'config.gin'), ('promot_shuffled', 'stage1/config.gin'),
+                      ('promot_shuffled', 'stage2/config.gin')):
+    assert "'mini_rte_shuffled'" in (out / 'rte' / run / 'seed_0' / config).read_text(), (run, config)
+    shuffled_eval = json.loads((out / 'rte' / run / 'seed_0' / 'eval' / 'results.json').read_text())
+    assert next(iter(shuffled_eval['suites']['target']['tasks'].values()))['task'] == 'mini_rte'
 
   # A second invocation re-runs nothing.
   again = _run(out, env)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count('done before') == 11
+  assert again.stdout.count('done before') == 13
   assert 'worker 0' not in again.stdout  # nothing left to do: no workers
   assert 'training' not in again.stdout
 
