@@ -111,9 +111,10 @@ def train_check(cfg: common.BenchConfig, stage_name: str, remat_policy: str, sca
   stats = compiled.memory_analysis()
   state = trainer.create_state(model.init_params(jax.random.PRNGKey(cfg.seed)))
   holder = {'state': state}
+  key = trainer.dropout_key()
 
   def step():  # the executable compiled above: the step is compiled once
-    holder['state'], metrics = compiled(holder['state'], batch)
+    holder['state'], metrics = compiled(holder['state'], batch, key)
     return jax.block_until_ready(metrics)
 
   metrics, first, times = common.timed_calls(step, cfg.train_steps, cfg.warmup_steps)

@@ -370,6 +370,10 @@ def claims_from_summary(summary: Mapping[str, Any]) -> tuple[list[Claim], dict[s
   info = {'seeds': s.get('seeds'), 'eval_examples_per_task': s.get('max_examples'),
           'task_test_examples': s.get('task_examples', s.get('max_examples')), 'world': s.get('world', 'v1'),
           'interval': 'two-sided 95 % t-interval over seeds; differences paired by seed'}
+  counts = summary.get('examples_scored')
+  if counts:  # what was scored (a split may hold fewer than the settings ask for)
+    info.update(eval_examples_per_task=min(counts['eval'].values(), default=0),
+                task_test_examples=min(counts['task'].values(), default=0), examples_scored=counts)
   return miniature_claims(summary['tables'], curves), info
 
 

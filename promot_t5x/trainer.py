@@ -144,14 +144,21 @@ class Trainer:
                        f'wrong shape {wrong}.')
 
   # -- steps ------------------------------------------------------------------------
-  def _dropout_rng(self, step: jax.Array, micro: int | jax.Array = 0) -> jax.Array | None:
-    if not self.use_dropout:
+  def dropout_key(self) -> jax.Array:
+    """Dropout's base key: the compiled step's third argument (not a constant in it), so
+    runs that differ only in their seed share one program (and the compilation cache).
+    A step compiled from `lower_train_step` is called as `(state, batch, dropout_key())`."""
+    return jax.device_put(jax.random.PRNGKey(self.dropout_seed), self.partitioner.replicated())
+
+  def _dropout_rng(self, key: jax.Array | None, step: jax.Array,
+                   micro: int | jax.Array = 0) -> jax.Array | None:
+    if not self.use_dropout or key is None:
       return None
-    key = jax.random.fold_in(jax.random.PRNGKey(self.dropout_seed), step)
-    return jax.random.fold_in(key, micro)
+    return jax.random.fold_in(jax.random.fold_in(key, step), micro)
 
   def _grads(self, trainable: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
-             step: jax.Array) -> tuple[PyTree, dict[str, jax.Array]]:
+             step: jax.Array, dropout_key: jax.Array | None = None
+             ) -> tuple[PyTree, dict[str, jax.Array]]:
     """Summed-loss gradients w.r.t. the trainable tree, accumulated over microbatches."""
 
     def summed_loss(train, micro_batch, rng):
@@ -162,7 +169,7 @@ class Trainer:
     grad_fn = jax.grad(summed_loss, has_aux=True)
     n = self.num_microbatches
     if n == 1:
-      return grad_fn(trainable, batch, self._dropout_rng(step))
+      return grad_fn(trainable, batch, self._dropout_rng(dropout_key, step))
 
     def split(x):
       if x.shape[0] % n:
@@ -174,7 +181,7 @@ class Trainer:
     def body(carry, xs):
       grads_acc, metrics_acc = carry
       i, mb = xs
-      g, m = grad_fn(trainable, mb, self._dropout_rng(step, i))
+      g, m = grad_fn(trainable, mb, self._dropout_rng(dropout_key, step, i))
       return (jax.tree_util.tree_map(jnp.add, grads_acc, g),
               jax.tree_util.tree_map(jnp.add, metrics_acc, m)), None
 
@@ -192,9 +199,10 @@ class Trainer:
       return jnp.ones_like(weight_sum)
     return jnp.asarray(float(factor), jnp.float32)
 
-  def _train_step_impl(self, state: TrainState, batch: Mapping[str, jax.Array]
+  def _train_step_impl(self, state: TrainState, batch: Mapping[str, jax.Array],
+                       dropout_key: jax.Array | None = None
                        ) -> tuple[TrainState, dict[str, jax.Array]]:
-    grads, metrics = self._grads(state.trainable, state.frozen, batch, state.step)
+    grads, metrics = self._grads(state.trainable, state.frozen, batch, state.step, dropout_key)
     norm = self._normalizer(metrics['weight_sum'])
     grads = jax.tree_util.tree_map(lambda g: g / norm, grads)
     grad_norm = optimizers.global_norm(grads)
@@ -221,20 +229,23 @@ class Trainer:
     if self._train_step is None:
       self._train_step = jax.jit(
           self._train_step_impl,
-          in_shardings=(self.state_shardings, self._batch_shardings(batch)),
+          in_shardings=(self.state_shardings, self._batch_shardings(batch),
+                        self.partitioner.replicated()),
           out_shardings=(self.state_shardings, self.partitioner.replicated()),
           donate_argnums=(0,))
+      self._key = self.dropout_key()
     with self.partitioner.activate():
-      return self._train_step(state, batch)
+      return self._train_step(state, batch, self._key)
 
   def lower_train_step(self, state: TrainState, batch: Mapping[str, Any]):
     """The lowered (not compiled) train step for abstract inputs: memory planning."""
     step = jax.jit(self._train_step_impl,
-                   in_shardings=(self.state_shardings, self._batch_shardings(batch)),
+                   in_shardings=(self.state_shardings, self._batch_shardings(batch),
+                                 self.partitioner.replicated()),
                    out_shardings=(self.state_shardings, self.partitioner.replicated()),
                    donate_argnums=(0,))
     with self.partitioner.activate():
-      return step.lower(state, batch)
+      return step.lower(state, batch, jax.ShapeDtypeStruct((2,), jnp.uint32))
 
   def _eval_step_impl(self, params: PyTree, batch: Mapping[str, jax.Array]
                       ) -> dict[str, jax.Array]:

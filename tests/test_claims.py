@@ -107,6 +107,10 @@ def test_committed_claims_are_those_of_the_committed_run():
   for c, new in zip(committed['claims'], found):
     assert c['verdict'] == new.verdict and c['tested']['mean'] == pytest.approx(new.tested.mean), c['id']
   assert committed['settings']['seeds'] == info['seeds']
+  # The example counts are those scored (from the summary), as promot-miniature records them.
+  for key in ('eval_examples_per_task', 'task_test_examples', 'examples_scored'):
+    assert committed['settings'][key] == info[key], key
+  assert info['task_test_examples'] >= 256 and info['eval_examples_per_task'] >= 128
 
 
 def test_readme_claims_tables_are_the_committed_claims_files(tmp_path):

@@ -2,12 +2,13 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from promot_t5x import miniature
+from promot_t5x import miniature, selection
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(miniature.BASE_MODEL),
                                 reason='the committed base model is missing')
@@ -15,8 +16,8 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(miniature.BASE_MODEL),
 
 def _run(out, env):
   return subprocess.run([sys.executable, '-m', 'promot_t5x.miniature', '--quick',
-                         f'--output_dir={out}'], capture_output=True, text=True, env=env,
-                        timeout=1500)
+                         f'--output_dir={out}', '--lr_grid=0.01,0.03', '--dose_response=0,2'],
+                        capture_output=True, text=True, env=env, timeout=1500)
 
 
 def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
@@ -30,12 +31,13 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   for i in (0, 1):
     assert f'worker {i}: rte seeds [{i}]' in proc.stdout
     assert 'training' in (out / 'logs' / f'worker_{i}.log').read_text()
-  assert '[worker rte seeds [1]] [1/6] finetune seed 1: training' in proc.stdout
+  assert re.search(r'\[worker rte seeds \[1\]\] \[1/\d+\] finetune seed 1: training', proc.stdout)
 
   # The paper's table: every variant is a column, the 8 analogues and Norm. Avg. are rows.
   table = json.loads((out / 'rte' / 'table.json').read_text())
+  grid_and_dose = {'finetune_lr0.01', 'finetune_lr0.03', 'finetune_random_prompt', 'promot_stage1_2'}
   assert set(table) == {'pretrained', 'prompt_tuning', 'finetune', 'promot', 'promot_1shot', 'finetune_shuffled',
-                        'promot_shuffled'}
+                        'promot_shuffled'} | grid_and_dose
   for variant, seeds in table.items():
     assert len(seeds) == (1 if variant == 'pretrained' else 2), variant
     keys = seeds[0]
@@ -45,7 +47,7 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   # Internal consistency of every run's results: Norm. Avg. is the mean of the 8 scores; the
   # prompt is attached to the fine-tuned task only, never to the suites.
   results = {v: json.loads((out / 'rte' / v / 'seed_0' / 'eval' / 'results.json').read_text())
-             for v in table}
+             for v in set(table) - grid_and_dose}
   for variant, r in results.items():
     assert set(r['suites']) == {'target', 'fewshot_1shot'}  # 4-shot only with --four_shot
     assert r['suites']['target']['tasks']['rte']['num_examples'] == 6  # task_examples, not max_examples
@@ -67,6 +69,53 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
       pt = (out / 'rte' / 'prompt_tuning' / 'seed_0' / 'eval' / 'predictions' / name / f'{task}.jsonl')
       assert [json.loads(l)['prediction'] for l in pre.read_text().splitlines()] == \
           [json.loads(l)['prediction'] for l in pt.read_text().splitlines()], (name, task)
+
+  # The paper's protocol (gin/miniature/protocol.gin): dropout and label smoothing 0.1,
+  # validation every 2 steps, the best step kept; stage 2 starts from stage 1's best prompt
+  # and ProMoT and prompt tuning are evaluated at their best steps.
+  run = out / 'rte' / 'promot' / 'seed_0'
+  for stage in ('stage1', 'stage2'):
+    config = (run / stage / 'config.gin').read_text()
+    assert 'DROPOUT_RATE = 0.1' in config and 'LABEL_SMOOTHING = 0.1' in config
+    assert "CHECKPOINT_BEST_METRIC = 'rte/accuracy'" in config and "stage2_from = 'best'" in config
+    assert "PROMPT_INIT = 'vocab_sample'" in config
+    history = [json.loads(l) for l in (run / stage / 'metrics.jsonl').read_text().splitlines()]
+    evals = {r['step']: r['eval/rte/accuracy'] for r in history if 'eval/rte/accuracy' in r}
+    assert set(evals) >= {2, 4}, evals
+    best = selection.read_best(str(run / stage / 'checkpoints'))
+    assert best.metric == 'rte/accuracy'
+    # The first step with the highest validation accuracy (ties keep the earlier one).
+    assert best.step == min(s for s, v in evals.items() if v == max(evals.values())), (stage, evals)
+  stage1_best = selection.read_best(str(run / 'stage1' / 'checkpoints')).step
+  assert f'parameters from {run / "stage1"} (best step {stage1_best})' in \
+      (out / 'logs' / 'worker_0.log').read_text()
+  for variant, stage in (('promot', 'stage2'), ('prompt_tuning', 'stage1')):
+    assert results[variant]['step'] == selection.read_best(str(run / stage / 'checkpoints')).step, variant
+
+  # The learning-rate grid: fine-tuning's best validation score per rate, from best.json.
+  grid = json.loads((out / 'lr_grid.json').read_text())
+  assert "LEARNING_RATE = 0.03" in (out / 'rte' / 'finetune_lr0.03' / 'seed_0' / 'config.gin').read_text()
+  for lr in ('0.01', '0.03'):
+    values = [selection.read_best(str(out / 'rte' / f'finetune_lr{lr}' / f'seed_{s}' / 'checkpoints')).value
+              for s in (0, 1)]
+    assert grid['rates'][lr]['rte']['mean'] == pytest.approx(sum(values) / 2)
+    assert grid['rates'][lr]['rte']['n'] == 2
+  means = {lr: r['mean_over_tasks'] for lr, r in grid['rates'].items()}
+  assert grid['chosen'] == float(max(means, key=means.get))
+  assert '(chosen)' in (out / 'lr_grid.md').read_text()
+  # The stage-1 dose-response (on rte here: enfr is not run): stage 2 from the initial
+  # prompt (0 steps, no stage 1: the fixed-random-prompt run) and from stage 1's last step
+  # after 2 steps.
+  dose = json.loads((out / 'dose_response.json').read_text())['tasks']['rte']
+  base = table['pretrained'][0]['fewshot_1shot/norm_avg']
+  for n, variant in (('0', 'finetune_random_prompt'), ('2', 'promot_stage1_2')):
+    changes = [r['fewshot_1shot/norm_avg'] - base for r in table[variant]]
+    assert dose[n]['norm_avg_change']['mean'] == pytest.approx(sum(changes) / 2)
+  assert 'prompt_validation_score' not in dose['0']
+  assert not (out / 'rte' / 'finetune_random_prompt' / 'seed_0' / 'stage1').exists()
+  assert dose['2']['prompt_validation_score']['n'] == 2
+  config = (out / 'rte' / 'promot_stage1_2' / 'seed_0' / 'stage2' / 'config.gin').read_text()
+  assert "stage2_from = 'latest'" in config and 'STAGE1_STEPS = 2' in config
 
   # ProMoT's model folder holds both stages; its evaluation used stage 2 with the prompt.
   promot = out / 'rte' / 'promot' / 'seed_0'
@@ -119,7 +168,7 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   # A second invocation re-runs nothing.
   again = _run(out, env)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count('done before') == 13
+  assert again.stdout.count('done before') == 21
   assert 'worker 0' not in again.stdout  # nothing left to do: no workers
   assert 'training' not in again.stdout
 
@@ -140,8 +189,9 @@ def test_multitask_promot_routes_one_prompt_per_task(tmp_path):
   """Multi-task ProMoT: trained once on the mixture with a prompt per task, evaluated per task."""
   from promot_t5x import experiment as experiment_lib
 
+  # (The protocol's validation is tested by the quick run; here it would only cost time.)
   settings = miniature.Settings(**{**miniature.QUICK, 'tasks': ('rte', 'enfr'), 'multitask': True, 'seeds': (0,),
-                                   'output_dir': str(tmp_path / 'mini'), 'curves': False})
+                                   'output_dir': str(tmp_path / 'mini'), 'curves': False, 'protocol': False})
   exps = {t: miniature.experiment(settings, t) for t in settings.tasks}
   for exp in exps.values():
     experiment_lib.run(exp, only=[miniature.MULTITASK, miniature.MULTITASK_FINETUNE])
@@ -182,3 +232,28 @@ def test_multitask_promot_routes_one_prompt_per_task(tmp_path):
 def test_multitask_needs_two_tasks():
   with pytest.raises(ValueError, match='two fine-tuning tasks'):
     miniature.Settings(tasks=('rte',), multitask=True)
+
+
+def test_default_model_learning_rate_is_the_grids_choice():
+  """The recipe's model learning rate is the committed grid's choice (docs/miniature/lr_grid.json)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  grid = json.loads(open(os.path.join(root, 'docs', 'miniature', 'lr_grid.json')).read())
+  means = {float(lr): row['mean_over_tasks'] for lr, row in grid['rates'].items()}
+  assert grid['chosen'] == max(means, key=means.get)
+  assert miniature.Settings().model_learning_rate == grid['chosen']
+  assert set(grid['rates']) == {'0.001', '0.003', '0.01', '0.03'} and len(grid['seeds']) >= 3
+
+
+def test_a_worker_ends_when_its_parent_is_gone():
+  """Killing promot-miniature must not leave its workers training: they watch their parent."""
+  import threading
+
+  ended = threading.Event()
+  # Not our parent: as if we had been re-parented after the parent's death.
+  thread = miniature.watch_parent(os.getppid() + 1, period=0.01, exit_fn=ended.set)
+  assert ended.wait(5)
+  thread.join(1)
+  assert not thread.is_alive()
+  stays = threading.Event()
+  thread = miniature.watch_parent(os.getppid(), period=0.01, exit_fn=stays.set)
+  assert not stays.wait(0.2) and thread.is_alive()

@@ -228,3 +228,44 @@ def test_reconstructing_documents_target_the_whole_document(world):
   ex = world.span_corruption(rng, list(words), salient, reconstruct=True)
   assert ex.targets == ' '.join(words)
   assert '<extra_id_99>' in ex.inputs and '<extra_id_0>' not in ex.inputs
+
+
+def test_fine_tuning_test_splits_grew_without_touching_what_pretraining_saw(world):
+  """256 test items per fine-tuning family: the first 128 and every train item as pretrained."""
+  before = world.as_pretrained()
+  assert before.config.finetune_test_size == before.config.eval_size == 128
+  for family in W.FINETUNE_FAMILIES:
+    test = world.items(family, 'test')
+    assert len(test) == world.config.finetune_test_size == 256
+    assert test[:128] == before.items(family, 'test')
+    assert len({i.key for i in test}) == 256
+    for split in ('train', 'validation'):
+      assert world.items(family, split) == before.items(family, split), (family, split)
+      assert not {i.key for i in test} & {i.key for i in world.items(family, split)}
+    # The extra items skip those the base model's pretraining drew (check_held_out --write).
+    assert not {i.key for i in test} & W.pretraining_drawn(family)
+  assert W.pretraining_drawn('enfr'), 'data/pretraining_drawn.json lists the drawn En-Fr items'
+  # The other families keep eval_size test items; QA scores its test and validation facts.
+  for family in W.EVAL_FAMILIES:
+    test, scored = world.items(family, 'test'), world.items(family, W.EVAL_SPLIT)
+    if family in W.QA_FAMILIES:
+      assert scored == test + world.items(family, 'validation') and len(scored) == 144
+    else:
+      assert scored == test and len(test) == 128
+  with pytest.raises(ValueError, match="Unknown split 'dev'"):
+    world.items('rte', 'dev')
+
+
+def test_no_scored_item_occurs_in_the_pretraining_stream():
+  """The stream as pretrained (a prefix: check_held_out checks 2x what pretraining read)."""
+  from promot_t5x_tasks.synthetic import check_held_out
+
+  counts = {'episodes': 6000, 'lumic': 1200, 'cipher': 600}
+  report = check_held_out.run(counts=counts)
+  assert report['passed'] and report['items_drawn'] > 10000, report
+  assert report['scored_items']['rte'] == report['scored_items']['enfr'] == 256
+  # Sanity of the check itself: the stream's own items are found, held-out ones never.
+  pretrained = W.get_world().as_pretrained()
+  drawn = check_held_out.drawn_keys(pretrained, counts)
+  assert {i.key for i in pretrained.items('enfr', 'train')} & drawn
+  assert not {i.key for i in pretrained.items('enfr', 'test')} & drawn

@@ -137,8 +137,13 @@ def restore_params(cfg: RestoreConfig, abstract_params: Mapping[str, Any],
     fresh = init_fn(list(initialized), dict(restored))
     for path in initialized:
       restored[path] = fresh[path]
+  where = cfg.path  # a run folder's step other than its latest is named
+  if cfg.step == 'best':
+    where = f'{cfg.path} (best step {orbax_io.best_step(cfg.path)})'
+  elif cfg.step != 'latest':
+    where = f'{cfg.path} (step {cfg.step})'
   report = matching.CheckpointReport(
-      source=cfg.path, loaded=tuple(sorted(plan)), left_out=tuple(sorted(initialized)),
+      source=where, loaded=tuple(sorted(plan)), left_out=tuple(sorted(initialized)),
       from_fallback=tuple(sorted(initialized)), unused=tuple(sorted(check.unused)))
   return param_sets.unflatten(restored), report
 

@@ -58,7 +58,7 @@ from promot_t5x import conjugate, metrics, postprocessing
 
 DEFAULT_PREFIX = 'mini_'
 SHOTS = (0, 1, 4)
-EVAL_SPLIT = 'eval'
+EVAL_SPLIT = world_lib.EVAL_SPLIT  # scored: test (and validation for QA; `World.items`)
 SCORED_SPLIT = 'test'
 SOURCE_SPLITS = world_lib.SPLITS + (EVAL_SPLIT,)
 # Pretraining streams: examples per split (the train stream is never exhausted
@@ -146,14 +146,12 @@ def _family_source(world: world_lib.World, family: str) -> seqio.FunctionDataSou
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed  # One in-memory "file"; seqio shuffles examples if asked.
-    split = SCORED_SPLIT if split == EVAL_SPLIT else split
-    examples = world.examples(family, split)
+    examples = world.examples(family, split)  # EVAL_SPLIT: the scored items (World.items)
     return tf.data.Dataset.from_tensor_slices({
         'inputs': tf.constant([e.inputs for e in examples], tf.string),
         'targets': tf.constant([e.targets for e in examples], tf.string)})
 
-  sizes = {s: len(world.items(family, s)) for s in world_lib.SPLITS}
-  sizes[EVAL_SPLIT] = sizes[SCORED_SPLIT]
+  sizes = {s: len(world.items(family, s)) for s in SOURCE_SPLITS}
   return seqio.FunctionDataSource(dataset_fn, splits=SOURCE_SPLITS, num_input_examples=sizes)
 
 

@@ -51,14 +51,12 @@ def _probe_source(world: world_lib.World, form: str) -> seqio.FunctionDataSource
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed
-    split = tasks_lib.SCORED_SPLIT if split == tasks_lib.EVAL_SPLIT else split
     examples = [world.render_skill(item, form) for item in world.items(family, split)]
     return tf.data.Dataset.from_tensor_slices({
         'inputs': tf.constant([e.inputs for e in examples], tf.string),
         'targets': tf.constant([e.targets for e in examples], tf.string)})
 
-  sizes = {s: len(world.items(family, s)) for s in world_lib.SPLITS}
-  sizes[tasks_lib.EVAL_SPLIT] = sizes[tasks_lib.SCORED_SPLIT]
+  sizes = {s: len(world.items(family, s)) for s in tasks_lib.SOURCE_SPLITS}
   return seqio.FunctionDataSource(dataset_fn, splits=tasks_lib.SOURCE_SPLITS,
                                   num_input_examples=sizes)
 

@@ -47,7 +47,8 @@ def _load(path: str):
 
 def corpus_lines(world: world_lib.World | None = None) -> list[str]:
   """The vocabulary's training text: every split, a pretraining sample, every word form."""
-  world = world or world_lib.get_world()
+  # The world as pretrained: its test splits before the fine-tuning families' grew.
+  world = (world or world_lib.get_world()).as_pretrained()
   lines: list[str] = []
   for family in world_lib.ALL_FAMILIES:
     for split in world_lib.SPLITS:

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 import re
 import zlib
 from collections.abc import Callable
@@ -225,6 +227,12 @@ class WorldConfig:
     num_story_names: names used by inference and word-sense examples; disjoint
       from the people, so that stories never contradict the world's facts.
     eval_size: validation and test examples per non-QA evaluation task.
+    finetune_test_size: test examples of the fine-tuning families (`rte`, `enfr`)
+      when above eval_size. Their first eval_size items are the same as with
+      eval_size alone (the test split is drawn first, from its own stream); the
+      rest are held out of pretraining like every test item
+      (`promot_t5x_tasks.synthetic.check_held_out` checks that the committed
+      base model's pretraining stream never drew them).
     demo_pool_size: train examples per evaluation family (the demonstrations).
     finetune_train_size: train examples of `rte` and `enfr`.
     max_shots: most demonstrations in a pretraining episode.
@@ -255,6 +263,7 @@ class WorldConfig:
   num_people: int = 72
   num_story_names: int = 48
   eval_size: int = 128
+  finetune_test_size: int = 256
   demo_pool_size: int = 512
   finetune_train_size: int = 4000
   max_shots: int = 4
@@ -279,7 +288,7 @@ class WorldConfig:
         raise ValueError(f'WorldConfig.{name} must be in [0, 1], got {getattr(self, name)}.')
     if not 0 < self.noise_density < 1 or self.mean_span_length < 1:
       raise ValueError('WorldConfig.noise_density must be in (0, 1) and mean_span_length >= 1.')
-    for name in ('eval_size', 'demo_pool_size', 'finetune_train_size'):
+    for name in ('eval_size', 'finetune_test_size', 'demo_pool_size', 'finetune_train_size'):
       if getattr(self, name) <= 0:
         raise ValueError(f'WorldConfig.{name} must be positive.')
     if self.max_prepositional_phrases not in (1, 2):
@@ -298,6 +307,8 @@ FINETUNE_FAMILIES = ('rte', 'enfr')
 EVAL_FAMILIES = ('cb', 'wic', 'triviaqa', 'webqa', 'ende', 'enro', 'xsum', 'wikilingua')
 ALL_FAMILIES = FINETUNE_FAMILIES + EVAL_FAMILIES
 SPLITS = ('train', 'validation', 'test')
+# The scored split of the tasks (`World.items`): test, plus validation for QA.
+EVAL_SPLIT = 'eval'
 
 
 def family_kind(family: str) -> str:
@@ -673,9 +684,17 @@ class World:
   # -- splits -----------------------------------------------------------------------
   @functools.cache
   def items(self, family: str, split: str) -> tuple[_Item, ...]:
-    """Raw items of a split. Splits are disjoint (by item key)."""
+    """Raw items of a split. Splits are disjoint (by item key).
+
+    `EVAL_SPLIT` ('eval') is the scored set: the test split, and for the QA
+    families (never fine-tuned, so their validation split selects nothing)
+    the validation split after it: 144 facts in the default world instead of 72.
+    """
+    if split == EVAL_SPLIT:
+      scored = self.items(family, 'test')
+      return scored + self.items(family, 'validation') if family in QA_FAMILIES else scored
     if split not in SPLITS:
-      raise ValueError(f'Unknown split {split!r}; use one of {SPLITS}.')
+      raise ValueError(f'Unknown split {split!r}; use one of {SPLITS + (EVAL_SPLIT,)}.')
     if family in QA_FAMILIES:
       return self._qa_splits(family)[split]
     return self._random_splits(family)[split]
@@ -702,20 +721,29 @@ class World:
              'train': c.finetune_train_size if family in FINETUNE_FAMILIES else c.demo_pool_size}
     seen: set[str] = set()
     out = {}
-    for split in ('test', 'validation', 'train'):  # evaluation splits claim items first
-      rng = self._rng('split', family, split)
+    # Evaluation splits claim items first; the fine-tuning families' extra test
+    # items come last (after train), so train and the first eval_size test items
+    # stay what they were for the base model's pretraining. The extra items skip
+    # any item the committed base model's pretraining stream drew
+    # (`PRETRAINING_DRAWN`, found by `promot_t5x_tasks.synthetic.check_held_out`).
+    extra = max(0, c.finetune_test_size - c.eval_size) if family in FINETUNE_FAMILIES else 0
+    for split, size, salt, skip in (('test', c.eval_size, 'test', ()),
+                                    ('validation', c.eval_size, 'validation', ()),
+                                    ('train', sizes['train'], 'train', ()),
+                                    ('test', extra, 'test_extra', pretraining_drawn(family))):
+      rng = self._rng('split', family, salt)
       items = []
       tries = 0
-      while len(items) < sizes[split]:
+      while len(items) < size:
         tries += 1
-        if tries > 50 * sizes[split]:
-          raise RuntimeError(f'Could not draw {sizes[split]} distinct {family} items.')
+        if tries > 50 * size:
+          raise RuntimeError(f'Could not draw {size} distinct {family} items.')
         item = self._sample_item(family, rng, split_item=True)
-        if item.key in seen:
+        if item.key in seen or item.key in skip:
           continue
         seen.add(item.key)
         items.append(item)
-      out[split] = tuple(items)
+      out[split] = out.get(split, ()) + tuple(items)
     return out
 
   @functools.cached_property
@@ -726,6 +754,17 @@ class World:
       for s in ('validation', 'test'):
         keys.update(i.key for i in self.items(f, s))
     return frozenset(keys)
+
+  def as_pretrained(self) -> World:
+    """This world as its base model was pretrained and its vocabulary trained.
+
+    The same world with test splits of eval_size items, before
+    `finetune_test_size` enlarged the fine-tuning families' (the vocabulary's
+    corpus holds every split's text, so it is built from this world).
+    """
+    if self.config.finetune_test_size <= self.config.eval_size:
+      return self
+    return get_world(dataclasses.replace(self.config, finetune_test_size=self.config.eval_size))
 
   # -- tasks ------------------------------------------------------------------------
   def examples(self, family: str, split: str) -> list[Example]:
@@ -831,7 +870,8 @@ class World:
     return self.span_corruption(rng, words, salient, reconstruct)
 
   def episode(self, family: str, rng: np.random.Generator,
-              convention: int | None = None, num_shots: int | None = None) -> Example:
+              convention: int | None = None, num_shots: int | None = None,
+              drawn: set[str] | None = None) -> Example | None:
     """A pretraining episode: 0-4 demonstrations and a query sharing one convention.
 
     `family` may be an evaluation family or a pretraining-only translation
@@ -862,6 +902,9 @@ class World:
           continue
         keys.add(item.key)
         items.append(item)
+    if drawn is not None:  # only the keys of the items drawn (check_held_out)
+      drawn.update(it.key for it in items)
+      return None
     if family in SKILL_FORMS:
       rendered = [self.render_skill(it, family, convention) for it in items]
     else:
@@ -893,7 +936,8 @@ class World:
     return tuple(self.pretrain_rates) + (('inference', 'inference_short')
                                          if self.config.latent_skills else ())
 
-  def pretraining_example(self, component: str, index: int, split: str = 'train') -> Example:
+  def pretraining_example(self, component: str, index: int, split: str = 'train',
+                          drawn: set[str] | None = None) -> Example | None:
     """Example `index` of a pretraining component (a pure function of its arguments).
 
     documents: span corruption of an English world document.
@@ -908,34 +952,40 @@ class World:
                second pretraining phase's extra share, `PRETRAIN_RATES_V2_PHASE2`).
     inference_short (second world only): the same with 0 or 1 demonstrations (short
                inputs: the third phase's share, `PRETRAIN_RATES_V2_PHASE3`).
+
+    `drawn`: only collect the keys of the task items the example's episode
+    draws (None is returned; documents draw none), as
+    `promot_t5x_tasks.synthetic.check_held_out` does.
     """
     if component not in self.pretrain_components:
       raise ValueError(f'Unknown pretraining component {component!r}; use one of '
                        f'{self.pretrain_components}.')
     rng = self._rng('pretrain', component, split, index)
     if component == 'documents':
-      return self.document_example(rng)
+      return None if drawn is not None else self.document_example(rng)
     if component == 'episodes':
       weights = PRETRAIN_EPISODE_WEIGHTS_V2 if self.config.latent_skills else PRETRAIN_EPISODE_WEIGHTS
       fams = list(weights)
       w = np.array([weights[f] for f in fams])
-      return self.episode(fams[int(rng.choice(len(fams), p=w / w.sum()))], rng)
+      return self.episode(fams[int(rng.choice(len(fams), p=w / w.sum()))], rng, drawn=drawn)
     if component == 'inference':
-      return self.episode('rte_yn', rng)
+      return self.episode('rte_yn', rng, drawn=drawn)
     if component == 'inference_short':
-      return self.episode('rte_yn', rng, num_shots=int(rng.integers(2)))
+      return self.episode('rte_yn', rng, num_shots=int(rng.integers(2)), drawn=drawn)
     if component == 'skills':
       kinds = list(SKILL_RATES)
       w = np.array([SKILL_RATES[k] for k in kinds])
       kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
       if kind == 'frenka_documents':
-        return self.frenka_document_example(rng)
-      return self.episode(kind, rng)
+        return None if drawn is not None else self.frenka_document_example(rng)
+      return self.episode(kind, rng, drawn=drawn)
     convert = self.to_lumic if component == 'lumic' else self.to_cipher
     if rng.random() < CONJUGATE_DOCUMENT_RATE:
-      return self.document_example(rng, convert)
+      return None if drawn is not None else self.document_example(rng, convert)
     fams = CONJUGATE_FAMILIES[component]
-    ex = self.episode(fams[int(rng.integers(len(fams)))], rng)
+    ex = self.episode(fams[int(rng.integers(len(fams)))], rng, drawn=drawn)
+    if ex is None:
+      return None
     return Example(convert(ex.inputs), convert(ex.targets), convert(ex.query))
 
 
@@ -1045,6 +1095,23 @@ def _map_words(text: str, mapping: dict[str, str]) -> str:
 # for fine-tuning, 144 people (144 test questions per QA analogue) and 256
 # validation/test items per other family.
 WORLD_V2 = WorldConfig(latent_skills=True, negation_rate=0.2, num_people=144, eval_size=256)
+
+
+PRETRAINING_DRAWN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                                      'pretraining_drawn.json')
+
+
+@functools.cache
+def pretraining_drawn(family: str) -> frozenset[str]:
+  """Candidate extra test items of `family` that the base model's pretraining drew.
+
+  Written by `python -m promot_t5x_tasks.synthetic.check_held_out --write`
+  (`PRETRAINING_DRAWN_FILE`); the extra test items skip them.
+  """
+  if not os.path.exists(PRETRAINING_DRAWN_FILE):
+    return frozenset()
+  with open(PRETRAINING_DRAWN_FILE) as f:
+    return frozenset(json.load(f).get('drawn', {}).get(family, ()))
 
 
 @functools.lru_cache(maxsize=8)
