@@ -283,12 +283,15 @@ def claims_document(claims: Sequence[Claim], settings: Mapping[str, Any]) -> dic
   return {'settings': dict(settings), 'claims': [c.as_dict() for c in claims]}
 
 
+def estimate_text(e: Estimate | Mapping[str, Any], digits: int = 2) -> str:
+  """'mean [lo, hi]' of an Estimate or of its `as_dict()` ('mean' alone without an interval)."""
+  mean, ci = (e['mean'], e['ci95']) if isinstance(e, Mapping) else (e.mean, e.ci95)
+  return f'{mean:.{digits}f}' + (f' [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]' if ci else '')
+
+
 def claims_markdown(claims: Sequence[Claim]) -> str:
   """A table of the claims: paper, measure, groups (mean [95 % CI]), verdict."""
-
-  def cell(e: Estimate) -> str:
-    return f'{e.mean:.2f} [{e.ci95[0]:.2f}, {e.ci95[1]:.2f}]' if e.ci95 else f'{e.mean:.2f}'
-
+  cell = estimate_text
   lines = ['| id | claim (paper) | measure | groups, mean [95 % CI] | tested | verdict |',
            '|---|---|---|---|---|---|']
   for c in claims:

@@ -836,11 +836,6 @@ def _write_json_md(settings: Settings, name: str, doc: Mapping[str, Any], markdo
   return path
 
 
-def _ci_text(e: Mapping[str, Any]) -> str:
-  """'m [lo, hi]' of an estimate as `claims.Estimate.as_dict` writes it."""
-  return f'{e["mean"]:.1f}' + (f' [{e["ci95"][0]:.1f}, {e["ci95"][1]:.1f}]' if e['ci95'] else '')
-
-
 def write_lr_grid(settings: Settings) -> str:
   """lr_grid.json/md: fine-tuning's best validation score at each model learning rate.
 
@@ -876,7 +871,7 @@ def write_lr_grid(settings: Settings) -> str:
            '| learning rate | ' + ' | '.join(settings.tasks) + ' | mean |',
            '|---:|' + '---:|' * (len(settings.tasks) + 1)]
   for k, row in rows.items():
-    cells = [_ci_text(row[t]) if t in row else '–' for t in settings.tasks]
+    cells = [claims.estimate_text(row[t], 1) if t in row else '–' for t in settings.tasks]
     lines.append(f'| {k}{" (chosen)" if k == chosen else ""} | ' + ' | '.join(cells)
                  + f' | {row["mean_over_tasks"]:.1f} |')
   path = _write_json_md(settings, 'lr_grid', doc, '\n'.join(lines) + '\n')
@@ -914,7 +909,7 @@ def write_dose_response(settings: Settings) -> str:
     lines += [f'## mini_{task}', '', '| stage-1 steps | prompt\'s validation score | Norm. Avg. change '
               '(1-shot) | task score |', '|---:|---:|---:|---:|']
     for n, d in doses.items():
-      cells = [_ci_text(d[k]) if k in d else '–'
+      cells = [claims.estimate_text(d[k], 1) if k in d else '–'
                for k in ('prompt_validation_score', 'norm_avg_change', 'task_score')]
       lines.append(f'| {n} | ' + ' | '.join(cells) + ' |')
     lines.append('')
