@@ -35,8 +35,9 @@ run: $(VENV)/.installed-run
 quick: $(VENV)/.installed-run
 	$(BIN)/promot-miniature --quick
 
+# The tests run on parallel workers, one per CPU (at most 4), that steal work from each other.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n logical --maxprocesses=4 --dist worksteal tests
 
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check promot_t5x tasks launch tests bench

@@ -12,7 +12,7 @@ t5x or peft; requirements.lock pins the exact environment that `make run` and
   cuda12   jax for NVIDIA GPUs with CUDA 12 (jax[cuda12])
   cpu      the optional CPU kernels' dependencies (oneMKL and TBB; x86-64 Linux
            only; see docs/cpu_kernels.md); the kernels also need g++
-  test     pytest, torch and transformers (reference checks), ruff
+  test     pytest (+ xdist), torch and transformers (reference checks), ruff
   bench    test + peft (the PyTorch peer in bench/)
 """
 
@@ -55,6 +55,7 @@ EXTRAS = {
     'cpu': [f'mkl>=2025.0; {_X86_LINUX}', f'tbb>=2022.0; {_X86_LINUX}'],
     'test': [
         'pytest>=8,<10',
+        'pytest-xdist>=3.6,<4',  # make test runs the suite on every core
         # Reference checks against Hugging Face (the CPU wheel of torch is enough).
         'torch>=2.5',
         'transformers>=4.50',

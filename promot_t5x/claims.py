@@ -372,6 +372,7 @@ def claims_from_summary(summary: Mapping[str, Any]) -> tuple[list[Claim], dict[s
   s = summary.get('settings', {})
   info = {'seeds': s.get('seeds'), 'eval_examples_per_task': s.get('max_examples'),
           'task_test_examples': s.get('task_examples', s.get('max_examples')), 'world': s.get('world', 'v1'),
+          'model_learning_rate': s.get('model_learning_rate'),
           'interval': 'two-sided 95 % t-interval over seeds; differences paired by seed'}
   counts = summary.get('examples_scored')
   if counts:  # what was scored (a split may hold fewer than the settings ask for)

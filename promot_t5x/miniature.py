@@ -192,6 +192,9 @@ class Settings:
     for name in ('max_examples', 'task_examples'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
+    for name in ('model_learning_rate', 'prompt_learning_rate'):
+      if not getattr(self, name) > 0:
+        raise ValueError(f'{name} must be > 0, got {getattr(self, name)}.')
     if self.workers is not None and self.workers < 1:
       raise ValueError(f'workers must be >= 1 (or None: automatic), got {self.workers}.')
     if self.multitask and len(self.tasks) < 2:
@@ -812,6 +815,7 @@ def write_claims(settings: Settings, curve_data: Any) -> str:
           'task_test_examples': min(counts['task'].values(), default=0),
           'examples_scored': counts, 'world': settings.world,
           'base_model': portable_settings(settings)['base_model'],
+          'model_learning_rate': settings.model_learning_rate,
           'interval': 'two-sided 95 % t-interval over seeds; differences paired by seed',
           'command': 'promot-miniature ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else 'promot-miniature'}
   path = claims.write_claims(os.path.join(settings.output_dir, 'claims.json'), found, info)
@@ -996,6 +1000,9 @@ def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--lr_grid', default=None, metavar='RATES',
                       help='comma-separated model learning rates: fine-tune at each (every seed) and '
                            'write lr_grid.json/md, the rate with the best validation score')
+  parser.add_argument('--model_learning_rate', type=float, default=None, metavar='LR',
+                      help=f'the model learning rate of fine-tuning, stage 2, joint and random-prompt runs '
+                           f'(default {Settings.model_learning_rate}, the grid\'s choice: docs/miniature/lr_grid.json)')
   parser.add_argument('--dose_response', default=None, metavar='STEPS',
                       help='comma-separated stage-1 steps (e.g. 0,30,100,300): ProMoT on mini_enfr with '
                            'stage 2 started from those prompts; writes dose_response.json/md')
@@ -1034,6 +1041,8 @@ def _main(args: argparse.Namespace) -> int:
     kwargs['only'] = tuple(args.only.split(','))
   if args.lr_grid:
     kwargs['lr_grid'] = tuple(float(x) for x in args.lr_grid.split(','))
+  if args.model_learning_rate is not None:
+    kwargs['model_learning_rate'] = args.model_learning_rate
   if args.dose_response:
     kwargs['dose_steps'] = tuple(int(x) for x in args.dose_response.split(','))
   if args.base_model:

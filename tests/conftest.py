@@ -36,3 +36,19 @@ def fixtures_dir() -> pathlib.Path:
 @pytest.fixture(scope='session')
 def repo_dir() -> pathlib.Path:
   return REPO
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `slow` run first, the longest (`slow(minutes=N)`) before the others.
+
+  `make test` spreads the tests over parallel workers that steal work from each other
+  (pytest-xdist's worksteal); a long test started last would leave the other workers idle.
+  The sort is stable: the order is otherwise the collection's.
+  """
+  del config
+
+  def weight(item):
+    mark = item.get_closest_marker('slow')
+    return -mark.kwargs.get('minutes', 0.5) if mark else 0
+
+  items.sort(key=weight)

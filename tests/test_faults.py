@@ -66,6 +66,7 @@ def _read_only_folder(tmp_path):
 # Preemption: SIGTERM / SIGINT finish the step, save, exit; the resume is bit-identical.
 # -----------------------------------------------------------------------------
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_signal_saves_the_step_and_the_resume_equals_an_uninterrupted_run(tmp_path, fixtures_dir,
                                                                           sig):
   common = [*FINETUNE, '--gin.TRAIN_STEPS=20', '--gin.CHECKPOINT_PERIOD=100',
@@ -95,6 +96,7 @@ def test_signal_saves_the_step_and_the_resume_equals_an_uninterrupted_run(tmp_pa
     assert np.array_equal(straight[p], resumed[p]), p
 
 
+@pytest.mark.slow(minutes=1)
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_path, fixtures_dir):
   """SLURM or a TPU VM may signal one host first: every process stops and saves together."""
   from promot_t5x_launch import local
@@ -136,6 +138,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_p
 # -----------------------------------------------------------------------------
 # Run records and locks.
 # -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_refused_restart_keeps_the_run_record_and_each_start_adds_to_the_history(
     tmp_path, fixtures_dir):
   env = _env(fixtures_dir)
@@ -194,6 +197,7 @@ def test_second_run_on_a_model_dir_is_refused_and_a_killed_run_leaves_no_lock(tm
 # -----------------------------------------------------------------------------
 # A damaged latest checkpoint.
 # -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_truncated_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(
     tmp_path, fixtures_dir):
   env = _env(fixtures_dir)
@@ -231,6 +235,7 @@ def _tmpfs_unavailable():
   return None if r.returncode == 0 else f'unshare/mount failed: {r.stderr.strip()[:200]}'
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_is_one_paragraph_and_the_last_checkpoint_resumes(tmp_path,
                                                                                 fixtures_dir):
   """A real full disk: a 4 MiB tmpfs in a user+mount namespace (no root needed), filled up."""
@@ -335,6 +340,7 @@ def test_damaged_initial_checkpoint_is_named_and_nothing_is_written(tmp_path, fi
 # -----------------------------------------------------------------------------
 # Stage chaining.
 # -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_stage2_refuses_to_resume_when_stage1_moved_on(tmp_path, fixtures_dir):
   env = _env(fixtures_dir)
   s1, s2 = tmp_path / 's1', tmp_path / 's2'

@@ -20,6 +20,7 @@ def _run(out, env):
                         capture_output=True, text=True, env=env, timeout=1500)
 
 
+@pytest.mark.slow(minutes=4)
 def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   out = tmp_path / 'mini'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
@@ -145,6 +146,7 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   doc = json.loads((out / 'claims.json').read_text())
   assert claims.check_claims_file(doc) == []
   assert doc['settings']['seeds'] == [0, 1] and doc['settings']['world'] == 'v1'
+  assert doc['settings']['model_learning_rate'] == miniature.Settings.model_learning_rate
   assert doc['settings']['task_test_examples'] == 6 and doc['settings']['eval_examples_per_task'] == 4
   assert doc['settings']['examples_scored']['task'] == {'rte': 6}
   assert not os.path.isabs(doc['settings']['base_model'])
@@ -185,6 +187,7 @@ def test_worker_shares_balance_task_seed_units():
   assert miniature.worker_shares(miniature.Settings(seeds=(0,), tasks=('rte',), workers=2)) == [(('rte', 0),)]
 
 
+@pytest.mark.slow(minutes=1)
 def test_multitask_promot_routes_one_prompt_per_task(tmp_path):
   """Multi-task ProMoT: trained once on the mixture with a prompt per task, evaluated per task."""
   from promot_t5x import experiment as experiment_lib
@@ -232,6 +235,17 @@ def test_multitask_promot_routes_one_prompt_per_task(tmp_path):
 def test_multitask_needs_two_tasks():
   with pytest.raises(ValueError, match='two fine-tuning tasks'):
     miniature.Settings(tasks=('rte',), multitask=True)
+
+
+def test_model_learning_rate_flag_reaches_the_settings(monkeypatch, tmp_path, capsys):
+  ran = []
+  monkeypatch.setattr(miniature, 'run', ran.append)
+  assert miniature.main([f'--output_dir={tmp_path}', '--model_learning_rate=0.01']) == 0
+  (settings,) = ran
+  assert settings.model_learning_rate == 0.01 and settings.prompt_learning_rate == 0.2
+  assert miniature.main([f'--output_dir={tmp_path}', '--model_learning_rate=0']) == 2
+  assert 'model_learning_rate must be > 0, got 0.0' in capsys.readouterr().err
+  assert len(ran) == 1
 
 
 def test_default_model_learning_rate_is_the_grids_choice():

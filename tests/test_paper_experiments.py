@@ -89,6 +89,7 @@ def _tiny_start(path, fixtures_dir):
   return str(path)
 
 
+@pytest.mark.slow(minutes=1)
 def test_every_column_of_the_main_rte_table_runs_end_to_end_on_mock_data(
     tmp_path, fixtures_dir, fixture_tasks):
   exp = experiment.load_spec(os.path.join(ROOT, 'experiments', 'paper', 'main_rte.toml'))

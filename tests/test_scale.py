@@ -196,6 +196,7 @@ def test_stacked_layer_leaves_are_found_by_their_layers_key():
   assert optimizers.stacked_layer_leaves(tree) == [True, False]
 
 
+@pytest.mark.slow
 def test_promot_train_with_scan_remat_and_2d_restores_and_resumes_in_the_unrolled_layout(
     tmp_path, fixtures_dir):
   """promot-train by gin macros: from an unrolled checkpoint, killed-and-resumed, same result.

@@ -216,9 +216,14 @@ def test_committed_vocabulary_is_regenerated_exactly(tmp_path):
   If this fails, the world's text changed: regenerate the model with
   `python -m promot_t5x_tasks.synthetic.vocabulary` (and retrain the base model).
   """
+  committed = vocabulary_lib.get_vocabulary()
   path = vocabulary_lib.train_vocabulary(str(tmp_path / 'spm.model'))
   with open(path, 'rb') as a, open(vocabulary_lib.SPM_PATH, 'rb') as b:
     assert a.read() == b.read()
+  # Writing another file leaves the committed model's object, which the registered tasks
+  # hold, in place (tests in the same process compare vocabularies by identity).
+  assert vocabulary_lib.get_vocabulary() is committed
+  assert vocabulary_lib.get_vocabulary(path) is not committed
 
 
 def test_reconstructing_documents_target_the_whole_document(world):

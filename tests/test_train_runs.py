@@ -59,6 +59,7 @@ def _final_params(model_dir):
           param_sets.flatten(ckpt_manager.load_run_params(str(model_dir))).items()}
 
 
+@pytest.mark.slow
 def test_kill_and_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path, fixtures_dir):
   common = ['--gin_file=runs/finetune.gin', '--gin.TRAIN_STEPS=30', '--gin.CHECKPOINT_PERIOD=3',
             '--gin.DROPOUT_RATE=0.1', '--gin.LEARNING_RATE=0.01']
@@ -104,6 +105,7 @@ def _one_and_two_processes(tmp_path, fixtures_dir, *args):
   return results[0].stdout, _final_params(tmp_path / 'one'), _final_params(tmp_path / 'two')
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, fixtures_dir):
   common = ['--gin_file=runs/finetune.gin', '--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=4',
             '--gin.SHUFFLE_TRAIN_EXAMPLES=False', '--gin.LEARNING_RATE=0.01']
@@ -114,6 +116,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, fi
   assert any(not np.allclose(one[p], 0) for p in one)
 
 
+@pytest.mark.slow
 def test_model_axis_across_two_processes_equals_one_process(tmp_path, fixtures_dir):
   """Stage 1 from a pretrained run on a mesh whose model axis spans the processes.
 
@@ -139,6 +142,7 @@ def test_model_axis_across_two_processes_equals_one_process(tmp_path, fixtures_d
   assert not np.allclose(one['prompt/task'], 0)
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(tmp_path):
   """promot-eval on 2 processes x 1 device gives one process x 2 devices' outputs."""
   import json

@@ -13,10 +13,10 @@ Ids follow T5: 0 pad, 1 eos, 2 unk, no bos.
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import os
 import re
+from typing import Any
 
 from promot_t5x_tasks.synthetic import world as world_lib
 
@@ -30,19 +30,22 @@ VOCAB_SIZE = 1900
 CORPUS_PRETRAIN_EXAMPLES = 20000
 
 
+# One vocabulary object per model file: the registered tasks hold it, and
+# `get_vocabulary()` returns that same object (tasks compare vocabularies by identity).
+_LOADED: dict[str, Any] = {}
+
+
 def get_vocabulary(path: str = SPM_PATH):
   """The miniature's `seqio.SentencePieceVocabulary` (with 100 extra ids)."""
-  return _load(path)
+  key = os.path.abspath(path)
+  if key not in _LOADED:
+    import seqio  # pylint: disable=g-import-not-at-top
 
-
-@functools.lru_cache(maxsize=4)
-def _load(path: str):
-  import seqio  # pylint: disable=g-import-not-at-top
-
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'No SentencePiece model at {path}; regenerate it with '
-                            '`python -m promot_t5x_tasks.synthetic.vocabulary`.')
-  return seqio.SentencePieceVocabulary(path, extra_ids=EXTRA_IDS)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'No SentencePiece model at {path}; regenerate it with '
+                              '`python -m promot_t5x_tasks.synthetic.vocabulary`.')
+    _LOADED[key] = seqio.SentencePieceVocabulary(path, extra_ids=EXTRA_IDS)
+  return _LOADED[key]
 
 
 def corpus_lines(world: world_lib.World | None = None) -> list[str]:
@@ -123,7 +126,7 @@ def train_vocabulary(output: str = SPM_PATH, vocab_size: int = VOCAB_SIZE,
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, 'wb') as f:
     f.write(model.getvalue())
-  _load.cache_clear()
+  _LOADED.pop(os.path.abspath(output), None)  # the file changed; other models' objects stay
   return output
 
 
