@@ -179,3 +179,29 @@ def test_readme_claims_tables_are_the_committed_claims_files(tmp_path):
   stale.write_text('# no markers\n')
   with pytest.raises(SystemExit):
     C.main([f'--readme={stale}'])
+
+
+def test_the_recorded_run_at_learning_rate_0_01_is_what_results_md_shows():
+  """docs/results.md compares the committed run with one at model learning rate 0.01
+  (docs/miniature/lr0.01/); its table rows are the two claims files' numbers and verdicts."""
+  import json
+  import pathlib
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  committed = json.loads((root / 'docs' / 'miniature' / 'claims.json').read_text())
+  low_lr = json.loads((root / 'docs' / 'miniature' / 'lr0.01' / 'claims.json').read_text())
+  assert C.check_claims_file(low_lr) == []
+  assert low_lr['settings']['model_learning_rate'] == 0.01
+  assert low_lr['settings']['seeds'] == committed['settings']['seeds']
+  assert low_lr['settings']['examples_scored'] == committed['settings']['examples_scored']
+  results = (root / 'docs' / 'results.md').read_text()
+  by_id = {c['id']: c for c in low_lr['claims']}
+  rows = 0
+  for c in committed['claims']:
+    if c['id'] in by_id:
+      d = by_id[c['id']]
+      row = (f"| {c['id']} | {C.estimate_text(c['tested'], 1)} | {c['verdict']} | "
+             f"{C.estimate_text(d['tested'], 1)} | {d['verdict']} |")
+      assert row in results, row
+      rows += 1
+  assert rows == len(low_lr['claims']) >= 8
