@@ -30,6 +30,8 @@ from typing import Any
 
 from scipy import stats
 
+# How every interval in a claims file is computed (its settings record this).
+INTERVAL = 'two-sided 95 % t-interval over seeds; differences paired by seed'
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = 'supported', 'not supported', 'inconclusive'
 TESTS = ('above', 'below', 'within')
 
@@ -373,7 +375,7 @@ def claims_from_summary(summary: Mapping[str, Any]) -> tuple[list[Claim], dict[s
   info = {'seeds': s.get('seeds'), 'eval_examples_per_task': s.get('max_examples'),
           'task_test_examples': s.get('task_examples', s.get('max_examples')), 'world': s.get('world', 'v1'),
           'model_learning_rate': s.get('model_learning_rate'),
-          'interval': 'two-sided 95 % t-interval over seeds; differences paired by seed'}
+          'interval': INTERVAL}
   counts = summary.get('examples_scored')
   if counts:  # what was scored (a split may hold fewer than the settings ask for)
     info.update(eval_examples_per_task=min(counts['eval'].values(), default=0),

@@ -816,7 +816,7 @@ def write_claims(settings: Settings, curve_data: Any) -> str:
           'examples_scored': counts, 'world': settings.world,
           'base_model': portable_settings(settings)['base_model'],
           'model_learning_rate': settings.model_learning_rate,
-          'interval': 'two-sided 95 % t-interval over seeds; differences paired by seed',
+          'interval': claims.INTERVAL,
           'command': 'promot-miniature ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else 'promot-miniature'}
   path = claims.write_claims(os.path.join(settings.output_dir, 'claims.json'), found, info)
   _log(f'claims: {path} (' + ', '.join(f'{c.id} {c.verdict}' for c in found) + ')')
