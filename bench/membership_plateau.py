@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 VOCAB, BATCH = 64, 64
+TASKS = ('search', 'aligned', 'control', 'fixed', 'half', 'marked')  # defined in batches()
 YES, NO, EOS, SEPARATOR, FIRST = 3, 4, 1, 5, 10
 MID = (FIRST + VOCAB) // 2
 HEAD_DIM = 32  # the width is heads x HEAD_DIM; the MLP is 4 x the width
@@ -47,15 +48,12 @@ def batches(seed: int, length: int, task: str = 'search'):
   for token i), so that the query is found by its content, not by its place.
   """
   rng = np.random.default_rng(seed)
+  top = MID if task in ('half', 'marked') else VOCAB
   while True:
-    x = rng.integers(FIRST, MID if task in ('half', 'marked') else VOCAB, size=(BATCH, length))
+    x = rng.integers(FIRST, top, size=(BATCH, length))
     y = rng.integers(2, size=BATCH)
     for i in range(BATCH):
       q, body = x[i, -1], x[i, :-2]
-      if task == 'fixed':
-        q = FIRST
-        while x[i, -1] == FIRST:
-          x[i, -1] = rng.integers(FIRST + 1, VOCAB)
       if task == 'control':
         q = x[i, -1] = rng.integers(FIRST, MID) if y[i] else rng.integers(MID, VOCAB)
       elif task == 'aligned':
@@ -64,7 +62,10 @@ def batches(seed: int, length: int, task: str = 'search'):
         while not y[i] and body[0] == q:
           body[0] = rng.integers(FIRST, VOCAB)
       else:  # search, fixed, half, marked
-        top = MID if task in ('half', 'marked') else VOCAB
+        if task == 'fixed':
+          q = FIRST
+          while x[i, -1] == FIRST:
+            x[i, -1] = rng.integers(FIRST + 1, VOCAB)
         if y[i] and q not in body:
           body[rng.integers(len(body))] = q
         while not y[i] and q in body:
@@ -150,10 +151,8 @@ def main() -> None:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--length', type=int, default=24,
                       help='tokens per input: the query last, a separator, length - 2 others')
-  parser.add_argument('--task', choices=('search', 'aligned', 'control', 'fixed', 'half', 'marked'), default='search',
-                      help='search: the query anywhere among the others; aligned: the first token; '
-                           'control: the query\'s own half of the vocabulary; fixed: token FIRST among the others; '
-                           'half / marked: search in half the vocabulary, the query plain / as its twin')
+  parser.add_argument('--task', choices=TASKS, default='search',
+                      help='what the answer needs (see batches())')
   parser.add_argument('--layers', type=int, default=3, help='encoder and decoder layers each')
   parser.add_argument('--heads', type=int, default=4, help='heads of 32; the width is 32 x heads')
   parser.add_argument('--output', default=os.path.join(os.path.dirname(__file__), 'results',
