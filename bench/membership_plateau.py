@@ -10,7 +10,8 @@ fixed place), `control` (no match, only the query's place), `fixed` (no place,
 only content), `half` and `marked` (the search in half the vocabulary, with the
 query plain or written as its twin). Balanced labels, one answer token plus
 EOS, the miniature's model size by default (3 + 3 layers, 128 wide, 4 heads of
-32, gated GELU, untied logits; `--layers`, `--heads`, `--length`). It trains our
+32, gated GELU, untied logits; `--layers`, `--heads`, `--length`; a constant
+rate unless `--schedule=warmup_cosine`). It trains our
 `t5.Transformer` (JAX) or `transformers.T5ForConditionalGeneration` (torch, the
 reference) from scratch and prints loss and answer accuracy every 100 steps;
 each line also goes to bench/results/membership_plateau.jsonl.
@@ -92,7 +93,9 @@ def ours(args):
       logits_via_embedding=False, relative_attention_num_buckets=32,
       relative_attention_max_distance=128))
   params = nn.unbox(t5.init_params(model, jax.random.PRNGKey(args.seed)))
-  opt = (optax.adam if args.optimizer == 'adam' else optax.adafactor)(args.learning_rate)
+  rate = args.learning_rate if args.schedule == 'constant' else optax.warmup_cosine_decay_schedule(
+      0.0, args.learning_rate, warmup_steps=args.steps // 10, decay_steps=args.steps)
+  opt = (optax.adam if args.optimizer == 'adam' else optax.adafactor)(rate)
   state = opt.init(params)
 
   @jax.jit
@@ -128,8 +131,8 @@ def hf(args):
       num_decoder_layers=args.layers, num_heads=args.heads, relative_attention_num_buckets=32,
       relative_attention_max_distance=128, dropout_rate=0.0, feed_forward_proj='gated-gelu',
       tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=EOS))
-  if args.optimizer != 'adam':
-    raise SystemExit('--impl=hf runs with --optimizer=adam only.')
+  if args.optimizer != 'adam' or args.schedule != 'constant':
+    raise SystemExit('--impl=hf runs with --optimizer=adam and a constant rate only.')
   opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
 
   def run(x, t):
@@ -148,6 +151,8 @@ def main() -> None:
   parser.add_argument('--optimizer', choices=('adam', 'adafactor'), default='adam')
   parser.add_argument('--learning_rate', type=float, default=1e-3)
   parser.add_argument('--steps', type=int, default=1500)
+  parser.add_argument('--schedule', choices=('constant', 'warmup_cosine'), default='constant',
+                      help='warmup_cosine: linear warmup over a tenth of the steps, cosine decay to 0 (ours only)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--length', type=int, default=24,
                       help='tokens per input: the query last, a separator, length - 2 others')
@@ -167,6 +172,7 @@ def main() -> None:
     hits.append(float(np.mean((first[:, YES] > first[:, NO]) == (y == 1))))
     if s % 100 == 0:
       row = {'impl': args.impl, 'optimizer': args.optimizer, 'learning_rate': args.learning_rate,
+             'schedule': args.schedule,
              'seed': args.seed, 'task': args.task, 'length': args.length, 'layers': args.layers,
              'width': 32 * args.heads, 'step': s, 'loss': round(loss, 4),
              'accuracy_last_100_steps': round(float(np.mean(hits[-100:])), 4),

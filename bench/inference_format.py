@@ -1,0 +1,191 @@
+"""Is the second world's inference learnable at the miniature's size when its hypothesis has tokens of its own?
+
+bench/membership_plateau.py found that a miniature-sized T5 learns a content
+match when the query is written in tokens of its own (`--task=marked`) but not
+when it must be found by its place (`--task=search`). This carries that to the
+second world's real items: the yes/no inference question
+(`world.YES_NO_INFERENCE`, items from `World._inference_item('rte')` of
+`WORLD_V2`, tokenized with the miniature's SentencePiece vocabulary), its
+hypothesis written
+
+  english:     as in the second world ("... Does it say that Lizo plays chess? A:");
+  value_lumic: the same with the value word in Lumic ("... Lizo plays lyly? A:");
+  lumic:       wholly in Lumic (`World.to_lumic`: names and cities kept);
+  twin:        English with the value word as a token of its own, one per value
+               (`<extra_id_20>` ...; Lumic's value words take 1-4 pieces of
+               this vocabulary, 2.3 on average, these take one; cities kept).
+
+It trains the miniature's model (3 + 3 layers, 128 wide, 4 heads, vocabulary
+2000; `--layers`, `--heads`) from scratch with Adam (a constant rate, or
+`--schedule=warmup_cosine`) on 0-shot (or `--shots=1`) questions, prints loss
+and answer accuracy every 100 steps (yes against no on the first decoder step,
+overall and per kind of item: `entailed`, the hypothesis's value in the
+premise, "yes"; `contradicted`, its relation in the premise with another
+value, and `unmentioned`, its relation not in the premise, both "no") and
+appends each line to bench/results/inference_format.jsonl (rows written before
+the kinds were recorded give the accuracy on hypotheses about a city instead).
+
+  python bench/inference_format.py --hypothesis=english
+  python bench/inference_format.py --hypothesis=lumic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+
+import numpy as np
+
+HYPOTHESES = ('english', 'value_lumic', 'lumic', 'twin')
+KINDS = ('entailed', 'contradicted', 'unmentioned')
+BATCH = 64
+
+
+def renderer(hypothesis: str, shots: int):
+  """(inputs text, target 'yes'|'no', the query's kind (an index into KINDS)) for a fresh item."""
+  from promot_t5x_tasks import templates
+  from promot_t5x_tasks.synthetic import world as world_lib
+
+  world = world_lib.get_world(world_lib.WORLD_V2)
+  values = {v.lower() for r in world.relations for v in r.values}
+  relation_of = {v.lower(): r.name for r in world.relations for v in r.values}
+  cities = {c.lower() for c in world.cities}  # Lumic keeps them; so does `twin`
+  twins = {v: f'<extra_id_{20 + k}>' for k, v in enumerate(sorted(values - cities))}
+
+  def question(item):
+    premise, hyp, label = item.fields
+    if hypothesis == 'lumic':
+      hyp = world.to_lumic(hyp)
+    elif hypothesis == 'value_lumic':
+      hyp = re.sub(r'[A-Za-z]+', lambda m: world.lumic.get(m.group(0), m.group(0))
+                   if m.group(0) in values else m.group(0), hyp)
+    elif hypothesis == 'twin':
+      hyp = re.sub(r'[A-Za-z]+', lambda m: twins.get(m.group(0), m.group(0)), hyp)
+    text = world_lib.YES_NO_INFERENCE.format(premise=premise,
+                                             hypothesis=world_lib._lower_article(hyp.rstrip('.')))  # pylint: disable=protected-access
+    return text, world_lib.YES_NO_LABELS[label], kind(item)
+
+  def kind(item):
+    premise, hyp, _ = item.fields
+    value = next(w for w in world_lib.words_of(hyp.lower()) if w in values)
+    mentioned = [w for w in world_lib.words_of(premise.lower()) if w in values]
+    if value in mentioned:
+      return 0
+    return 1 if relation_of[value] in {relation_of[w] for w in mentioned} else 2
+
+  def draw(rng):
+    rendered = [question(world._inference_item('rte', rng)) for _ in range(shots + 1)]  # pylint: disable=protected-access
+    (text, answer, k), demos = rendered[-1], [(t, a) for t, a, _ in rendered[:-1]]
+    return templates.with_demonstrations(text, demos), answer, k
+
+  return draw
+
+
+def batches(seed: int, hypothesis: str, shots: int, length: int):
+  """(inputs [B, length], targets [B, 2], labels [B] (1 = yes), kinds [B])."""
+  from promot_t5x_tasks.synthetic import vocabulary
+
+  vocab = vocabulary.get_vocabulary()
+  yes, no = (vocab.encode(w) for w in ('yes', 'no'))
+  if len(yes) != 1 or len(no) != 1:
+    raise AssertionError(f"'yes' and 'no' must be one piece each, got {yes} and {no}.")
+  draw, rng = renderer(hypothesis, shots), np.random.default_rng(seed)
+  while True:
+    x = np.zeros((BATCH, length), np.int32)
+    t = np.zeros((BATCH, 2), np.int32)
+    y, kinds = np.zeros(BATCH, bool), np.zeros(BATCH, np.int32)
+    for i in range(BATCH):
+      text, answer, kinds[i] = draw(rng)
+      ids = vocab.encode(text)[-(length - 1):] + [1]  # EOS; long 1-shot inputs lose their start
+      x[i, :len(ids)] = ids
+      y[i] = answer == 'yes'
+      t[i] = (yes if y[i] else no)[0], 1
+    yield x, t, y, kinds, (yes[0], no[0])
+
+
+def trainer(args):
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from promot_t5x import losses
+  from promot_t5x.models import t5
+
+  model = t5.Transformer(t5.T5Config(
+      vocab_size=2000, emb_dim=32 * args.heads, num_heads=args.heads, head_dim=32,
+      mlp_dim=128 * args.heads, num_encoder_layers=args.layers, num_decoder_layers=args.layers,
+      mlp_activations=('gelu', 'linear'),
+      logits_via_embedding=False, relative_attention_num_buckets=32,
+      relative_attention_max_distance=128))
+  params = nn.unbox(t5.init_params(model, jax.random.PRNGKey(args.seed)))
+  rate = args.learning_rate if args.schedule == 'constant' else optax.warmup_cosine_decay_schedule(
+      0.0, args.learning_rate, warmup_steps=args.steps // 10, decay_steps=args.steps)
+  opt = optax.adam(rate)
+  state = opt.init(params)
+
+  @jax.jit
+  def step(params, state, x, t):
+    dec_in = jnp.concatenate([jnp.zeros_like(t[:, :1]), t[:, :1]], 1)
+
+    def loss_fn(p):
+      logits = model.apply({'params': p}, x, dec_in, t)
+      total, _, count = losses.cross_entropy_with_logits(logits, t, (t > 0).astype(jnp.float32), 0.0, 0.0)
+      return total / count, logits[:, 0]
+
+    (loss, first), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss, first
+
+  def run(x, t):
+    nonlocal params, state
+    params, state, loss, first = step(params, state, jnp.asarray(x), jnp.asarray(t))
+    return float(loss), np.asarray(first)
+
+  return run
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--hypothesis', choices=HYPOTHESES, default='english')
+  parser.add_argument('--shots', type=int, choices=(0, 1), default=0)
+  parser.add_argument('--learning_rate', type=float, default=1e-3)
+  parser.add_argument('--steps', type=int, default=1500)
+  parser.add_argument('--schedule', choices=('constant', 'warmup_cosine'), default='constant',
+                      help='warmup_cosine: linear warmup over a tenth of the steps, cosine decay to 0')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--layers', type=int, default=3, help='encoder and decoder layers each')
+  parser.add_argument('--heads', type=int, default=4, help='heads of 32; the width is 32 x heads')
+  parser.add_argument('--output', default=os.path.join(os.path.dirname(__file__), 'results',
+                                                       'inference_format.jsonl'))
+  args = parser.parse_args()
+  length = 64 if args.shots == 0 else 128
+  run = trainer(args)
+  data, start, hits, kind_of = batches(args.seed, args.hypothesis, args.shots, length), time.time(), [], []
+  os.makedirs(os.path.dirname(args.output), exist_ok=True)
+  for s in range(1, args.steps + 1):
+    x, t, y, kinds, (yes, no) = next(data)
+    loss, first = run(x, t)
+    right = (first[:, yes] > first[:, no]) == y
+    hits.append(right)
+    kind_of.append(kinds)
+    if s % 100 == 0:
+      last, last_kinds = np.concatenate(hits[-100:]), np.concatenate(kind_of[-100:])
+      row = {'hypothesis': args.hypothesis, 'shots': args.shots, 'learning_rate': args.learning_rate,
+             'schedule': args.schedule,
+             'seed': args.seed, 'layers': args.layers, 'width': 32 * args.heads, 'step': s,
+             'loss': round(loss, 4),
+             'accuracy_last_100_steps': round(float(last.mean()), 4),
+             'accuracy_by_kind': {k: round(float(last[last_kinds == n].mean()), 4)
+                                  for n, k in enumerate(KINDS)},
+             'seconds': round(time.time() - start, 1)}
+      print(json.dumps(row), flush=True)
+      with open(args.output, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+
+
+if __name__ == '__main__':
+  main()
