@@ -16,7 +16,8 @@ hypothesis written
                this vocabulary, 2.3 on average, these take one; cities kept).
 
 It trains the miniature's model (3 + 3 layers, 128 wide, 4 heads, vocabulary
-2000; `--layers`, `--heads`) from scratch with Adam (a constant rate, or
+2000; `--layers`, `--heads`; bench/membership_plateau.py's model and step)
+from scratch with Adam (`--optimizer`; a constant rate, or
 `--schedule=warmup_cosine`) on 0-shot (or `--shots=1`) questions, prints loss
 and answer accuracy every 100 steps (yes against no on the first decoder step,
 overall and per kind of item: `entailed`, the hypothesis's value in the
@@ -37,6 +38,7 @@ import os
 import re
 import time
 
+import membership_plateau  # bench/, beside this file: the same model and training step
 import numpy as np
 
 HYPOTHESES = ('english', 'value_lumic', 'lumic', 'twin')
@@ -106,52 +108,11 @@ def batches(seed: int, hypothesis: str, shots: int, length: int):
     yield x, t, y, kinds, (yes[0], no[0])
 
 
-def trainer(args):
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  import optax
-
-  from promot_t5x import losses
-  from promot_t5x.models import t5
-
-  model = t5.Transformer(t5.T5Config(
-      vocab_size=2000, emb_dim=32 * args.heads, num_heads=args.heads, head_dim=32,
-      mlp_dim=128 * args.heads, num_encoder_layers=args.layers, num_decoder_layers=args.layers,
-      mlp_activations=('gelu', 'linear'),
-      logits_via_embedding=False, relative_attention_num_buckets=32,
-      relative_attention_max_distance=128))
-  params = nn.unbox(t5.init_params(model, jax.random.PRNGKey(args.seed)))
-  rate = args.learning_rate if args.schedule == 'constant' else optax.warmup_cosine_decay_schedule(
-      0.0, args.learning_rate, warmup_steps=args.steps // 10, decay_steps=args.steps)
-  opt = optax.adam(rate)
-  state = opt.init(params)
-
-  @jax.jit
-  def step(params, state, x, t):
-    dec_in = jnp.concatenate([jnp.zeros_like(t[:, :1]), t[:, :1]], 1)
-
-    def loss_fn(p):
-      logits = model.apply({'params': p}, x, dec_in, t)
-      total, _, count = losses.cross_entropy_with_logits(logits, t, (t > 0).astype(jnp.float32), 0.0, 0.0)
-      return total / count, logits[:, 0]
-
-    (loss, first), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state, loss, first
-
-  def run(x, t):
-    nonlocal params, state
-    params, state, loss, first = step(params, state, jnp.asarray(x), jnp.asarray(t))
-    return float(loss), np.asarray(first)
-
-  return run
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--hypothesis', choices=HYPOTHESES, default='english')
   parser.add_argument('--shots', type=int, choices=(0, 1), default=0)
+  parser.add_argument('--optimizer', choices=('adam', 'adafactor'), default='adam')
   parser.add_argument('--learning_rate', type=float, default=1e-3)
   parser.add_argument('--steps', type=int, default=1500)
   parser.add_argument('--schedule', choices=('constant', 'warmup_cosine'), default='constant',
@@ -163,7 +124,7 @@ def main() -> None:
                                                        'inference_format.jsonl'))
   args = parser.parse_args()
   length = 64 if args.shots == 0 else 128
-  run = trainer(args)
+  run = membership_plateau.ours(args, vocab_size=2000)
   data, start, hits, kind_of = batches(args.seed, args.hypothesis, args.shots, length), time.time(), [], []
   os.makedirs(os.path.dirname(args.output), exist_ok=True)
   for s in range(1, args.steps + 1):
@@ -174,10 +135,9 @@ def main() -> None:
     kind_of.append(kinds)
     if s % 100 == 0:
       last, last_kinds = np.concatenate(hits[-100:]), np.concatenate(kind_of[-100:])
-      row = {'hypothesis': args.hypothesis, 'shots': args.shots, 'learning_rate': args.learning_rate,
-             'schedule': args.schedule,
-             'seed': args.seed, 'layers': args.layers, 'width': 32 * args.heads, 'step': s,
-             'loss': round(loss, 4),
+      row = {'hypothesis': args.hypothesis, 'shots': args.shots, 'optimizer': args.optimizer,
+             'learning_rate': args.learning_rate, 'schedule': args.schedule, 'seed': args.seed,
+             'layers': args.layers, 'width': 32 * args.heads, 'step': s, 'loss': round(loss, 4),
              'accuracy_last_100_steps': round(float(last.mean()), 4),
              'accuracy_by_kind': {k: round(float(last[last_kinds == n].mean()), 4)
                                   for n, k in enumerate(KINDS)},

@@ -77,7 +77,13 @@ def batches(seed: int, length: int, task: str = 'search'):
     yield x, np.stack([np.where(y == 1, YES, NO), np.full(BATCH, EOS)], 1), y
 
 
-def ours(args):
+def ours(args, vocab_size: int = VOCAB):
+  """Our T5 from scratch: a `run(inputs, targets) -> (loss, first-step logits)` that trains one step.
+
+  `args` gives `heads`, `layers`, `seed`, `optimizer`, `learning_rate`, `schedule`
+  and `steps`; bench/inference_format.py trains the same model on the second
+  world's questions (`vocab_size` 2000).
+  """
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -87,7 +93,7 @@ def ours(args):
   from promot_t5x.models import t5
 
   model = t5.Transformer(t5.T5Config(
-      vocab_size=VOCAB, emb_dim=args.heads * HEAD_DIM, num_heads=args.heads, head_dim=HEAD_DIM,
+      vocab_size=vocab_size, emb_dim=args.heads * HEAD_DIM, num_heads=args.heads, head_dim=HEAD_DIM,
       mlp_dim=4 * args.heads * HEAD_DIM, num_encoder_layers=args.layers,
       num_decoder_layers=args.layers, mlp_activations=('gelu', 'linear'),
       logits_via_embedding=False, relative_attention_num_buckets=32,
