@@ -33,7 +33,6 @@ the kinds were recorded give the accuracy on hypotheses about a city instead).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import time
@@ -112,14 +111,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--hypothesis', choices=HYPOTHESES, default='english')
   parser.add_argument('--shots', type=int, choices=(0, 1), default=0)
-  parser.add_argument('--optimizer', choices=('adam', 'adafactor'), default='adam')
-  parser.add_argument('--learning_rate', type=float, default=1e-3)
-  parser.add_argument('--steps', type=int, default=1500)
-  parser.add_argument('--schedule', choices=('constant', 'warmup_cosine'), default='constant',
-                      help='warmup_cosine: linear warmup over a tenth of the steps, cosine decay to 0')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--layers', type=int, default=3, help='encoder and decoder layers each')
-  parser.add_argument('--heads', type=int, default=4, help='heads of 32; the width is 32 x heads')
+  membership_plateau.add_training_arguments(parser)
   parser.add_argument('--output', default=os.path.join(os.path.dirname(__file__), 'results',
                                                        'inference_format.jsonl'))
   args = parser.parse_args()
@@ -142,9 +134,7 @@ def main() -> None:
              'accuracy_by_kind': {k: round(float(last[last_kinds == n].mean()), 4)
                                   for n, k in enumerate(KINDS)},
              'seconds': round(time.time() - start, 1)}
-      print(json.dumps(row), flush=True)
-      with open(args.output, 'a') as f:
-        f.write(json.dumps(row) + '\n')
+      membership_plateau.record(row, args.output)
 
 
 if __name__ == '__main__':

@@ -151,21 +151,33 @@ def hf(args):
   return run
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--impl', choices=('ours', 'hf'), default='ours')
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+  """The model's size and its training (`ours` reads them), shared with bench/inference_format.py."""
   parser.add_argument('--optimizer', choices=('adam', 'adafactor'), default='adam')
   parser.add_argument('--learning_rate', type=float, default=1e-3)
   parser.add_argument('--steps', type=int, default=1500)
   parser.add_argument('--schedule', choices=('constant', 'warmup_cosine'), default='constant',
                       help='warmup_cosine: linear warmup over a tenth of the steps, cosine decay to 0 (ours only)')
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--layers', type=int, default=3, help='encoder and decoder layers each')
+  parser.add_argument('--heads', type=int, default=4, help='heads of 32; the width is 32 x heads')
+
+
+def record(row: dict, path: str) -> None:
+  """Prints a progress row and appends it to the results file (JSON lines)."""
+  print(json.dumps(row), flush=True)
+  with open(path, 'a') as f:
+    f.write(json.dumps(row) + '\n')
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--impl', choices=('ours', 'hf'), default='ours')
+  add_training_arguments(parser)
   parser.add_argument('--length', type=int, default=24,
                       help='tokens per input: the query last, a separator, length - 2 others')
   parser.add_argument('--task', choices=TASKS, default='search',
                       help='what the answer needs (see batches())')
-  parser.add_argument('--layers', type=int, default=3, help='encoder and decoder layers each')
-  parser.add_argument('--heads', type=int, default=4, help='heads of 32; the width is 32 x heads')
   parser.add_argument('--output', default=os.path.join(os.path.dirname(__file__), 'results',
                                                        'membership_plateau.jsonl'))
   args = parser.parse_args()
@@ -183,9 +195,7 @@ def main() -> None:
              'width': 32 * args.heads, 'step': s, 'loss': round(loss, 4),
              'accuracy_last_100_steps': round(float(np.mean(hits[-100:])), 4),
              'seconds': round(time.time() - start, 1)}
-      print(json.dumps(row), flush=True)
-      with open(args.output, 'a') as f:
-        f.write(json.dumps(row) + '\n')
+      record(row, args.output)
 
 
 if __name__ == '__main__':
