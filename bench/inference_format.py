@@ -1,4 +1,4 @@
-"""Is the second world's inference learnable at the miniature's size when its hypothesis has tokens of its own?
+"""Does a miniature-sized T5 learn the second world's yes/no inference from scratch? By hypothesis form and schedule.
 
 bench/membership_plateau.py found that a miniature-sized T5 learns a content
 match when the query is written in tokens of its own (`--task=marked`) but not
@@ -8,15 +8,15 @@ second world's real items: the yes/no inference question
 `WORLD_V2`, tokenized with the miniature's SentencePiece vocabulary), its
 hypothesis written
 
-  english:     as in the second world ("... Does it say that Lizo plays chess? A:");
-  value_lumic: the same with the value word in Lumic ("... Lizo plays lyly? A:");
-  lumic:       wholly in Lumic (`World.to_lumic`: names and cities kept);
-  twin:        English with the value word as a token of its own, one per value
-               (`<extra_id_20>` ...; Lumic's value words take 1-4 pieces of
-               this vocabulary, 2.3 on average, these take one; cities kept).
+  english: as in the second world ("... Does it say that Lizo plays chess? A:");
+  lumic:   wholly in Lumic (`World.to_lumic`: names and cities kept);
+  twin:    English with the value word as a token of its own, one per value
+           (`<extra_id_20>` ...; Lumic's value words take 1-4 pieces of this
+           vocabulary, 2.3 on average, these take one; cities kept).
 
-It trains the miniature's model (3 + 3 layers, 128 wide, 4 heads, vocabulary
-2000; `--layers`, `--heads`; bench/membership_plateau.py's model and step)
+It trains the miniature's model (3 + 3 layers, 128 wide, 4 heads, the
+miniature's vocabulary; `--layers`, `--heads`; bench/membership_plateau.py's
+model and step)
 from scratch with Adam (`--optimizer`; a constant rate, or
 `--schedule=warmup_cosine`) on 0-shot (or `--shots=1`) questions, prints loss
 and answer accuracy every 100 steps (yes against no on the first decoder step,
@@ -27,7 +27,7 @@ appends each line to bench/results/inference_format.jsonl (rows written before
 the kinds were recorded give the accuracy on hypotheses about a city instead).
 
   python bench/inference_format.py --hypothesis=english
-  python bench/inference_format.py --hypothesis=lumic
+  python bench/inference_format.py --hypothesis=english --schedule=warmup_cosine
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import time
 import membership_plateau  # bench/, beside this file: the same model and training step
 import numpy as np
 
-HYPOTHESES = ('english', 'value_lumic', 'lumic', 'twin')
+HYPOTHESES = ('english', 'lumic', 'twin')
 KINDS = ('entailed', 'contradicted', 'unmentioned')
 BATCH = 64
 
@@ -60,9 +60,6 @@ def renderer(hypothesis: str, shots: int):
     premise, hyp, label = item.fields
     if hypothesis == 'lumic':
       hyp = world.to_lumic(hyp)
-    elif hypothesis == 'value_lumic':
-      hyp = re.sub(r'[A-Za-z]+', lambda m: world.lumic.get(m.group(0), m.group(0))
-                   if m.group(0) in values else m.group(0), hyp)
     elif hypothesis == 'twin':
       hyp = re.sub(r'[A-Za-z]+', lambda m: twins.get(m.group(0), m.group(0)), hyp)
     text = world_lib.YES_NO_INFERENCE.format(premise=premise,
@@ -116,7 +113,9 @@ def main() -> None:
                                                        'inference_format.jsonl'))
   args = parser.parse_args()
   length = 64 if args.shots == 0 else 128
-  run = membership_plateau.ours(args, vocab_size=2000)
+  from promot_t5x_tasks.synthetic import vocabulary
+
+  run = membership_plateau.ours(args, vocab_size=vocabulary.get_vocabulary().vocab_size)
   data, start, hits, kind_of = batches(args.seed, args.hypothesis, args.shots, length), time.time(), [], []
   os.makedirs(os.path.dirname(args.output), exist_ok=True)
   for s in range(1, args.steps + 1):

@@ -82,7 +82,7 @@ def ours(args, vocab_size: int = VOCAB):
 
   `args` gives `heads`, `layers`, `seed`, `optimizer`, `learning_rate`, `schedule`
   and `steps`; bench/inference_format.py trains the same model on the second
-  world's questions (`vocab_size` 2000).
+  world's questions (`vocab_size`: the miniature's vocabulary).
   """
   import flax.linen as nn
   import jax
