@@ -106,5 +106,5 @@ def test_the_later_pretraining_phases_hold_only_yes_no_inference(world):
       shots[component, ex.inputs.count('Does it say that') - 1] += 1
   assert {k for c, k in shots if c == 'inference_short'} == {0, 1}
   assert max(k for c, k in shots if c == 'inference') >= 3
-  for phase in (W.PRETRAIN_RATES_V2_PHASE2, W.PRETRAIN_RATES_V2_PHASE3):
+  for phase in (W.PRETRAIN_RATES_V2_PHASE2, W.PRETRAIN_RATES_V2_PHASE3, W.PRETRAIN_RATES_V2_PHASE4):
     assert set(phase) <= set(world.pretrain_components) and abs(sum(phase.values()) - 1) < 1e-9

@@ -12,6 +12,7 @@ the base model's gate reads:
 | `mini2_probes_{k}shot` | the two probes' mixture |
 | `mini2_pretrain_phase2` | the second pretraining phase's mixture (a third yes/no inference episodes) |
 | `mini2_pretrain_phase3` | the third phase's mixture (half short yes/no inference episodes) |
+| `mini2_pretrain_phase4` | the fourth phase's mixture (three quarters short yes/no inference episodes) |
 
 The probes render the fine-tuning tasks' own validation and test items (never
 seen in pretraining) in the pretraining formats. Conjugate transforms are the
@@ -103,3 +104,9 @@ PHASE3_MIXTURE = f'{PREFIX}pretrain_phase3'
 tasks_lib._replace_mixture(  # pylint: disable=protected-access
     PHASE3_MIXTURE,
     [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V2_PHASE3.items()])
+
+# The fourth phase's mixture (`world.PRETRAIN_RATES_V2_PHASE4`, gin/miniature/pretrain_v2_phase4.gin).
+PHASE4_MIXTURE = f'{PREFIX}pretrain_phase4'
+tasks_lib._replace_mixture(  # pylint: disable=protected-access
+    PHASE4_MIXTURE,
+    [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V2_PHASE4.items()])

@@ -1,0 +1,80 @@
+"""The base model's gate: its criteria computed from experiment tables, and what it trains."""
+
+import pytest
+
+from promot_t5x import base_model_check as check
+
+HEADROOM_FAMILIES = {'cb': 'accuracy', 'wic': 'accuracy', 'triviaqa': 'exact_match',
+                     'webqa': 'exact_match', 'ende': 'bleu', 'enro': 'bleu', 'xsum': 'rouge2',
+                     'wikilingua': 'rouge2'}
+
+
+def _pretrained(yes_no: float, scores: dict[str, float]) -> dict[str, float]:
+  flat = {'probes_1shot/rte_yn/accuracy': yes_no, 'probes_1shot/enfr_alt_1shot/bleu': 40.0,
+          'rte/accuracy': 50.0, 'enfr/bleu': 5.0}
+  flat.update({f'fewshot_1shot/{f}/{HEADROOM_FAMILIES[f]}': v for f, v in scores.items()})
+  return flat
+
+
+def _tables(yes_no: float, scores: dict[str, float], rte: tuple[float, float],
+            enfr: tuple[float, float]) -> dict:
+  pre = _pretrained(yes_no, scores)
+  return {'rte': {'pretrained': [pre], 'prompt_tuning': [{'rte/accuracy': rte[0]}],
+                  'finetune': [{'rte/accuracy': rte[1]}]},
+          'enfr': {'pretrained': [pre], 'prompt_tuning': [{'enfr/bleu': enfr[0]}],
+                   'finetune': [{'enfr/bleu': enfr[1]}]}}
+
+
+INSIDE = {f: 50.0 for f in HEADROOM_FAMILIES}
+SETTINGS = check.CheckSettings(base_model='unused')
+
+
+def test_a_candidate_with_the_skill_and_the_probe_passes():
+  out = check.criteria(_tables(85.0, INSIDE, (60.0, 65.0), (60.0, 62.0)), SETTINGS)
+  assert out['latent_skills']['rte_yn_1shot_accuracy'] == 85.0 and out['latent_skills']['passed']
+  assert out['latent_skills']['enfr_alt_1shot_bleu'] == 40.0
+  assert out['headroom']['passed'] and out['headroom']['outside'] == []
+  assert out['probe']['tasks']['rte']['ratio'] == pytest.approx(60 / 65)
+  assert out['probe']['tasks']['enfr']['pretrained'] == 5.0
+  assert out['probe']['passed'] and out['passed']
+
+
+def test_each_criterion_fails_on_its_own_number():
+  # The skill below 80 %: the gate fails though the probe passes.
+  out = check.criteria(_tables(79.9, INSIDE, (60.0, 65.0), (60.0, 62.0)), SETTINGS)
+  assert not out['latent_skills']['passed'] and out['probe']['passed'] and not out['passed']
+  # Prompt tuning below 0.85 of fine-tuning on one task.
+  out = check.criteria(_tables(90.0, INSIDE, (50.0, 65.0), (60.0, 62.0)), SETTINGS)
+  assert not out['probe']['tasks']['rte']['passed'] and out['probe']['tasks']['enfr']['passed']
+  assert not out['probe']['passed'] and not out['passed']
+  # Fine-tuning at 0: no ratio, not passed.
+  out = check.criteria(_tables(90.0, INSIDE, (10.0, 65.0), (3.0, 0.0)), SETTINGS)
+  assert out['probe']['tasks']['enfr']['ratio'] is None and not out['probe']['tasks']['enfr']['passed']
+
+
+def test_headroom_names_the_tasks_outside_its_bounds_and_is_reported_beside_the_gate():
+  scores = dict(INSIDE, triviaqa=96.9, xsum=29.0)
+  out = check.criteria(_tables(85.0, scores, (60.0, 65.0), (60.0, 62.0)), SETTINGS)
+  assert out['headroom']['outside'] == ['triviaqa', 'xsum'] and not out['headroom']['passed']
+  assert out['headroom']['bounds'] == [30.0, 90.0]
+  assert out['passed']  # the gate is the skills and the probe
+
+
+def test_a_missing_score_names_what_the_results_have():
+  tables = _tables(85.0, INSIDE, (60.0, 65.0), (60.0, 62.0))
+  del tables['rte']['pretrained'][0]['fewshot_1shot/wic/accuracy']
+  with pytest.raises(KeyError, match='fewshot_1shot/wic/accuracy'):
+    check.criteria(tables, SETTINGS)
+
+
+def test_the_probe_trains_prompt_tuning_and_fine_tuning_from_the_candidate(tmp_path):
+  settings = check.CheckSettings(base_model='runs/candidate', output_dir=str(tmp_path), steps=7)
+  exp = check.experiment(settings, 'rte')
+  assert [v.name for v in exp.variants] == ['pretrained', 'prompt_tuning', 'finetune']
+  assert not exp.variants[0].train
+  assert "INITIAL_CHECKPOINT_PATH = 'runs/candidate'" in exp.overrides
+  assert 'TRAIN_STEPS = 7' in exp.overrides and "MIXTURE_OR_TASK_NAME = 'mini2_rte'" in exp.overrides
+  assert 'LEARNING_RATE = 0.2' in exp.variants[1].overrides
+  assert 'LEARNING_RATE = 0.001' in exp.variants[2].overrides
+  assert any('mini2_probes_1shot' in o for o in exp.eval_overrides)
+  assert exp.output_dir == str(tmp_path / 'rte')
