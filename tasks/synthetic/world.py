@@ -1019,8 +1019,8 @@ PRETRAIN_RATES_V2_PHASE2 = {'documents': 0.2, 'episodes': 0.27, 'skills': 0.15, 
 # ~190 tokens) at half the examples left it at one label for 2,000 steps.
 PRETRAIN_RATES_V2_PHASE3 = {'documents': 0.12, 'episodes': 0.18, 'skills': 0.06, 'inference': 0.1,
                             'inference_short': 0.5, 'lumic': 0.02, 'cipher': 0.02}
-# The fourth phase: three quarters short yes/no episodes. Trained from scratch, the
-# 0-shot question is learned with a decaying rate after about 60,000 examples
+# The fourth phase: three quarters short yes/no episodes. Trained from scratch with a
+# decaying rate, the 0-shot question passes 75 % only after about 60,000 examples
 # (bench/inference_format.py); phase 3 with a decaying rate gave 24,000 and left
 # the model answering "no" to every question.
 PRETRAIN_RATES_V2_PHASE4 = {'documents': 0.06, 'episodes': 0.1, 'skills': 0.04, 'inference': 0.03,
