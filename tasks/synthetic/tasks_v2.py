@@ -93,20 +93,11 @@ for _k in PROBE_SHOTS:
   tasks_lib._replace_mixture(probes_mixture_name(_k), [(probe_name(f, _k), 1.0) for f in _PROBES])  # pylint: disable=protected-access
 
 
-# The second pretraining phase's mixture (`world.PRETRAIN_RATES_V2_PHASE2`, gin/miniature/pretrain_v2_phase2.gin).
-PHASE2_MIXTURE = f'{PREFIX}pretrain_phase2'
-tasks_lib._replace_mixture(  # pylint: disable=protected-access
-    PHASE2_MIXTURE,
-    [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V2_PHASE2.items()])
-
-# The third phase's mixture (`world.PRETRAIN_RATES_V2_PHASE3`, gin/miniature/pretrain_v2_phase3.gin).
-PHASE3_MIXTURE = f'{PREFIX}pretrain_phase3'
-tasks_lib._replace_mixture(  # pylint: disable=protected-access
-    PHASE3_MIXTURE,
-    [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V2_PHASE3.items()])
-
-# The fourth phase's mixture (`world.PRETRAIN_RATES_V2_PHASE4`, gin/miniature/pretrain_v2_phase4.gin).
-PHASE4_MIXTURE = f'{PREFIX}pretrain_phase4'
-tasks_lib._replace_mixture(  # pylint: disable=protected-access
-    PHASE4_MIXTURE,
-    [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V2_PHASE4.items()])
+# The later pretraining phases' mixtures (`mini2_pretrain_phase{2,3,4}`, their rates
+# `world.PRETRAIN_RATES_V2_PHASE{2,3,4}`, their gins gin/miniature/pretrain_v2_phase*.gin).
+PHASE_MIXTURES = {f'{PREFIX}pretrain_phase2': world_lib.PRETRAIN_RATES_V2_PHASE2,
+                  f'{PREFIX}pretrain_phase3': world_lib.PRETRAIN_RATES_V2_PHASE3,
+                  f'{PREFIX}pretrain_phase4': world_lib.PRETRAIN_RATES_V2_PHASE4}
+for _name, _rates in PHASE_MIXTURES.items():
+  tasks_lib._replace_mixture(  # pylint: disable=protected-access
+      _name, [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in _rates.items()])
