@@ -90,7 +90,6 @@ def experiment(settings: CheckSettings, task: str) -> experiment_lib.Experiment:
       eval_overrides=(f'MIXTURE_OR_TASK_NAME = {name!r}', f'MIXTURE_OR_TASK_MODULE = {MODULE!r}',
                       f"EVAL_SUITE = ['{PREFIX}eval_1shot', '{PREFIX}probes_1shot']",
                       "EVAL_SUITE_NAMES = ['fewshot_1shot', 'probes_1shot']",
-                      f"TASK_NAME_PREFIXES = ('{PREFIX}', 'mini_', 'promot_')",
                       f'MAX_EXAMPLES = {settings.max_examples}',
                       "FORMAT_LABELS = ('True', 'False')" if task == 'rte' else 'FORMAT_LABELS = None'),
       seeds=(settings.seed,))

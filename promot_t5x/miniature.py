@@ -333,8 +333,7 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
   world_eval = (f'EVAL_SUITE = {[f"{settings.prefix}eval_{k}" for k in shots]!r}',
                 f'EVAL_SUITE_NAMES = {[f"fewshot_{k}" for k in shots]!r}')
   if settings.world != 'v1':
-    world_eval += (f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',
-                   f"TASK_NAME_PREFIXES = ('{settings.prefix}', 'mini_', 'promot_')")
+    world_eval += (f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',)
   return experiment_lib.Experiment(
       name=f'ProMoT miniature: {name}',
       output_dir=os.path.join(settings.output_dir, task),

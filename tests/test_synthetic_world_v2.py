@@ -108,3 +108,22 @@ def test_the_later_pretraining_phases_hold_only_yes_no_inference(world):
   assert max(k for c, k in shots if c == 'inference') >= 3
   for phase in (W.PRETRAIN_RATES_V2_PHASE2, W.PRETRAIN_RATES_V2_PHASE3, W.PRETRAIN_RATES_V2_PHASE4):
     assert set(phase) <= set(world.pretrain_components) and abs(sum(phase.values()) - 1) < 1e-9
+
+
+def test_second_world_metric_names_match_the_checkpoint_selection_metric():
+  # Training-time validation names metrics by Suite.display_name; the miniature keeps the
+  # best checkpoint on best_metric(...). A 'mini2_' name left unstripped made the second
+  # world's runs fail ("best_metric 'rte/accuracy' is not among the evaluation metrics").
+  from promot_t5x import evaluation, miniature
+  from promot_t5x_tasks.synthetic import tasks_v2  # noqa: F401  (registers mini2_*)
+
+  settings = miniature.Settings(world='v2', base_model='unused')
+  for task in ('rte', 'enfr'):
+    (override,) = miniature.best_metric(settings, task)
+    selected = override.split(' = ')[1].strip("'")
+    suite = evaluation.make_suite(f'mini2_{task}', role=evaluation.TARGET, split='validation',
+                                  task_feature_lengths={'inputs': 128, 'targets': 16})
+    metric = miniature.BEST_METRIC[task]
+    assert f'{suite.display_name(f"mini2_{task}")}/{metric}' == selected
+  fewshot = evaluation.make_suite('mini2_eval_1shot', task_feature_lengths={'inputs': 256, 'targets': 16})
+  assert {fewshot.display_name(t) for t in fewshot.tasks} >= {'triviaqa', 'webqa', 'cb', 'ende'}
