@@ -114,8 +114,9 @@ def test_second_world_metric_names_match_the_checkpoint_selection_metric():
   # Training-time validation names metrics by Suite.display_name; the miniature keeps the
   # best checkpoint on best_metric(...). A 'mini2_' name left unstripped made the second
   # world's runs fail ("best_metric 'rte/accuracy' is not among the evaluation metrics").
-  from promot_t5x import evaluation, miniature
   from promot_t5x_tasks.synthetic import tasks_v2  # noqa: F401  (registers mini2_*)
+
+  from promot_t5x import evaluation, miniature
 
   settings = miniature.Settings(world='v2', base_model='unused')
   for task in ('rte', 'enfr'):
