@@ -219,6 +219,14 @@ class Settings:
     """The module that registers the world's tasks."""
     return WORLDS[self.world][1]
 
+  def train_buckets(self, task: str, shots: int = 0) -> tuple[int, ...]:
+    """TRAIN_LENGTH_BUCKETS of a fine-tuning task (shots: 0, or 1 for its 1-shot training)."""
+    return TRAIN_BUCKETS[self.world][task, shots]
+
+  def target_length(self, task: str) -> int:
+    """The training target length of a fine-tuning task."""
+    return TARGET_LENGTH[self.world][task]
+
 
 QUICK = dict(tasks=('rte',), seeds=(0, 1), controls=True, one_shot_training=True, stage1_steps=4,
              stage2_steps=4, finetune_steps=4, prompt_length=4, batch_size=8, max_examples=4, task_examples=6,
@@ -233,18 +241,26 @@ def _log(msg: str) -> None:
 # them (TRAIN_LENGTH_BUCKETS; the feature length is always the last bucket).
 # Just above the longest train input of each task, measured on 1,000 examples
 # (tokens, max): mini_rte 43, mini_rte_1shot_train 85, mini_enfr 15,
-# mini_enfr_1shot_train 39; so no batch is padded to 64 or 128 tokens.
-TRAIN_BUCKETS = {('rte', 0): (48,), ('rte', 1): (88,), ('enfr', 0): (16,), ('enfr', 1): (40,)}
+# mini_enfr_1shot_train 39; so no batch is padded to 64 or 128 tokens. The second
+# world, on 2,000: mini2_rte 63, mini2_rte_1shot_train 113, mini2_enfr 15,
+# mini2_enfr_1shot_train 58.
+TRAIN_BUCKETS = {
+    'v1': {('rte', 0): (48,), ('rte', 1): (88,), ('enfr', 0): (16,), ('enfr', 1): (40,)},
+    'v2': {('rte', 0): (64,), ('rte', 1): (120,), ('enfr', 0): (16,), ('enfr', 1): (64,)}}
 # Training target lengths: just above the longest target with its EOS (mini_rte 2
-# tokens, mini_enfr 12, on 2,000 examples). The decoder's cost follows this length:
-# padding mini_rte's two tokens to 16 made a third of each step's work.
-TARGET_LENGTH = {'rte': 4, 'enfr': 16}
+# tokens, mini_enfr 12, on 2,000 examples; mini2_enfr 33, its sentences longer). The
+# decoder's cost follows this length: padding mini_rte's two tokens to 16 made a third
+# of each step's work.
+TARGET_LENGTH = {'v1': {'rte': 4, 'enfr': 16}, 'v2': {'rte': 4, 'enfr': 36}}
+# Evaluation target (decode) length: the longest reference of any evaluated task with
+# its EOS fits (first world: mini_enro 15 tokens; second: mini2_ende 37, mini2_enfr 33).
+EVAL_TARGET_LENGTH = {'v1': 16, 'v2': 40}
 
 
 def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
   """The (variants x seeds) experiment of one fine-tuning analogue."""
   name = f'{settings.prefix}{task}'
-  lengths = {'inputs': 128, 'targets': TARGET_LENGTH[task]}
+  lengths = {'inputs': 128, 'targets': settings.target_length(task)}
   shared = [
       f'MIXTURE_OR_TASK_NAME = {name!r}',
       f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',
@@ -253,7 +269,7 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
       f'INITIAL_CHECKPOINT_PATH = {settings.base_model!r}',
       f'PROMPT_LENGTH = {settings.prompt_length}',
       f'PROMPT_INIT = {settings.prompt_init!r}',
-      f'TRAIN_LENGTH_BUCKETS = {TRAIN_BUCKETS[task, 0]!r}',
+      f'TRAIN_LENGTH_BUCKETS = {settings.train_buckets(task)!r}',
       'CHECKPOINT_PERIOD = 100000',  # the final step only (train() always saves it)
       'STAGE1_CHECKPOINT_PERIOD = 100000',
       'STAGE2_CHECKPOINT_PERIOD = 100000',
@@ -292,8 +308,8 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
         *promot,
         f"MIXTURE_OR_TASK_NAME = '{name}_1shot_train'",
         *best_metric(settings, f'{task}_1shot_train'),
-        f"TASK_FEATURE_LENGTHS = {{'inputs': 192, 'targets': {TARGET_LENGTH[task]}}}",
-        f'TRAIN_LENGTH_BUCKETS = {TRAIN_BUCKETS[task, 1]!r}')))
+        f"TASK_FEATURE_LENGTHS = {{'inputs': 192, 'targets': {settings.target_length(task)}}}",
+        f'TRAIN_LENGTH_BUCKETS = {settings.train_buckets(task, 1)!r}')))
   if settings.extras:
     variants += [
         experiment_lib.Variant('joint', gin_files=('runs/joint.gin',) + P,
@@ -333,7 +349,8 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
   world_eval = (f'EVAL_SUITE = {[f"{settings.prefix}eval_{k}" for k in shots]!r}',
                 f'EVAL_SUITE_NAMES = {[f"fewshot_{k}" for k in shots]!r}')
   if settings.world != 'v1':
-    world_eval += (f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',)
+    world_eval += (f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',
+                   f"TASK_FEATURE_LENGTHS = {{'inputs': 256, 'targets': {EVAL_TARGET_LENGTH[settings.world]}}}")
   return experiment_lib.Experiment(
       name=f'ProMoT miniature: {name}',
       output_dir=os.path.join(settings.output_dir, task),
@@ -421,8 +438,9 @@ def multitask_variants(settings: Settings, task: str, promot: Sequence[str]) -> 
         f"INITIAL_CHECKPOINT_PATH = {os.path.join(settings.output_dir, first, name, 'seed_{seed}', *sub)!r}",))
             for name, sub in ((MULTITASK_FINETUNE, ()), (MULTITASK, ('stage2',)))]
   mixture = f'MIXTURE_OR_TASK_NAME = {multitask_mixture(settings.tasks, settings.prefix)!r}'
-  buckets = f'TRAIN_LENGTH_BUCKETS = {tuple(sorted({TRAIN_BUCKETS[t, 0][0] for t in settings.tasks}))!r}'
-  lengths = f"TASK_FEATURE_LENGTHS = {{'inputs': 128, 'targets': {max(TARGET_LENGTH[t] for t in settings.tasks)}}}"
+  buckets = f'TRAIN_LENGTH_BUCKETS = {tuple(sorted({settings.train_buckets(t)[0] for t in settings.tasks}))!r}'
+  target_length = max(settings.target_length(t) for t in settings.tasks)
+  lengths = f"TASK_FEATURE_LENGTHS = {{'inputs': 128, 'targets': {target_length}}}"
   routing = {f'{settings.prefix}{t}': t for t in settings.tasks}
   return [
       experiment_lib.Variant(

@@ -29,7 +29,7 @@ import numpy as np
 
 from promot_t5x import data as data_lib
 from promot_t5x import metrics as metrics_lib
-from promot_t5x import param_sets, postprocessing, prompt_routing, sentinel
+from promot_t5x import param_sets, postprocessing, prompt_routing, run_guard, sentinel
 from promot_t5x.eval_data import TaskData, as_text, load_task_data, postprocess
 from promot_t5x.models import encoder_decoder
 from promot_t5x.results import SUITE, TaskResult
@@ -225,6 +225,15 @@ def evaluate_task(model: encoder_decoder.EncoderDecoderModel, params: Any, suite
   labels = suite.rank_classification.get(task_name)
   method = RANK_CLASSIFICATION if labels else settings.decoder
   max_decode_length = settings.max_decode_length or lengths['targets']
+  warn_key = (task_name, data.split, max_decode_length)
+  if (not labels and data.truncated_targets and max_decode_length <= lengths['targets']
+      and warn_key not in _WARNED_LONG_TARGETS):
+    # Outputs stop at the decode length while the references go on: the score is capped.
+    _WARNED_LONG_TARGETS.add(warn_key)
+    run_guard.warn(f'{data.truncated_targets} of the {len(data)} references of {task_name!r} are '
+                   f"longer than the decode length, {max_decode_length} tokens (TASK_FEATURE_LENGTHS"
+                   "['targets']): outputs are cut there and the score is capped. Raise the targets "
+                   'length to the longest reference.')
 
   outputs = _outputs(runner, data, settings, lengths['inputs'], prompt_index,
                      max_decode_length, labels)
@@ -278,6 +287,10 @@ def evaluate_task(model: encoder_decoder.EncoderDecoderModel, params: Any, suite
       truncated_inputs=None if data.truncated is None else int(data.truncated.sum()),
       truncated_targets=data.truncated_targets, articles_cut=data.articles_cut,
       predictions=records)
+
+
+# (task, split, decode length) already warned of references longer than the decode length.
+_WARNED_LONG_TARGETS: set[tuple[str, str, int]] = set()
 
 
 def _jsonable(value: Any) -> Any:

@@ -204,6 +204,26 @@ def test_truncated_inputs_are_counted(scripted_tasks, mini_vocab):
   assert task.score == pytest.approx(100 / 3)
 
 
+def test_references_longer_than_the_decode_length_are_warned_of(scripted_tasks, mini_vocab, capsys):
+  # A model that answers every question right, decoded with room for 2 target tokens: the
+  # outputs are cut, the score is capped, and the evaluation says so once.
+  model = _scripted_model(mini_vocab, {q: t for q, t in QA})
+  long = [t for _, t in QA if len(mini_vocab.encode(t)) + 1 > 2]
+  assert long  # the test's premise: some references need more than 2 tokens
+  scores = {}
+  for targets in (2, 2, 16):
+    suite = evaluation.make_suite('evaltest_qa_1shot', name='qa',
+                                  task_feature_lengths={'inputs': 64, 'targets': targets})
+    result = evaluation.evaluate(model, {}, [suite], evaluation.EvalSettings(batch_size=4))
+    (task,) = result.suites['qa'].tasks.values()
+    scores[targets] = task.score
+    assert task.truncated_targets == (len(long) if targets == 2 else 0)
+  err = capsys.readouterr().err
+  assert err.count('longer than the decode length, 2 tokens') == 1, err
+  assert f'{len(long)} of the {len(QA)} references' in err and 'decode length, 16' not in err
+  assert scores[16] == 100.0 and scores[2] < 100.0
+
+
 def test_bad_suites_fail_with_clear_errors(scripted_tasks):
   with pytest.raises(ValueError, match='not in the suite'):
     evaluation.Suite('s', ('evaltest_qa_1shot',), prompt_for_task={'other': 'rte'})

@@ -128,3 +128,36 @@ def test_second_world_metric_names_match_the_checkpoint_selection_metric():
     assert f'{suite.display_name(f"mini2_{task}")}/{metric}' == selected
   fewshot = evaluation.make_suite('mini2_eval_1shot', task_feature_lengths={'inputs': 256, 'targets': 16})
   assert {fewshot.display_name(t) for t in fewshot.tasks} >= {'triviaqa', 'webqa', 'cb', 'ende'}
+
+
+@pytest.mark.parametrize('world', ['v1', 'v2'])
+def test_the_miniatures_lengths_hold_every_reference(world):
+  # Outputs are decoded up to the target length: a reference longer than it caps the score
+  # (the second world's En-Fr was once scored at 16 tokens, every model at the same BLEU).
+  import seqio
+  from promot_t5x_tasks.synthetic import tasks, tasks_v2  # noqa: F401  (registers the tasks)
+
+  from promot_t5x import base_model_check, miniature
+
+  settings = miniature.Settings(world=world, base_model='unused')
+
+  def longest(name, split, n=256):
+    ds = seqio.get_mixture_or_task(name).get_dataset(
+        {'inputs': 1024, 'targets': 256}, split=split, shuffle=False, use_cached=False)
+    return max(len(ex['targets']) for ex in ds.take(n).as_numpy_iterator())
+
+  for task in miniature.FINETUNE_TASKS:
+    for split in ('train', 'validation', 'test'):
+      assert longest(f'{settings.prefix}{task}', split) <= settings.target_length(task), (task, split)
+  evaluated = [t.name for k in ('1shot', '4shot')
+               for t in seqio.get_mixture_or_task(f'{settings.prefix}eval_{k}').tasks]
+  evaluated += [f'{settings.prefix}{t}' for t in miniature.FINETUNE_TASKS]
+  if world == 'v2':
+    evaluated += [tasks_v2.probe_name(form, 1) for form in ('rte_yn', 'enfr_alt')]
+  for name in evaluated:
+    split = 'test' if name.endswith(miniature.FINETUNE_TASKS) else 'eval'
+    assert longest(name, split) <= miniature.EVAL_TARGET_LENGTH[world], name
+    if world == 'v2':
+      assert longest(name, split) <= base_model_check.EVAL_FEATURE_LENGTHS['targets'], name
+  if world == 'v2':
+    assert longest('mini2_enfr', 'train') <= base_model_check.TRAIN_TARGET_LENGTH['enfr']
