@@ -256,7 +256,9 @@ class WorldConfig:
       true that ..."; label False). Negation never occurs in pretraining, so
       it is what fine-tuning can add beyond prompt tuning.
     max_prepositional_phrases: most prepositional phrases in a translation
-      sentence (longer sentences leave the translation analogues headroom).
+      sentence, 1 or 2 (longer sentences, meant to leave the translation
+      analogues headroom; both worlds use 1, and the second world's base
+      model translates at ceiling: docs/results.md).
   """
 
   seed: int = 0
