@@ -176,7 +176,7 @@ def _claim(id_, paper, measure, groups, tested, test, bound) -> Claim | None:
 
 
 def miniature_claims(tables: Tables, curves: Curves | None = None, *, task_margin: float = 2.0,
-                     alignment_bound: float = 0.5) -> list[Claim]:
+                     alignment_bound: float = 0.5, prefix: str = 'mini_') -> list[Claim]:
   """The paper's claims measured on the miniature's runs (claims without data are left out).
 
   Args:
@@ -187,6 +187,7 @@ def miniature_claims(tables: Tables, curves: Curves | None = None, *, task_margi
       fine-tuning ('finetune') and ProMoT stage 2 ('promot'), seeds in the same order.
     task_margin: points within which ProMoT's task score must stay of fine-tuning's.
     alignment_bound: the cosine the gradient alignment at step 0 must exceed.
+    prefix: the world's task-name prefix, for the measures' text ('mini_', 'mini2_').
 
   Returns:
     The claims, in the order of the paper's sections.
@@ -198,25 +199,25 @@ def miniature_claims(tables: Tables, curves: Curves | None = None, *, task_margi
     out.append(_claim(
         f'C1-{task}', f'Standard fine-tuning on {name} lowers the 1-shot Norm. Avg. of the 8 evaluation tasks '
         '(Table 1: 17.52 -> 15.43 after RTE, -> 9.15 after En-Fr).',
-        f'change of the 1-shot Norm. Avg. from the pretrained model after fine-tuning on mini_{task} (points)',
+        f'change of the 1-shot Norm. Avg. from the pretrained model after fine-tuning on {prefix}{task} (points)',
         {'finetune': ft}, ft, 'below', 0.0))
     out.append(_claim(
         f'C2-{task}', f'ProMoT loses less in-context ability than fine-tuning on {name} '
         '(Table 1: 20.10 vs 15.43 after RTE, 18.87 vs 9.15 after En-Fr).',
-        f'ProMoT minus fine-tuning, change of the 1-shot Norm. Avg. (points, paired by seed, mini_{task})',
+        f'ProMoT minus fine-tuning, change of the 1-shot Norm. Avg. (points, paired by seed, {prefix}{task})',
         {'finetune': ft, 'promot': pm}, _paired(pm, ft) if pm and ft else [], 'above', 0.0))
     fts, pms = _values(tables, task, 'finetune', TASK_SCORE[task]), _values(tables, task, 'promot', TASK_SCORE[task])
     out.append(_claim(
         f'C3-{task}', f'ProMoT matches fine-tuning on the fine-tuned task ({name}: 92.78 vs 92.06 RTE accuracy; '
         '41.30 vs 41.80 En-Fr BLEU).',
-        f'ProMoT (with its prompt) minus fine-tuning, mini_{task} test score (points, paired by seed); '
+        f'ProMoT (with its prompt) minus fine-tuning, {prefix}{task} test score (points, paired by seed); '
         f'bound +-{task_margin:g}',
         {'finetune': fts, 'promot': pms}, _paired(pms, fts) if pms and fts else [], 'within', task_margin))
     p1 = _deltas(tables, task, 'promot_1shot')
     out.append(_claim(
         f'C6-{task}', f'ProMoT + 1-shot training keeps more in-context ability than ProMoT on {name} '
         '(Table 1: 22.26 vs 20.10 after RTE, 19.91 vs 18.87 after En-Fr).',
-        f'ProMoT + 1-shot minus ProMoT, change of the 1-shot Norm. Avg. (points, paired by seed, mini_{task})',
+        f'ProMoT + 1-shot minus ProMoT, change of the 1-shot Norm. Avg. (points, paired by seed, {prefix}{task})',
         {'promot': pm, 'promot_1shot': p1}, _paired(p1, pm) if p1 and pm else [], 'above', 0.0))
     if task == 'enfr':
       tr = [f'fewshot_1shot/{f}/bleu' for f in ('ende', 'enro')]
@@ -230,7 +231,7 @@ def miniature_claims(tables: Tables, curves: Curves | None = None, *, task_margi
             'C8-enfr', 'ProMoT on En-Fr improves the other translation tasks (Table 2: En-De and En-Ro 1-shot BLEU '
             'rise after ProMoT on En-Fr).',
             'change of the mean 1-shot BLEU of the En-De and En-Ro analogues from the pretrained model after '
-            'ProMoT on mini_enfr (points)', {'finetune': ftg, 'promot': gains}, gains, 'above', 0.0))
+            f'ProMoT on {prefix}enfr (points)', {'finetune': ftg, 'promot': gains}, gains, 'above', 0.0))
   multi = {t: (_deltas(tables, t, 'finetune_multitask'), _deltas(tables, t, 'promot_multitask')) for t in tables}
   mft = [sum(v) / len(v) for v in zip(*[m[0] for m in multi.values() if m[0]])] if multi else []
   mpm = [sum(v) / len(v) for v in zip(*[m[1] for m in multi.values() if m[1]])] if multi else []
@@ -246,7 +247,7 @@ def miniature_claims(tables: Tables, curves: Curves | None = None, *, task_margi
     out.append(_claim(
         'C10', 'Fine-tuning on RTE with shuffled labels still costs in-context ability: the loss is format '
         'specialization, not the task (Section 4).',
-        'change of the 1-shot Norm. Avg. from the pretrained model after fine-tuning on mini_rte with shuffled '
+        f'change of the 1-shot Norm. Avg. from the pretrained model after fine-tuning on {prefix}rte with shuffled '
         'labels (points)', {'finetune_shuffled': sh, 'promot_shuffled': _deltas(tables, 'rte', 'promot_shuffled')},
         sh, 'below', 0.0))
   if curves:
@@ -259,7 +260,7 @@ def miniature_claims(tables: Tables, curves: Curves | None = None, *, task_margi
           'C4', 'Format specialization happens early in fine-tuning: RTE fine-tuning makes the model answer '
           'TriviaQA with True/False (Figure 3: 90 % after 300 steps).',
           f'share of 1-shot TriviaQA-analogue answers that are True/False at step {early} minus step '
-          f'{steps[0]} of fine-tuning on mini_rte (points)', {'finetune': rise}, rise, 'above', 0.0))
+          f'{steps[0]} of fine-tuning on {prefix}rte (points)', {'finetune': rise}, rise, 'above', 0.0))
       if fs_pm:
         last = steps[-1]
         diff = _paired([c[last] for c in fs_pm], [c[last] for c in fs_ft])
@@ -275,7 +276,7 @@ def miniature_claims(tables: Tables, curves: Curves | None = None, *, task_margi
           'C9', 'At the start of fine-tuning the gradient on real RTE labels is aligned with the gradient on '
           'shuffled labels (Figure 4: cosine ~1 at step 0).',
           f'cosine between the last decoder layer\'s gradients on real and on shuffled labels at step 0 of '
-          f'fine-tuning on mini_rte; bound {alignment_bound:g}', {'finetune': start}, start, 'above',
+          f'fine-tuning on {prefix}rte; bound {alignment_bound:g}', {'finetune': start}, start, 'above',
           alignment_bound))
   return [c for c in out if c is not None]
 
@@ -380,7 +381,8 @@ def claims_from_summary(summary: Mapping[str, Any]) -> tuple[list[Claim], dict[s
   if counts:  # what was scored (a split may hold fewer than the settings ask for)
     info.update(eval_examples_per_task=min(counts['eval'].values(), default=0),
                 task_test_examples=min(counts['task'].values(), default=0), examples_scored=counts)
-  return miniature_claims(summary['tables'], curves), info
+  prefix = {'v1': 'mini_', 'v2': 'mini2_'}.get(s.get('world', 'v1'), 'mini_')
+  return miniature_claims(summary['tables'], curves, prefix=prefix), info
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -464,7 +464,7 @@ CURVE_METRICS = {
     **{f'grad_alignment_{m}': f'eval/grad_alignment/{m}/cosine' for m in ('mlp', 'query', 'key', 'value')},
 }
 CURVE_PANELS = {
-    'accuracy': 'mini_rte accuracy (with prompt)',
+    'accuracy': '{prefix}rte accuracy (with prompt)',
     'qa_exact_match': 'TriviaQA analogue EM, 1-shot',
     'qa_true_false': '% QA outputs True/False',
     'grad_alignment': 'gradient cosine, real vs shuffled labels',
@@ -487,10 +487,10 @@ def curves(settings: Settings, rte: experiment_lib.Experiment) -> dict[str, Any]
       per_seed.append({key: {int(s): float(v) for s, v in metrics.get(name, {}).items()}
                        for key, name in CURVE_METRICS.items()})
     out[kind] = per_seed
-  panels = {CURVE_PANELS[key]: {kind: [seed[key] for seed in out[kind]] for kind in out}
+  panels = {CURVE_PANELS[key].format(prefix=settings.prefix): {kind: [seed[key] for seed in out[kind]] for kind in out}
             for key in CURVE_METRICS}
   reports.plot_curves(panels, os.path.join(settings.output_dir, 'curves.png'), ncols=2,
-                      title='mini_rte: standard fine-tuning vs ProMoT stage 2 (mean ± std over seeds)')
+                      title=f'{settings.prefix}rte: standard fine-tuning vs ProMoT stage 2 (mean ± std over seeds)')
   with open(os.path.join(settings.output_dir, 'curves.json'), 'w') as f:
     json.dump(out, f, indent=1)
   return out
@@ -740,7 +740,7 @@ def _mean_std(values: Sequence[float]) -> str:
   return f'{mean:.1f}' if std is None else f'{mean:.1f} ± {std:.1f}'
 
 
-def overview_table(output_dir: str, tasks: Sequence[str]) -> str:
+def overview_table(output_dir: str, tasks: Sequence[str], prefix: str = 'mini_') -> str:
   """The paper's Table 1 layout: per fine-tuning task and run, the task's score (with its
   prompt) and Norm. Avg. at each evaluated shot count (prompt removed; 1, and 4 with
   --four_shot) with the change from pretrained; mean ± std over seeds."""
@@ -766,7 +766,7 @@ def overview_table(output_dir: str, tasks: Sequence[str]) -> str:
         values = [r[f'fewshot_{k}shot/norm_avg'] for r in seeds]
         cells.append(_mean_std(values))
         cells.append(f'{np.mean(values) - base[k]:+.1f}' if base and run != 'pretrained' else '')
-      lines.append(f'| mini_{task} | {run} | {len(seeds)} | ' + ' | '.join(cells) + ' |')
+      lines.append(f'| {prefix}{task} | {run} | {len(seeds)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
@@ -776,15 +776,15 @@ def write_summary(settings: Settings, tables: Mapping[str, str], curve_data: Any
            f'Settings: {json.dumps(portable_settings(settings))}', '',
            'Wall time of this invocation (finished parts are not re-run): '
            + ', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items()), '']
-  parts += ['## Overview', '', 'Task score: accuracy (mini_rte) or BLEU (mini_enfr) on the '
+  parts += ['## Overview', '', f'Task score: accuracy ({settings.prefix}rte) or BLEU ({settings.prefix}enfr) on the '
             'fine-tuned task with the run\'s prompt; Norm. Avg.: mean of the 8 analogues with '
             'the prompt removed; Δ: change from pretrained. Mean ± std over seeds.', '',
-            overview_table(settings.output_dir, list(tables)), '']
+            overview_table(settings.output_dir, list(tables), settings.prefix), '']
   for task, table in tables.items():
-    parts += [f'## mini_{task}', '', f'Plot: `{task}/norm_avg.png`', '',
+    parts += [f'## {settings.prefix}{task}', '', f'Plot: `{task}/norm_avg.png`', '',
               table.replace('\n# ', '\n### ', 1).lstrip('# ').split('\n', 1)[-1], '']
   if curve_data is not None:
-    parts += ['## Format specialization and gradient alignment (mini_rte)', '',
+    parts += [f'## Format specialization and gradient alignment ({settings.prefix}rte)', '',
               'Plot: `curves.png`. Mean over seeds:', '', curve_markdown(curve_data), '']
   if conj is not None:
     parts += ['## Conjugate prompting (mini_rte models)', '', 'Plot: `conjugate/conjugate_report.png`',
@@ -825,7 +825,7 @@ def write_claims(settings: Settings, curve_data: Any) -> str:
       tables[task] = json.load(f)
   curve_runs = {'finetune': (curve_data or {}).get('finetune', []),
                 'promot': (curve_data or {}).get('promot_stage2', [])}
-  found = claims.miniature_claims(tables, curve_runs if curve_data else None)
+  found = claims.miniature_claims(tables, curve_runs if curve_data else None, prefix=settings.prefix)
   counts = scored_examples(settings)
   info = {'seeds': list(settings.seeds),
           'eval_examples_per_task': min(counts['eval'].values(), default=0),

@@ -205,3 +205,13 @@ def test_the_recorded_run_at_learning_rate_0_01_is_what_results_md_shows():
       assert row in results, row
       rows += 1
   assert rows == len(low_lr['claims']) >= 8
+
+
+def test_miniature_claims_name_the_worlds_tasks():
+  first = C.miniature_claims(_tables())
+  second = C.miniature_claims(_tables(), prefix='mini2_')
+  assert [c.id for c in first] == [c.id for c in second]
+  assert any('mini_rte' in c.measure for c in first)
+  assert all('mini_rte' not in c.measure for c in second) and any('mini2_rte' in c.measure for c in second)
+  # Only the names differ: the numbers and verdicts are the same.
+  assert [(c.tested.mean, c.verdict) for c in first] == [(c.tested.mean, c.verdict) for c in second]
