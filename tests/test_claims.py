@@ -108,7 +108,7 @@ def test_committed_claims_are_those_of_the_committed_run():
     assert c['verdict'] == new.verdict and c['tested']['mean'] == pytest.approx(new.tested.mean), c['id']
   assert committed['settings']['seeds'] == info['seeds']
   # The example counts are those scored (from the summary), as promot-miniature records them.
-  for key in ('eval_examples_per_task', 'task_test_examples', 'examples_scored'):
+  for key in ('eval_examples_per_task', 'task_test_examples', 'examples_scored', 'model_learning_rate'):
     assert committed['settings'][key] == info[key], key
   assert info['task_test_examples'] >= 256 and info['eval_examples_per_task'] >= 128
 
