@@ -161,6 +161,9 @@ class Settings:
   # 0.1, validation every 50 steps, each run evaluated at its best checkpoint and
   # stage 2 started from stage 1's best prompt.
   protocol: bool = True
+  # Stage 1 (prompt tuning, model frozen) without the protocol's dropout and label
+  # smoothing (STAGE1_DROPOUT_RATE, STAGE1_LABEL_SMOOTHING = 0); the other runs keep them.
+  stage1_unregularized: bool = False
   # Validation (protocol): every validation_period steps (and at the last), on the
   # first validation_examples of the fine-tuned task's validation split.
   validation_period: int = 50
@@ -281,6 +284,8 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
   promot = [f'STAGE1_STEPS = {settings.stage1_steps}', f'STAGE2_STEPS = {settings.stage2_steps}',
             f'PROMPT_LEARNING_RATE = {settings.prompt_learning_rate}',
             f'MODEL_LEARNING_RATE = {settings.model_learning_rate}']
+  if settings.protocol and settings.stage1_unregularized:
+    promot += ['STAGE1_DROPOUT_RATE = 0.0', 'STAGE1_LABEL_SMOOTHING = 0.0']
   curves = settings.curves and task == 'rte'
   P = protocol_gins(settings)
   curve_overrides = (f'EVAL_PERIOD = {settings.curve_period}',
@@ -1031,6 +1036,9 @@ def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--no_protocol', action='store_true',
                       help='train without the paper\'s protocol (gin/miniature/protocol.gin: dropout and '
                            'label smoothing 0.1, best checkpoint by validation)')
+  parser.add_argument('--stage1_unregularized', action='store_true',
+                      help="stage 1 (prompt tuning) without the protocol's dropout and label smoothing; "
+                           'the other runs keep them (STAGE1_DROPOUT_RATE, STAGE1_LABEL_SMOOTHING = 0)')
   parser.add_argument('--no_curves', action='store_true')
   parser.add_argument('--no_conjugate', action='store_true')
   parser.add_argument('--base_model', default=None, help='a params or run folder to start from')
@@ -1067,7 +1075,8 @@ def _main(args: argparse.Namespace) -> int:
   kwargs.update(world=args.world, controls=args.controls or bool(kwargs.get('controls')),
                 one_shot_training=args.one_shot_training or bool(kwargs.get('one_shot_training')))
   kwargs.update(cpu_kernels=args.cpu_kernels, extras=args.extras, multitask=args.multitask, curves=not args.no_curves,
-                protocol=not args.no_protocol, conjugate=not args.no_conjugate, workers=args.workers)
+                protocol=not args.no_protocol, conjugate=not args.no_conjugate, workers=args.workers,
+                stage1_unregularized=args.stage1_unregularized)
   try:
     settings = Settings(**kwargs)
   except ValueError as e:

@@ -1,5 +1,6 @@
 """The README's main command, end to end in its --quick setting (every part, a few steps)."""
 
+import dataclasses
 import json
 import os
 import re
@@ -246,6 +247,33 @@ def test_model_learning_rate_flag_reaches_the_settings(monkeypatch, tmp_path, ca
   assert miniature.main([f'--output_dir={tmp_path}', '--model_learning_rate=0']) == 2
   assert 'model_learning_rate must be > 0, got 0.0' in capsys.readouterr().err
   assert len(ran) == 1
+
+
+def test_stage1_unregularized_drops_dropout_and_label_smoothing_in_stage1_only(monkeypatch, tmp_path):
+  import gin
+
+  from promot_t5x import gin_utils
+
+  ran = []
+  monkeypatch.setattr(miniature, 'run', ran.append)
+  assert miniature.main([f'--output_dir={tmp_path}', '--stage1_unregularized']) == 0
+  (settings,) = ran
+  assert settings.stage1_unregularized and not miniature.Settings().stage1_unregularized
+  for flag in (False, True):
+    exp = miniature.experiment(dataclasses.replace(settings, stage1_unregularized=flag), 'rte')
+    promot = next(v for v in exp.variants if v.name == 'promot')
+    finetune = next(v for v in exp.variants if v.name == 'finetune')
+    bindings = [*exp.overrides, *promot.overrides, "MODEL_DIR = '/tmp/unused'"]
+    gin_utils.parse([*exp.model_gin_files, *promot.gin_files], bindings)
+    model = gin.query_parameter('%MODEL')
+    rates = {}
+    for scope in ('stage1', 'stage2'):
+      with gin.config_scope(scope):
+        m = model.scoped_configurable_fn()
+      rates[scope] = (m.module.config.dropout_rate, m.label_smoothing)
+    assert rates == {'stage1': (0.0, 0.0) if flag else (0.1, 0.1), 'stage2': (0.1, 0.1)}, flag
+    assert not any('STAGE1_' in o and 'RATE' in o for o in finetune.overrides)
+  gin.clear_config()
 
 
 def test_default_model_learning_rate_is_the_grids_choice():
