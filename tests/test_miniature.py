@@ -251,7 +251,6 @@ def test_model_learning_rate_flag_reaches_the_settings(monkeypatch, tmp_path, ca
 
 def test_stage1_unregularized_drops_dropout_and_label_smoothing_in_stage1_only(monkeypatch, tmp_path):
   import gin
-
   from promot_t5x import gin_utils
 
   ran = []
