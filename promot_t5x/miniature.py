@@ -285,7 +285,10 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
             f'PROMPT_LEARNING_RATE = {settings.prompt_learning_rate}',
             f'MODEL_LEARNING_RATE = {settings.model_learning_rate}']
   if settings.protocol and settings.stage1_unregularized:
-    promot += ['STAGE1_DROPOUT_RATE = 0.0', 'STAGE1_LABEL_SMOOTHING = 0.0']
+    # Stage 1's model built in its own scope: `%MODEL` (a macro) is evaluated in the
+    # macro's scope, where the stage1/ bindings of protocol.gin do not reach.
+    promot += ['STAGE1_DROPOUT_RATE = 0.0', 'STAGE1_LABEL_SMOOTHING = 0.0',
+               'stage1/train.train.model = @promot_t5x.models.encoder_decoder.EncoderDecoderModel()']
   curves = settings.curves and task == 'rte'
   P = protocol_gins(settings)
   curve_overrides = (f'EVAL_PERIOD = {settings.curve_period}',

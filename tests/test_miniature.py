@@ -250,28 +250,43 @@ def test_model_learning_rate_flag_reaches_the_settings(monkeypatch, tmp_path, ca
 
 
 def test_stage1_unregularized_drops_dropout_and_label_smoothing_in_stage1_only(monkeypatch, tmp_path):
+  # Through the real entry point: the model each stage's trainer receives (a gin binding
+  # that never reaches the model, as a scoped %MODEL macro did not, must fail here).
   import gin
-  from promot_t5x import gin_utils
+  from promot_t5x import experiment as experiment_lib
+  from promot_t5x import gin_utils, trainer
 
   ran = []
   monkeypatch.setattr(miniature, 'run', ran.append)
   assert miniature.main([f'--output_dir={tmp_path}', '--stage1_unregularized']) == 0
   (settings,) = ran
   assert settings.stage1_unregularized and not miniature.Settings().stage1_unregularized
+
+  class Built(Exception):
+    pass
+
+  models = []
+
+  def record(self, model, *args, **kwargs):
+    models.append((model.label_smoothing, model.module.config.dropout_rate))
+    raise Built()
+
+  monkeypatch.setattr(trainer.Trainer, '__init__', record)
   for flag in (False, True):
     exp = miniature.experiment(dataclasses.replace(settings, stage1_unregularized=flag), 'rte')
     promot = next(v for v in exp.variants if v.name == 'promot')
     finetune = next(v for v in exp.variants if v.name == 'finetune')
-    bindings = [*exp.overrides, *promot.overrides, "MODEL_DIR = '/tmp/unused'"]
-    gin_utils.parse([*exp.model_gin_files, *promot.gin_files], bindings)
-    model = gin.query_parameter('%MODEL')
-    rates = {}
-    for scope in ('stage1', 'stage2'):
-      with gin.config_scope(scope):
-        m = model.scoped_configurable_fn()
-      rates[scope] = (m.module.config.dropout_rate, m.label_smoothing)
-    assert rates == {'stage1': (0.0, 0.0) if flag else (0.1, 0.1), 'stage2': (0.1, 0.1)}, flag
-    assert not any('STAGE1_' in o and 'RATE' in o for o in finetune.overrides)
+    assert not any('STAGE1_' in o for o in finetune.overrides)
+    gin_utils.parse(exp.model_gin_files + exp.gin_files + promot.gin_files,
+                    experiment_lib.variant_bindings(exp, promot, 0) + ["MODEL_DIR = 'unused'"],
+                    exp.gin_search_paths)
+    seen = {}
+    for stage in ('stage1', 'stage2'):
+      with pytest.raises(Built):
+        gin.query_parameter(f'train.promot.{stage}').scoped_configurable_fn(
+            model_dir=str(tmp_path / f'{flag}_{stage}'))
+      seen[stage] = models.pop()
+    assert seen == {'stage1': (0.0, 0.0) if flag else (0.1, 0.1), 'stage2': (0.1, 0.1)}, flag
   gin.clear_config()
 
 
