@@ -263,7 +263,7 @@ def test_stage1_unregularized_drops_dropout_and_label_smoothing_in_stage1_only(m
   assert settings.stage1_unregularized and not miniature.Settings().stage1_unregularized
 
   class Built(Exception):
-    pass
+    """Raised once the trainer has its model: the test needs nothing more of the run."""
 
   models = []
 

@@ -156,8 +156,9 @@ def test_the_miniatures_lengths_hold_every_reference(world):
     evaluated += [tasks_v2.probe_name(form, 1) for form in ('rte_yn', 'enfr_alt')]
   for name in evaluated:
     split = 'test' if name.endswith(miniature.FINETUNE_TASKS) else 'eval'
-    assert longest(name, split) <= miniature.EVAL_TARGET_LENGTH[world], name
+    n = longest(name, split)
+    assert n <= miniature.EVAL_TARGET_LENGTH[world], name
     if world == 'v2':
-      assert longest(name, split) <= base_model_check.EVAL_FEATURE_LENGTHS['targets'], name
+      assert n <= base_model_check.EVAL_FEATURE_LENGTHS['targets'], name
   if world == 'v2':
     assert longest('mini2_enfr', 'train') <= base_model_check.TRAIN_TARGET_LENGTH['enfr']
