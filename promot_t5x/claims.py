@@ -381,9 +381,8 @@ def claims_from_summary(summary: Mapping[str, Any]) -> tuple[list[Claim], dict[s
   if counts:  # what was scored (a split may hold fewer than the settings ask for)
     info.update(eval_examples_per_task=min(counts['eval'].values(), default=0),
                 task_test_examples=min(counts['task'].values(), default=0), examples_scored=counts)
-  from promot_t5x.miniature import WORLDS  # (world -> task prefix, module, base model)
-
-  prefix = WORLDS.get(s.get('world', 'v1'), WORLDS['v1'])[0]
+  # The world's task prefix (miniature.WORLDS; not imported: miniature imports this module).
+  prefix = {'v1': 'mini_', 'v2': 'mini2_'}.get(s.get('world', 'v1'), 'mini_')
   return miniature_claims(summary['tables'], curves, prefix=prefix), info
 
 
