@@ -95,6 +95,17 @@ BASE_MODEL_V2 = BASE_MODEL + '_v2'
 WORLDS = {'v1': ('mini_', MODULE, BASE_MODEL),
           'v2': ('mini2_', 'promot_t5x_tasks.synthetic.tasks_v2', BASE_MODEL_V2)}
 FINETUNE_TASKS = ('rte', 'enfr')
+# Each world's recipe (the defaults of `--world`), with which its committed results were made:
+# - model_learning_rate: the rate the world's grid chose on fine-tuning's validation score
+#   (v1: docs/miniature/lr_grid.json; v2: docs/miniature/world_v2/lr_grid.json);
+# - stage1_steps: the first world's 150 (stage 2's); the second world's 5 x stage 2's, the
+#   paper's ratio (5,000 to 1,000), as its gate's probe (promot_t5x.base_model_check);
+# - stage1_unregularized: the second world trains stage 1 without the protocol's dropout and
+#   label smoothing (either alone keeps its frozen model's prompt at one label; docs/results.md).
+WORLD_RECIPES = {
+    'v1': {'model_learning_rate': 0.03, 'stage1_steps': 150, 'stage1_unregularized': False},
+    'v2': {'model_learning_rate': 0.01, 'stage1_steps': 750, 'stage1_unregularized': True},
+}
 TRANSFORMS = ('toylang', 'cipher')
 # The fine-tuned tasks' label words (format specialization is measured against them).
 FORMAT_LABELS = {'rte': ('True', 'False'), 'enfr': None}
@@ -112,7 +123,9 @@ class Settings:
   tasks: tuple[str, ...] = FINETUNE_TASKS
   # Five seeds, paired across methods (every method of a seed is scored on the same examples).
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-  stage1_steps: int = 150
+  # Stage 1's steps, the model learning rate and stage 1's regularization: None =
+  # the world's recipe (WORLD_RECIPES).
+  stage1_steps: int | None = None
   stage2_steps: int = 150
   finetune_steps: int = 150
   prompt_length: int = 20
@@ -126,7 +139,7 @@ class Settings:
   # seeds). With Adafactor's parameter scaling a step is lr x RMS(weight) at any
   # model size, so 0.03 is a 30x larger relative step than the paper's 1e-3.
   prompt_learning_rate: float = 0.2
-  model_learning_rate: float = 0.03
+  model_learning_rate: float | None = None
   # Few-shot evaluation: the first max_examples of each evaluation task (1-shot;
   # 4-shot too with four_shot), and the first task_examples of the fine-tuned task's
   # test split (all it has, where fewer: the first world has 128 per task).
@@ -163,7 +176,7 @@ class Settings:
   protocol: bool = True
   # Stage 1 (prompt tuning, model frozen) without the protocol's dropout and label
   # smoothing (STAGE1_DROPOUT_RATE, STAGE1_LABEL_SMOOTHING = 0); the other runs keep them.
-  stage1_unregularized: bool = False
+  stage1_unregularized: bool | None = None
   # Validation (protocol): every validation_period steps (and at the last), on the
   # first validation_examples of the fine-tuned task's validation split.
   validation_period: int = 50
@@ -187,12 +200,15 @@ class Settings:
       raise ValueError(f'Unknown world {self.world!r}; choose from {tuple(WORLDS)}.')
     if not self.base_model:
       object.__setattr__(self, 'base_model', WORLDS[self.world][2])
+    for name, value in WORLD_RECIPES[self.world].items():
+      if getattr(self, name) is None:
+        object.__setattr__(self, name, value)
     unknown = [t for t in self.tasks if t not in FINETUNE_TASKS]
     if unknown or not self.tasks:
       raise ValueError(f'Unknown fine-tuning task(s) {unknown}; choose from {FINETUNE_TASKS}.')
     if not self.seeds:
       raise ValueError('The miniature needs at least one seed.')
-    for name in ('max_examples', 'task_examples'):
+    for name in ('max_examples', 'task_examples', 'stage1_steps', 'stage2_steps', 'finetune_steps'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
     for name in ('model_learning_rate', 'prompt_learning_rate'):
@@ -695,6 +711,9 @@ def run(settings: Settings) -> str:
   timings: dict[str, float] = {}
   tables: dict[str, str] = {}
   experiments = {task: experiment(settings, task) for task in settings.tasks}
+  # (runs done before this invocation, all runs): their time is not in `timings`.
+  units = [(exp, v, seed) for exp in experiments.values() for v in exp.variants for seed in exp.seeds_of(v)]
+  done_before = (sum(os.path.exists(exp.results_path(v, seed)) for exp, v, seed in units), len(units))
   # Workers only for the seeds with runs left to do (a finished experiment just re-merges).
   shares = [share for share in worker_shares(settings)
             if any(not os.path.exists(experiments[task].results_path(v, seed)) for task, seed in share
@@ -723,7 +742,7 @@ def run(settings: Settings) -> str:
     conj = conjugate_section(settings, experiments['rte'])
     timings['conjugate'] = time.time() - t0
   timings['total'] = time.time() - start
-  path = write_summary(settings, tables, curve_data, conj, timings)
+  path = write_summary(settings, tables, curve_data, conj, timings, done_before)
   write_claims(settings, curve_data)
   if settings.lr_grid:
     write_lr_grid(settings)
@@ -779,11 +798,13 @@ def overview_table(output_dir: str, tasks: Sequence[str], prefix: str = 'mini_')
 
 
 def write_summary(settings: Settings, tables: Mapping[str, str], curve_data: Any, conj: Any,
-                  timings: Mapping[str, float]) -> str:
+                  timings: Mapping[str, float], done_before: tuple[int, int] = (0, 0)) -> str:
+  reused = (f' {done_before[0]} of the {done_before[1]} runs were done before this invocation; their '
+            'time is not in it (the first invocation\'s log has it).' if done_before[0] else '')
   parts = [f'# ProMoT miniature ({time.strftime("%Y-%m-%d %H:%M")})', '',
            f'Settings: {json.dumps(portable_settings(settings))}', '',
            'Wall time of this invocation (finished parts are not re-run): '
-           + ', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items()), '']
+           + ', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items()) + '.' + reused, '']
   parts += ['## Overview', '', f'Task score: accuracy ({settings.prefix}rte) or BLEU ({settings.prefix}enfr) on the '
             'fine-tuned task with the run\'s prompt; Norm. Avg.: mean of the 8 analogues with '
             'the prompt removed; Δ: change from pretrained. Mean ± std over seeds.', '',
@@ -802,6 +823,7 @@ def write_summary(settings: Settings, tables: Mapping[str, str], curve_data: Any
     f.write('\n'.join(parts))
   with open(os.path.join(settings.output_dir, 'summary.json'), 'w') as f:
     json.dump({'settings': portable_settings(settings), 'timings_s': dict(timings),
+               'runs_done_before': {'runs': done_before[0], 'of': done_before[1]},
                'examples_scored': scored_examples(settings),
                'tables': {t: json.load(open(os.path.join(settings.output_dir, t, 'table.json')))
                           for t in tables},
@@ -1026,8 +1048,9 @@ def _flags(parser: argparse.ArgumentParser) -> None:
                       help='comma-separated model learning rates: fine-tune at each (every seed) and '
                            'write lr_grid.json/md, the rate with the best validation score')
   parser.add_argument('--model_learning_rate', type=float, default=None, metavar='LR',
-                      help=f'the model learning rate of fine-tuning, stage 2, joint and random-prompt runs '
-                           f'(default {Settings.model_learning_rate}, the grid\'s choice: docs/miniature/lr_grid.json)')
+                      help='the model learning rate of fine-tuning, stage 2, joint and random-prompt runs '
+                           '(default: the world\'s grid\'s choice, WORLD_RECIPES: '
+                           + ', '.join(f'{w} {r["model_learning_rate"]}' for w, r in WORLD_RECIPES.items()) + ')')
   parser.add_argument('--dose_response', default=None, metavar='STEPS',
                       help='comma-separated stage-1 steps (e.g. 0,30,100,300): ProMoT on mini_enfr with '
                            'stage 2 started from those prompts; writes dose_response.json/md')
@@ -1039,9 +1062,13 @@ def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--no_protocol', action='store_true',
                       help='train without the paper\'s protocol (gin/miniature/protocol.gin: dropout and '
                            'label smoothing 0.1, best checkpoint by validation)')
-  parser.add_argument('--stage1_unregularized', action='store_true',
+  parser.add_argument('--stage1_unregularized', action=argparse.BooleanOptionalAction, default=None,
                       help="stage 1 (prompt tuning) without the protocol's dropout and label smoothing; "
-                           'the other runs keep them (STAGE1_DROPOUT_RATE, STAGE1_LABEL_SMOOTHING = 0)')
+                           'the other runs keep them (STAGE1_DROPOUT_RATE, STAGE1_LABEL_SMOOTHING = 0). '
+                           'Default: the world\'s recipe (v1 no, v2 yes)')
+  parser.add_argument('--stage1_steps', type=int, default=None, metavar='STEPS',
+                      help="stage 1's steps (default: the world's recipe, v1 150 = stage 2's, v2 750 = 5 x "
+                           "stage 2's, the paper's ratio of 5,000 to 1,000)")
   parser.add_argument('--no_curves', action='store_true')
   parser.add_argument('--no_conjugate', action='store_true')
   parser.add_argument('--base_model', default=None, help='a params or run folder to start from')
@@ -1071,6 +1098,8 @@ def _main(args: argparse.Namespace) -> int:
     kwargs['lr_grid'] = tuple(float(x) for x in args.lr_grid.split(','))
   if args.model_learning_rate is not None:
     kwargs['model_learning_rate'] = args.model_learning_rate
+  if args.stage1_steps is not None:
+    kwargs['stage1_steps'] = args.stage1_steps
   if args.dose_response:
     kwargs['dose_steps'] = tuple(int(x) for x in args.dose_response.split(','))
   if args.base_model:

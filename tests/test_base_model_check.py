@@ -20,6 +20,7 @@ def _tables(yes_no: float, scores: dict[str, float], rte: tuple[float, float],
             enfr: tuple[float, float]) -> dict:
   pre = _pretrained(yes_no, scores)
   return {'rte': {'pretrained': [pre], 'prompt_tuning': [{'rte/accuracy': rte[0]}],
+                  'prompt_tuning_equal_steps': [{'rte/accuracy': rte[0] / 2}],
                   'finetune': [{'rte/accuracy': rte[1]}]},
           'enfr': {'pretrained': [pre], 'prompt_tuning': [{'enfr/bleu': enfr[0]}],
                    'finetune': [{'enfr/bleu': enfr[1]}]}}
@@ -36,6 +37,10 @@ def test_a_candidate_with_the_skill_and_the_probe_passes():
   assert out['headroom']['passed'] and out['headroom']['outside'] == []
   assert out['probe']['tasks']['rte']['ratio'] == pytest.approx(60 / 65)
   assert out['probe']['tasks']['enfr']['pretrained'] == 5.0
+  # Prompt tuning at fine-tuning's own steps is reported beside the gate, not gated.
+  assert out['probe']['tasks']['rte']['equal_steps'] == {'prompt_tuning': 30.0, 'ratio': pytest.approx(30 / 65)}
+  assert 'equal_steps' not in out['probe']['tasks']['enfr']
+  assert out['probe']['steps'] == {'prompt_tuning': 1500, 'finetune': 300}
   assert out['probe']['passed'] and out['passed']
 
 
@@ -70,11 +75,48 @@ def test_a_missing_score_names_what_the_results_have():
 def test_the_probe_trains_prompt_tuning_and_fine_tuning_from_the_candidate(tmp_path):
   settings = check.CheckSettings(base_model='runs/candidate', output_dir=str(tmp_path), steps=7)
   exp = check.experiment(settings, 'rte')
-  assert [v.name for v in exp.variants] == ['pretrained', 'prompt_tuning', 'finetune']
+  assert [v.name for v in exp.variants] == ['pretrained', 'prompt_tuning', 'prompt_tuning_equal_steps', 'finetune']
   assert not exp.variants[0].train
   assert "INITIAL_CHECKPOINT_PATH = 'runs/candidate'" in exp.overrides
   assert 'TRAIN_STEPS = 7' in exp.overrides and "MIXTURE_OR_TASK_NAME = 'mini2_rte'" in exp.overrides
-  assert 'LEARNING_RATE = 0.2' in exp.variants[1].overrides
-  assert 'LEARNING_RATE = 0.001' in exp.variants[2].overrides
+  # Prompt tuning trains 5x fine-tuning's steps (the paper's stage 1 : fine-tuning), the
+  # variant's binding after the experiment's; the equal-steps variant keeps the 7.
+  from promot_t5x import experiment as experiment_lib
+  steps = {v.name: [b for b in experiment_lib.variant_bindings(exp, v, 0) if b.startswith('TRAIN_STEPS')][-1]
+           for v in exp.variants}
+  assert steps == {'pretrained': 'TRAIN_STEPS = 7', 'prompt_tuning': 'TRAIN_STEPS = 35',
+                   'prompt_tuning_equal_steps': 'TRAIN_STEPS = 7', 'finetune': 'TRAIN_STEPS = 7'}
+  assert 'LEARNING_RATE = 0.2' in exp.variants[1].overrides and 'LEARNING_RATE = 0.2' in exp.variants[2].overrides
+  assert 'LEARNING_RATE = 0.001' in exp.variants[3].overrides
+  assert not any('DROPOUT' in o or 'LABEL_SMOOTHING' in o for o in exp.overrides + exp.variants[1].overrides)
   assert any('mini2_probes_1shot' in o for o in exp.eval_overrides)
   assert exp.output_dir == str(tmp_path / 'rte')
+
+
+def test_the_fingerprint_follows_every_value_of_the_parameters(tmp_path):
+  import numpy as np
+
+  from promot_t5x import checkpoints, miniature
+  from promot_t5x.checkpoints import manager
+
+  params = manager.load_run_params(miniature.BASE_MODEL, 'latest')
+  checkpoints.save_params(str(tmp_path / 'same'), params)
+  assert check.params_fingerprint(str(tmp_path / 'same')) == check.params_fingerprint(miniature.BASE_MODEL)
+  leaf = params['decoder']['decoder_norm']['scale']
+  params['decoder']['decoder_norm']['scale'] = np.where(np.arange(leaf.size) == 3, leaf + 1e-3, leaf).astype(leaf.dtype)
+  checkpoints.save_params(str(tmp_path / 'changed'), params)
+  assert check.params_fingerprint(str(tmp_path / 'changed')) != check.params_fingerprint(miniature.BASE_MODEL)
+
+
+def test_a_committed_second_world_base_model_is_the_one_that_passed_its_gate():
+  import json
+  import os
+
+  from promot_t5x import miniature
+
+  if not os.path.isdir(miniature.BASE_MODEL_V2):
+    pytest.skip('no second-world base model is committed')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  doc = json.loads(open(os.path.join(root, 'docs', 'miniature', 'base_model_check.json')).read())
+  assert doc['passed'], 'the committed gate record did not pass'
+  assert doc['params_fingerprint'] == check.params_fingerprint(miniature.BASE_MODEL_V2)

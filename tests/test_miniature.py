@@ -147,7 +147,7 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   doc = json.loads((out / 'claims.json').read_text())
   assert claims.check_claims_file(doc) == []
   assert doc['settings']['seeds'] == [0, 1] and doc['settings']['world'] == 'v1'
-  assert doc['settings']['model_learning_rate'] == miniature.Settings.model_learning_rate
+  assert doc['settings']['model_learning_rate'] == miniature.WORLD_RECIPES['v1']['model_learning_rate']
   assert doc['settings']['task_test_examples'] == 6 and doc['settings']['eval_examples_per_task'] == 4
   assert doc['settings']['examples_scored']['task'] == {'rte': 6}
   assert not os.path.isabs(doc['settings']['base_model'])
@@ -168,12 +168,16 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
     shuffled_eval = json.loads((out / 'rte' / run / 'seed_0' / 'eval' / 'results.json').read_text())
     assert next(iter(shuffled_eval['suites']['target']['tasks'].values()))['task'] == 'mini_rte'
 
+  assert json.loads((out / 'summary.json').read_text())['runs_done_before'] == {'runs': 0, 'of': 21}
   # A second invocation re-runs nothing.
   again = _run(out, env)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.count('done before') == 21
   assert 'worker 0' not in again.stdout  # nothing left to do: no workers
   assert 'training' not in again.stdout
+  # ... and says that its wall time leaves out the runs done before.
+  assert json.loads((out / 'summary.json').read_text())['runs_done_before'] == {'runs': 21, 'of': 21}
+  assert '21 of the 21 runs were done before this invocation' in (out / 'summary.md').read_text()
 
 
 def test_worker_shares_balance_task_seed_units():
@@ -249,6 +253,20 @@ def test_model_learning_rate_flag_reaches_the_settings(monkeypatch, tmp_path, ca
   assert len(ran) == 1
 
 
+def test_stage1_steps_flag_reaches_stage1_only(monkeypatch, tmp_path, capsys):
+  ran = []
+  monkeypatch.setattr(miniature, 'run', ran.append)
+  assert miniature.main([f'--output_dir={tmp_path}', '--stage1_steps=750']) == 0
+  (settings,) = ran
+  assert (settings.stage1_steps, settings.stage2_steps) == (750, miniature.Settings().stage2_steps)
+  promot = next(v for v in miniature.experiment(settings, 'rte').variants if v.name == 'promot')
+  assert 'STAGE1_STEPS = 750' in promot.overrides
+  assert f'STAGE2_STEPS = {settings.stage2_steps}' in promot.overrides
+  assert miniature.main([f'--output_dir={tmp_path}', '--stage1_steps=0']) == 2
+  assert 'stage1_steps must be >= 1, got 0' in capsys.readouterr().err
+  assert len(ran) == 1
+
+
 def test_stage1_unregularized_drops_dropout_and_label_smoothing_in_stage1_only(monkeypatch, tmp_path):
   # Through the real entry point: the model each stage's trainer receives (a gin binding
   # that never reaches the model, as a scoped %MODEL macro did not, must fail here).
@@ -260,7 +278,7 @@ def test_stage1_unregularized_drops_dropout_and_label_smoothing_in_stage1_only(m
   monkeypatch.setattr(miniature, 'run', ran.append)
   assert miniature.main([f'--output_dir={tmp_path}', '--stage1_unregularized']) == 0
   (settings,) = ran
-  assert settings.stage1_unregularized and not miniature.Settings().stage1_unregularized
+  assert settings.stage1_unregularized and not miniature.Settings(world='v1').stage1_unregularized
 
   class Built(Exception):
     """Raised once the trainer has its model: the test needs nothing more of the run."""
@@ -290,15 +308,31 @@ def test_stage1_unregularized_drops_dropout_and_label_smoothing_in_stage1_only(m
   gin.clear_config()
 
 
-def test_default_model_learning_rate_is_the_grids_choice():
-  """The recipe's model learning rate is the committed grid's choice (docs/miniature/lr_grid.json)."""
+@pytest.mark.parametrize('world, folder', [('v1', ''), ('v2', 'world_v2')])
+def test_each_worlds_model_learning_rate_is_its_grids_choice(world, folder):
+  """A world's recipe takes the model learning rate its committed grid chose (lr_grid.json)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  grid = json.loads(open(os.path.join(root, 'docs', 'miniature', 'lr_grid.json')).read())
+  grid = json.loads(open(os.path.join(root, 'docs', 'miniature', folder, 'lr_grid.json')).read())
   means = {float(lr): row['mean_over_tasks'] for lr, row in grid['rates'].items()}
   assert grid['chosen'] == max(means, key=means.get)
-  assert miniature.Settings().model_learning_rate == grid['chosen']
+  assert miniature.Settings(world=world).model_learning_rate == grid['chosen']
   assert set(grid['rates']) == {'0.001', '0.003', '0.01', '0.03'} and len(grid['seeds']) >= 3
 
+
+def test_each_world_takes_its_recipe_unless_told_otherwise(monkeypatch, tmp_path):
+  v1, v2 = miniature.Settings(world='v1'), miniature.Settings(world='v2')
+  assert (v1.stage1_steps, v1.stage1_unregularized) == (150, False)
+  # The second world's stage 1: the paper's 5:1 ratio to stage 2, unregularized, as its gate's probe.
+  from promot_t5x import base_model_check
+  assert v2.stage1_steps == base_model_check.CheckSettings.prompt_steps_ratio * v2.stage2_steps
+  assert v2.stage1_unregularized
+  ran = []
+  monkeypatch.setattr(miniature, 'run', ran.append)
+  assert miniature.main([f'--output_dir={tmp_path}', '--world=v2', '--no-stage1_unregularized',
+                         '--stage1_steps=30', '--model_learning_rate=0.003']) == 0
+  assert (ran[0].stage1_unregularized, ran[0].stage1_steps, ran[0].model_learning_rate) == (False, 30, 0.003)
+  assert miniature.main([f'--output_dir={tmp_path}', '--world=v2']) == 0
+  assert ran[1] == dataclasses.replace(v2, output_dir=str(tmp_path), workers=None)
 
 def test_a_worker_ends_when_its_parent_is_gone():
   """Killing promot-miniature must not leave its workers training: they watch their parent."""
