@@ -185,14 +185,16 @@ def run(settings: CheckSettings, tasks: Sequence[str] = ('rte', 'enfr')) -> dict
   """Trains and evaluates the probes, returns the check's document."""
   start = time.time()
   tables = {}
+  done_before = 0  # runs found finished (their time is not in wall_time_s)
   for task in tasks:
     exp = experiment(settings, task)
+    done_before += sum(os.path.exists(exp.results_path(v, seed)) for v in exp.variants for seed in exp.seeds_of(v))
     experiment_lib.run(exp)
     with open(os.path.join(exp.output_dir, 'table.json')) as f:
       tables[task] = json.load(f)
   doc = {'settings': {k: v for k, v in dataclasses.asdict(settings).items() if k != 'output_dir'},
          **criteria(tables, settings), 'params_fingerprint': params_fingerprint(settings.base_model),
-         'wall_time_s': round(time.time() - start, 1)}
+         'wall_time_s': round(time.time() - start, 1), 'runs_done_before': done_before}
   doc['settings']['base_model'] = os.path.relpath(settings.base_model) if os.path.isabs(
       settings.base_model) else settings.base_model
   return doc

@@ -120,3 +120,32 @@ def test_a_committed_second_world_base_model_is_the_one_that_passed_its_gate():
   doc = json.loads(open(os.path.join(root, 'docs', 'miniature', 'base_model_check.json')).read())
   assert doc['passed'], 'the committed gate record did not pass'
   assert doc['params_fingerprint'] == check.params_fingerprint(miniature.BASE_MODEL_V2)
+
+
+def test_the_check_records_the_candidates_fingerprint_and_the_runs_it_found_done(tmp_path, monkeypatch):
+  import json
+  import os
+
+  from promot_t5x import experiment as experiment_lib
+  from promot_t5x import miniature
+
+  settings = check.CheckSettings(base_model=miniature.BASE_MODEL, output_dir=str(tmp_path), steps=2)
+  table = _tables(85.0, INSIDE, (60.0, 65.0), (60.0, 62.0))
+  ran = []
+
+  def fake_run(exp):  # the runner's training is tested elsewhere; here only the check's bookkeeping
+    ran.append(exp.name)
+    os.makedirs(exp.output_dir, exist_ok=True)
+    with open(os.path.join(exp.output_dir, 'table.json'), 'w') as f:
+      json.dump(table['rte' if 'rte' in exp.name else 'enfr'], f)
+
+  monkeypatch.setattr(experiment_lib, 'run', fake_run)
+  exp = check.experiment(settings, 'rte')
+  finished = exp.results_path(exp.variants[3], 0)
+  os.makedirs(os.path.dirname(finished))
+  open(finished, 'w').write('{}')
+  doc = check.run(settings)
+  assert ran == ['base model check: mini2_rte', 'base model check: mini2_enfr']
+  assert doc['runs_done_before'] == 1 and doc['passed']
+  assert doc['params_fingerprint'] == check.params_fingerprint(miniature.BASE_MODEL)
+  assert len(doc['params_fingerprint']) == 64 and 'output_dir' not in doc['settings']
