@@ -180,6 +180,28 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   assert '21 of the 21 runs were done before this invocation' in (out / 'summary.md').read_text()
 
 
+@pytest.mark.slow(minutes=2)
+@pytest.mark.skipif(not os.path.isdir(miniature.BASE_MODEL_V2), reason='no second-world base model is committed')
+def test_the_second_world_runs_from_its_committed_base_model_with_its_recipe(tmp_path):
+  out = tmp_path / 'v2'
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  proc = subprocess.run([sys.executable, '-m', 'promot_t5x.miniature', '--quick', '--world=v2', '--tasks=enfr',
+                         '--seeds=0', '--only=promot', '--workers=1', f'--output_dir={out}'],
+                        capture_output=True, text=True, env=env, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  stage1 = (out / 'enfr' / 'promot' / 'seed_0' / 'stage1' / 'config.gin').read_text()
+  assert f"INITIAL_CHECKPOINT_PATH = '{miniature.BASE_MODEL_V2}'" in stage1
+  # The world's recipe: stage 1 without the protocol's regularization, the model's rate its grid's.
+  assert 'STAGE1_DROPOUT_RATE = 0.0' in stage1 and 'STAGE1_LABEL_SMOOTHING = 0.0' in stage1
+  assert 'DROPOUT_RATE = 0.1' in stage1
+  doc = json.loads((out / 'claims.json').read_text())
+  assert doc['settings']['world'] == 'v2' and doc['settings']['base_model'] == 'tasks/synthetic/data/base_model_v2'
+  assert doc['settings']['model_learning_rate'] == miniature.WORLD_RECIPES['v2']['model_learning_rate']
+  results = json.loads((out / 'enfr' / 'promot' / 'seed_0' / 'eval' / 'results.json').read_text())
+  assert results['suites']['target']['tasks']['enfr']['task'] == 'mini2_enfr'
+  assert results['suites']['target']['task_feature_lengths']['targets'] == miniature.EVAL_TARGET_LENGTH['v2']
+
+
 def test_worker_shares_balance_task_seed_units():
   settings = miniature.Settings(seeds=(0, 1, 2, 3, 4), workers=2)
   assert miniature.worker_shares(settings) == [
