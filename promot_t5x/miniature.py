@@ -89,7 +89,8 @@ BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(_synthetic.__file__)),
                           'base_model')
 MODULE = 'promot_t5x_tasks.synthetic.tasks'
 # The second world (`world.WORLD_V2`: the fine-tuning skills latent in pretraining);
-# its base model is committed once it passes its gate (`promot_t5x.base_model_check`).
+# its base model (pretraining phase 5, gin/miniature/pretrain_v2*.gin) passed its gate
+# (`promot_t5x.base_model_check`, docs/miniature/base_model_check.json) and is committed.
 BASE_MODEL_V2 = BASE_MODEL + '_v2'
 # world -> (task name prefix, task module, default base model).
 WORLDS = {'v1': ('mini_', MODULE, BASE_MODEL),
@@ -1038,7 +1039,7 @@ def _flags(parser: argparse.ArgumentParser) -> None:
                            'CPU; 1: all in this process)')
   parser.add_argument('--world', default='v1', choices=tuple(WORLDS),
                       help="the synthetic world: 'v1' (the committed base model) or 'v2' (the fine-tuning "
-                           'skills latent in pretraining; needs its base model, --base_model)')
+                           'skills latent in pretraining, its committed base model and its recipe, WORLD_RECIPES)')
   parser.add_argument('--controls', action='store_true',
                       help='also the controls: fine-tuning and ProMoT on mini_rte with shuffled labels')
   parser.add_argument('--cpu_kernels', action='store_true',
