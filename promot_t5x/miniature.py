@@ -135,10 +135,10 @@ class Settings:
   prompt_init: str = 'vocab_sample'
   batch_size: int = 32
   # The paper's prompt learning rate. The model's (fine-tuning, stage 2, joint,
-  # random prompt) is the one the learning-rate grid chose on fine-tuning's
-  # validation score (docs/miniature/lr_grid.json: 0.001, 0.003, 0.01, 0.03; 3
-  # seeds). With Adafactor's parameter scaling a step is lr x RMS(weight) at any
-  # model size, so 0.03 is a 30x larger relative step than the paper's 1e-3.
+  # random prompt) is the one the world's learning-rate grid chose on fine-tuning's
+  # validation score (0.001, 0.003, 0.01, 0.03; 3 seeds; WORLD_RECIPES). With
+  # Adafactor's parameter scaling a step is lr x RMS(weight) at any model size, so
+  # 0.03 (v1) and 0.01 (v2) are 30x and 10x larger relative steps than the paper's 1e-3.
   prompt_learning_rate: float = 0.2
   model_learning_rate: float | None = None
   # Few-shot evaluation: the first max_examples of each evaluation task (1-shot;
