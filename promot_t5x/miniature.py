@@ -366,7 +366,8 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
           variants.append(random_prompt_variant(settings, P))
       else:
         variants.append(experiment_lib.Variant(dose_variant(n), gin_files=('promot/promot.gin',) + P, overrides=(
-            *promot, f'STAGE1_STEPS = {n}', "train.promot.stage2_from = 'latest'")))
+            *promot, f'STAGE1_STEPS = {n}', "train.promot.stage2_from = 'latest'",
+            'STAGE1_STOP_AT_BEST = None')))  # its stage 2 starts from step n, whatever the best
   if settings.only:
     variants = [v for v in variants if v.name in settings.only or v.name == 'pretrained']
   labels = FORMAT_LABELS[task]

@@ -57,10 +57,14 @@ class BestRecord:
 
 
 def check_config(best_metric: str | None, best_mode: str, has_evaluator: bool,
-                 eval_period: int | None) -> None:
+                 eval_period: int | None, stop_at_best: float | None = None) -> None:
   """Raises a ValueError naming the fix when selection is asked for but cannot run."""
   if best_mode not in MODES:
     raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+  if stop_at_best is not None and not best_metric:
+    raise ValueError(f'stop_at_best={stop_at_best!r} stops a run once its best validation value '
+                     'reaches it, but the run selects on no metric; set CHECKPOINT_BEST_METRIC '
+                     '(and validation), or set stop_at_best to None.')
   if best_metric and not (has_evaluator and eval_period):
     raise ValueError(
         f'CHECKPOINT_BEST_METRIC={best_metric!r} selects checkpoints by validation, but the run '
@@ -89,6 +93,16 @@ def improves(best: BestRecord | None, value: float, mode: str) -> bool:
   if best is None:
     return True
   return value > best.value if mode == 'max' else value < best.value
+
+
+def reached(value: float, stop_at: float, mode: str) -> bool:
+  """Whether a validation value has reached `stop_at` (the metric's best possible value).
+
+  A run may stop there: ties keep the earlier step, so no later checkpoint could be
+  selected. Float noise (BLEU of 100.00000000000004) counts as reached.
+  """
+  tolerance = 1e-9 * max(1.0, abs(stop_at))
+  return value >= stop_at - tolerance if mode == 'max' else value <= stop_at + tolerance
 
 
 def metric_value(metrics: Mapping[str, Any], best_metric: str) -> float:

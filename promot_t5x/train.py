@@ -202,7 +202,8 @@ def train(*,
           prompt_for_task: Mapping[str, str] | None = None,
           max_grad_norm: float | None = None,
           stop_after_steps: int | None = None,
-          run_eval_before_training: bool = False) -> TrainResult:
+          run_eval_before_training: bool = False,
+          stop_at_best: float | None = None) -> TrainResult:
   """Trains `model` for `train_steps` steps of `stage` and checkpoints to `model_dir`.
 
   The body takes these steps in this order (each under a banner comment):
@@ -260,6 +261,11 @@ def train(*,
       this call; for preemption drills and tests. The next call resumes.
     run_eval_before_training: as in T5X, also evaluate the starting parameters
       (step 0 of a fresh run) when an evaluator is given.
+    stop_at_best: stop once `best_metric` reaches this value, its best possible
+      one (e.g. 100 for accuracy or BLEU): ties keep the earlier step, so no
+      later checkpoint could be selected, and the steps after it would change
+      nothing the run reports. A run that reached it does nothing when run
+      again. None: train all `train_steps`.
 
   Returns:
     A `TrainResult`: the folder, the last step, its loss, the last
@@ -280,7 +286,7 @@ def train(*,
   if checkpoint_period <= 0:
     raise ValueError(f'CHECKPOINT_PERIOD must be positive, got {checkpoint_period}.')
   _require_file_system_path('MODEL_DIR', model_dir)
-  selection.check_config(best_metric, best_mode, evaluator is not None, eval_period)
+  selection.check_config(best_metric, best_mode, evaluator is not None, eval_period, stop_at_best)
   if initial_checkpoint is not None:
     _require_file_system_path('INITIAL_CHECKPOINT_PATH', initial_checkpoint.path)
   partitioner = partitioner or partitioning.Partitioner(partitioning.make_mesh())
@@ -316,8 +322,12 @@ def train(*,
     raise
   batches_consumed = run_meta['batches_consumed']
   start = int(state.step)
-  if start >= train_steps:
-    _log(f'{model_dir} is already at step {start} >= TRAIN_STEPS={train_steps}; nothing to do.')
+  best = manager.best if stop_at_best is not None else None
+  if start >= train_steps or (best is not None and selection.reached(best.value, stop_at_best, best_mode)):
+    _log(f'{model_dir} is already at step {start} >= TRAIN_STEPS={train_steps}; nothing to do.'
+         if start >= train_steps else
+         f'{model_dir}: its best, {best.metric} {best.value:.2f} at step {best.step}, reached '
+         f'stop_at_best={stop_at_best}; nothing to do.')
     manager.close()
     lock.release()
     return TrainResult(model_dir, start, None, {}, latest)
@@ -413,6 +423,11 @@ def train(*,
         if stop_after_steps is not None and steps_this_process >= stop_after_steps:
           _log(f'stopping after {steps_this_process} steps as asked (stop_after_steps)')
           break
+      if (do_eval and stop_at_best is not None
+          and selection.reached(selection.metric_value(eval_metrics, best_metric), stop_at_best, best_mode)):
+        _log(f'stopping at step {step}/{train_steps}: {best_metric} reached stop_at_best={stop_at_best} '
+             '(no later step could be selected)')
+        break
     if pending is not None:
       last_loss = check_finite(*pending)
   except Exception as e:

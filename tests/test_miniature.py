@@ -330,6 +330,30 @@ def test_stage1_unregularized_drops_dropout_and_label_smoothing_in_stage1_only(m
   gin.clear_config()
 
 
+def test_stage1_stops_at_the_validation_ceiling_except_where_stage2_takes_its_latest_prompt(tmp_path):
+  # Through the gins each variant trains with: the protocol stops stage 1 once its best reaches
+  # 100 (no later prompt could be chosen); the dose-response's stage 2 starts from stage 1's
+  # latest prompt (step n), so its stage 1 must train all n steps.
+  import gin
+  from promot_t5x import experiment as experiment_lib
+  from promot_t5x import gin_utils
+
+  settings = miniature.Settings(world='v2', tasks=('enfr',), dose_steps=(30,), output_dir=str(tmp_path))
+  exp = miniature.experiment(settings, 'enfr')
+  seen = {}
+  for name in ('promot', miniature.dose_variant(30)):
+    variant = next(v for v in exp.variants if v.name == name)
+    gin_utils.parse(exp.model_gin_files + exp.gin_files + variant.gin_files,
+                    experiment_lib.variant_bindings(exp, variant, 0) + ["MODEL_DIR = 'unused'"],
+                    exp.gin_search_paths)
+    binding = gin.query_parameter('stage1/train.train.stop_at_best')
+    assert binding.scoped_selector == 'STAGE1_STOP_AT_BEST/gin.macro'  # a macro reference
+    seen[name] = (gin.query_parameter('STAGE1_STOP_AT_BEST/macro.value'),
+                  gin.query_parameter('train.promot.stage2_from'))
+    gin.clear_config()
+  assert seen == {'promot': (100.0, 'best'), miniature.dose_variant(30): (None, 'latest')}
+
+
 @pytest.mark.parametrize('world, folder', [('v1', ''), ('v2', 'world_v2')])
 def test_each_worlds_model_learning_rate_is_its_grids_choice(world, folder):
   """A world's recipe takes the model learning rate its committed grid chose (lr_grid.json)."""

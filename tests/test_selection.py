@@ -99,3 +99,40 @@ def test_training_checkpoints_the_best_step_between_periods_and_keeps_it(tmp_pat
   best = param_sets.flatten(ckpt_manager.load_run_params(run, step=selection.checkpoint_step(run)))
   last = param_sets.flatten(ckpt_manager.load_run_params(run, step='latest'))
   assert any(not np.array_equal(best[p], last[p]) for p in best)  # a different model
+
+
+def test_a_run_stops_once_its_best_reaches_the_ceiling_and_a_rerun_does_nothing(tmp_path, fixtures_dir):
+  task = _register_task(str(fixtures_dir / 'sentencepiece.model'))
+  # BLEU's float noise above 100 counts as the ceiling.
+  scripted = {1: 40.0, 2: 100.00000000000004, 3: 100.0, 4: 100.0, 5: 100.0}
+  seen = []
+
+  def evaluator(model, params, step):
+    seen.append(step)
+    return {'task/bleu': scripted[step]}
+
+  def run(steps, stop_at_best=100.0):
+    return train_lib.train(
+        model=_model(), stage=param_sets.stage_by_name('finetune'),
+        train_dataset=data.DatasetConfig(task, {'inputs': 8, 'targets': 4}, batch_size=2),
+        model_dir=str(tmp_path / 'run'), train_steps=steps, optimizer=optimizers.adafactor(1e-2),
+        partitioner=partitioning.Partitioner(partitioning.make_mesh(1, 1, devices=jax.devices()[:1])),
+        checkpoint_period=100, keep_checkpoints=1, best_metric='task/bleu',
+        eval_period=1, evaluator=evaluator, log_period=100, stop_at_best=stop_at_best)
+
+  result = run(5)
+  assert result.step == 2 and seen == [1, 2]
+  assert ckpt_manager.best_step(str(tmp_path / 'run')) == 2
+  # Run again (the same or more steps): the best has reached the ceiling, nothing trains.
+  again = run(8)
+  assert again.step == 2 and seen == [1, 2]
+  # Without the stop the run goes on, and the ties keep step 2 as its best: what the stop saved.
+  run(5, stop_at_best=None)
+  assert seen == [1, 2, 3, 4, 5] and ckpt_manager.best_step(str(tmp_path / 'run')) == 2
+
+
+def test_stop_at_best_needs_a_selection_metric_and_reads_the_mode():
+  with pytest.raises(ValueError, match='CHECKPOINT_BEST_METRIC'):
+    selection.check_config(None, 'max', has_evaluator=True, eval_period=1, stop_at_best=100.0)
+  assert selection.reached(100.0, 100.0, 'max') and not selection.reached(99.99, 100.0, 'max')
+  assert selection.reached(0.0, 0.0, 'min') and not selection.reached(0.01, 0.0, 'min')
