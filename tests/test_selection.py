@@ -75,23 +75,32 @@ def _register_task(vocab_path):
   return name
 
 
-def test_training_checkpoints_the_best_step_between_periods_and_keeps_it(tmp_path, fixtures_dir):
-  task = _register_task(str(fixtures_dir / 'sentencepiece.model'))
-  scripted = {1: 10.0, 2: 50.0, 3: 30.0, 4: 40.0, 5: 45.0}
-  seen = []
-
+def _scripted(metric, values, seen):
+  """An evaluator that returns `values[step]` for `metric` and records the steps it saw."""
   def evaluator(model, params, step):
+    del model, params
     seen.append(step)
-    return {'task/accuracy': scripted[step]}
+    return {metric: values[step]}
+  return evaluator
 
-  run = str(tmp_path / 'run')
-  result = train_lib.train(
+
+def _train(task, evaluator, model_dir, steps, metric, **kwargs):
+  """A tiny fine-tuning run validated every step, selecting on `metric`."""
+  return train_lib.train(
       model=_model(), stage=param_sets.stage_by_name('finetune'),
       train_dataset=data.DatasetConfig(task, {'inputs': 8, 'targets': 4}, batch_size=2),
-      model_dir=run, train_steps=5, optimizer=optimizers.adafactor(1e-2),
+      model_dir=model_dir, train_steps=steps, optimizer=optimizers.adafactor(1e-2),
       partitioner=partitioning.Partitioner(partitioning.make_mesh(1, 1, devices=jax.devices()[:1])),
-      checkpoint_period=100, keep_checkpoints=1, best_metric='task/accuracy',
-      eval_period=1, evaluator=evaluator, log_period=100)
+      checkpoint_period=100, keep_checkpoints=1, best_metric=metric,
+      eval_period=1, evaluator=evaluator, log_period=100, **kwargs)
+
+
+def test_training_checkpoints_the_best_step_between_periods_and_keeps_it(tmp_path, fixtures_dir):
+  task = _register_task(str(fixtures_dir / 'sentencepiece.model'))
+  seen = []
+  evaluator = _scripted('task/accuracy', {1: 10.0, 2: 50.0, 3: 30.0, 4: 40.0, 5: 45.0}, seen)
+  run = str(tmp_path / 'run')
+  result = _train(task, evaluator, run, 5, 'task/accuracy')
   assert result.step == 5 and seen == [1, 2, 3, 4, 5]
   # Step 2 was checkpointed although the period is 100, and KEEP_CHECKPOINTS=1 kept it.
   assert ckpt_manager.best_step(run) == 2
@@ -104,21 +113,11 @@ def test_training_checkpoints_the_best_step_between_periods_and_keeps_it(tmp_pat
 def test_a_run_stops_once_its_best_reaches_the_ceiling_and_a_rerun_does_nothing(tmp_path, fixtures_dir):
   task = _register_task(str(fixtures_dir / 'sentencepiece.model'))
   # BLEU's float noise above 100 counts as the ceiling.
-  scripted = {1: 40.0, 2: 100.00000000000004, 3: 100.0, 4: 100.0, 5: 100.0}
   seen = []
-
-  def evaluator(model, params, step):
-    seen.append(step)
-    return {'task/bleu': scripted[step]}
+  evaluator = _scripted('task/bleu', {1: 40.0, 2: 100.00000000000004, 3: 100.0, 4: 100.0, 5: 100.0}, seen)
 
   def run(steps, stop_at_best=100.0):
-    return train_lib.train(
-        model=_model(), stage=param_sets.stage_by_name('finetune'),
-        train_dataset=data.DatasetConfig(task, {'inputs': 8, 'targets': 4}, batch_size=2),
-        model_dir=str(tmp_path / 'run'), train_steps=steps, optimizer=optimizers.adafactor(1e-2),
-        partitioner=partitioning.Partitioner(partitioning.make_mesh(1, 1, devices=jax.devices()[:1])),
-        checkpoint_period=100, keep_checkpoints=1, best_metric='task/bleu',
-        eval_period=1, evaluator=evaluator, log_period=100, stop_at_best=stop_at_best)
+    return _train(task, evaluator, str(tmp_path / 'run'), steps, 'task/bleu', stop_at_best=stop_at_best)
 
   result = run(5)
   assert result.step == 2 and seen == [1, 2]
