@@ -90,7 +90,7 @@ def prompt_tuning_steps(settings: CheckSettings) -> int:
 
 
 def experiment(settings: CheckSettings, task: str) -> experiment_lib.Experiment:
-  """Pretrained / prompt tuning / fine-tuning on one fine-tuning analogue of the second world."""
+  """Pretrained / prompt tuning (5x and 1x fine-tuning's steps) / fine-tuning on one analogue of the second world."""
   name = f'{PREFIX}{task}'
   shared = [
       f'MIXTURE_OR_TASK_NAME = {name!r}', f'MIXTURE_OR_TASK_MODULE = {MODULE!r}',
