@@ -23,7 +23,7 @@ tasks `mini2_*`):
    beside it (`equal_steps`), not gated.
 
 The probe's prompt tuning is the second world's stage-1 recipe in the
-miniature (`promot-miniature --world v2`, `miniature.WORLD_RECIPES`: 750
+miniature (`promot-miniature`, the default world's `miniature.WORLD_RECIPES`: 750
 steps, 5 x stage 2's 150): a 20-token vocabulary-sampled prompt, learning
 rate 0.2, no dropout and no label smoothing on the frozen model.
 

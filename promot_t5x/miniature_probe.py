@@ -6,7 +6,8 @@ r"""The official ICL-vs-instruction probe on the miniature's pretrained, fine-tu
 Evaluates with gin/eval/icl_probe_official_miniature.gin (the protocol of
 `promot_t5x_tasks.icl_probe`: greedy, at most 10 new tokens, no soft prompt)
 
-  pretrained  the committed base model (--base_model)
+  pretrained  the committed base model of the run's world (read from
+              <miniature_dir>/summary.json; --base_model overrides it)
   finetune    <miniature_dir>/<task>/finetune/seed_<s>
   promot      <miniature_dir>/<task>/promot/seed_<s>/stage2
 
@@ -22,6 +23,7 @@ evaluation's results.json and table.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -31,6 +33,18 @@ from promot_t5x import cli, miniature
 MODELS = ('pretrained', 'finetune', 'promot')
 METRIC = 'starts_with_icl_answer'
 BASENAME = 'icl_probe_official'
+
+
+def world_of(miniature_dir: str) -> str:
+  """The synthetic world a `promot-miniature` output folder was made in (its summary.json).
+
+  A folder without summary.json (the run not finished) is taken to be of the default world.
+  """
+  path = os.path.join(miniature_dir, 'summary.json')
+  if not os.path.exists(path):
+    return miniature.Settings.world
+  with open(path) as f:
+    return json.load(f).get('settings', {}).get('world', 'v1')  # (summaries before worlds: v1)
 
 
 def checkpoint_paths(miniature_dir: str, task: str, seeds: Sequence[int],
@@ -73,14 +87,19 @@ def evaluate(checkpoint: str, output_dir: str, run_name: str, renderings: Sequen
 def run(miniature_dir: str, output_dir: str, *, eval_dir: str | None = None, task: str = 'rte',
         seeds: Sequence[int] = (0,), models: Sequence[str] = MODELS,
         renderings: Sequence[str] | None = None, max_examples: int | None = None,
-        base_model: str = miniature.BASE_MODEL):
-  """Evaluates every (model, seed) and writes the report; returns the `ConjugateReport`."""
+        base_model: str | None = None):
+  """Evaluates every (model, seed) and writes the report; returns the `ConjugateReport`.
+
+  base_model: the pretrained model; None = the committed base model of the run's world.
+  """
   from promot_t5x_tasks import conjugate as nl
 
   from promot_t5x import conjugate, reports
 
   renderings = list(renderings or nl.PROBE_RENDERINGS)
   eval_dir = eval_dir or os.path.join(miniature_dir, BASENAME)
+  prefix, _, world_base = miniature.WORLDS[world_of(miniature_dir)]
+  base_model = base_model or world_base
   scores = {}
   for model, checkpoints in checkpoint_paths(miniature_dir, task, seeds, base_model,
                                              models).items():
@@ -97,7 +116,7 @@ def run(miniature_dir: str, output_dir: str, *, eval_dir: str | None = None, tas
   size = 'all' if max_examples is None else f'first {max_examples}'
   return conjugate.conjugate_report(
       scores, output_dir, reference='pretrained', identity='english', basename=BASENAME,
-      title=f'Official ICL-vs-instruction probe, mini_{task} models: {METRIC} ({size} prompts '
+      title=f'Official ICL-vs-instruction probe, {prefix}{task} models: {METRIC} ({size} prompts '
             f'per task pair, mean over seeds {",".join(map(str, seeds))})')
 
 
@@ -113,7 +132,8 @@ def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--renderings', default=None, help='comma-separated (default: all)')
   parser.add_argument('--max_examples', type=int, default=None,
                       help='prompts per task pair (default: all 100)')
-  parser.add_argument('--base_model', default=miniature.BASE_MODEL)
+  parser.add_argument('--base_model', default=None,
+                      help="the pretrained model (default: the committed base model of the run's world)")
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -91,3 +91,16 @@ def test_checkpoint_paths_follow_the_miniature_layout():
                               (1, 'runs/miniature/rte/promot/seed_1/stage2')]}
   with pytest.raises(FileNotFoundError, match='No checkpoint'):
     miniature_probe.run('/nonexistent', '/tmp/unused', models=['finetune'])
+
+
+def test_the_probe_takes_the_base_model_of_the_runs_world(tmp_path):
+  """A miniature folder's pretrained model is its own world's (summary.json), not the first's."""
+  for world in miniature.WORLDS:
+    folder = tmp_path / world
+    folder.mkdir()
+    (folder / 'summary.json').write_text(json.dumps({'settings': {'world': world}}))
+    assert miniature_probe.world_of(str(folder)) == world
+  assert miniature_probe.world_of(str(tmp_path / 'unfinished')) == miniature.Settings.world == 'v2'
+  (tmp_path / 'old').mkdir()
+  (tmp_path / 'old' / 'summary.json').write_text(json.dumps({'settings': {}}))
+  assert miniature_probe.world_of(str(tmp_path / 'old')) == 'v1'

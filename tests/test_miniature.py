@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(miniature.BASE_MODEL),
 
 
 def _run(out, env):
-  return subprocess.run([sys.executable, '-m', 'promot_t5x.miniature', '--quick',
+  # The first world: every part, conjugate prompting included (its transforms are the first world's).
+  return subprocess.run([sys.executable, '-m', 'promot_t5x.miniature', '--quick', '--world=v1',
                          f'--output_dir={out}', '--lr_grid=0.01,0.03', '--dose_response=0,2'],
                         capture_output=True, text=True, env=env, timeout=1500)
 
@@ -182,13 +183,16 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
 
 @pytest.mark.slow(minutes=2)
 @pytest.mark.skipif(not os.path.isdir(miniature.BASE_MODEL_V2), reason='no second-world base model is committed')
-def test_the_second_world_runs_from_its_committed_base_model_with_its_recipe(tmp_path):
+def test_the_default_world_is_the_second_from_its_committed_base_model_with_its_recipe(tmp_path):
+  """`make run`'s world (no --world): the second, its committed base model, its recipe."""
   out = tmp_path / 'v2'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
-  proc = subprocess.run([sys.executable, '-m', 'promot_t5x.miniature', '--quick', '--world=v2', '--tasks=enfr',
+  proc = subprocess.run([sys.executable, '-m', 'promot_t5x.miniature', '--quick', '--tasks=enfr',
                          '--seeds=0', '--only=promot', '--workers=1', f'--output_dir={out}'],
                         capture_output=True, text=True, env=env, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  # Conjugate prompting is the first world's (its transforms); the run says so instead of skipping silently.
+  assert 'registered for the first world only (--world v1)' in proc.stdout
   stage1 = (out / 'enfr' / 'promot' / 'seed_0' / 'stage1' / 'config.gin').read_text()
   assert f"INITIAL_CHECKPOINT_PATH = '{miniature.BASE_MODEL_V2}'" in stage1
   # The world's recipe: stage 1 without the protocol's regularization, the model's rate its grid's.
@@ -354,7 +358,7 @@ def test_stage1_stops_at_the_validation_ceiling_except_where_stage2_takes_its_la
   assert seen == {'promot': (100.0, 'best'), miniature.dose_variant(30): (None, 'latest')}
 
 
-@pytest.mark.parametrize('world, folder', [('v1', ''), ('v2', 'world_v2')])
+@pytest.mark.parametrize('world, folder', [('v2', ''), ('v1', 'world_v1')])
 def test_each_worlds_model_learning_rate_is_its_grids_choice(world, folder):
   """A world's recipe takes the model learning rate its committed grid chose (lr_grid.json)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
