@@ -234,23 +234,24 @@ def test_multitask_promot_routes_one_prompt_per_task(tmp_path):
   assert (rte_run / 'stage2' / 'config.gin').exists()
   assert not (tmp_path / 'mini' / 'enfr' / miniature.MULTITASK / 'seed_0' / 'stage2').exists()
   config = (rte_run / 'stage1' / 'config.gin').read_text()
-  assert "'mini_rte_enfr'" in config and "('rte', 'enfr')" in config
+  mixture = f"'{settings.prefix}rte_enfr'"  # (the default world's names)
+  assert mixture in config and "('rte', 'enfr')" in config
   results = {t: json.loads((tmp_path / 'mini' / t / miniature.MULTITASK / 'seed_0' / 'eval'
                             / 'results.json').read_text()) for t in settings.tasks}
   for task, r in results.items():
     assert r['checkpoint'].endswith(os.path.join('rte', miniature.MULTITASK, 'seed_0', 'stage2'))
     (target,) = r['suites']['target']['tasks'].values()
-    assert target['task'] == f'mini_{task}' and target['prompt'] == task
+    assert target['task'] == f'{settings.prefix}{task}' and target['prompt'] == task
     assert all(t['prompt'] is None for t in r['suites']['fewshot_1shot']['tasks'].values())
   # Its baseline: the plain model fine-tuned on the same mixture, also trained once, no prompt.
-  assert "'mini_rte_enfr'" in (tmp_path / 'mini' / 'rte' / miniature.MULTITASK_FINETUNE / 'seed_0'
+  assert mixture in (tmp_path / 'mini' / 'rte' / miniature.MULTITASK_FINETUNE / 'seed_0'
                                / 'config.gin').read_text()
   for task in settings.tasks:
     r = json.loads((tmp_path / 'mini' / task / miniature.MULTITASK_FINETUNE / 'seed_0' / 'eval'
                     / 'results.json').read_text())
     assert r['checkpoint'].endswith(os.path.join('rte', miniature.MULTITASK_FINETUNE, 'seed_0'))
     (target,) = r['suites']['target']['tasks'].values()
-    assert target['task'] == f'mini_{task}' and target['prompt'] is None
+    assert target['task'] == f'{settings.prefix}{task}' and target['prompt'] is None
   # Same checkpoint, prompt removed: the two evaluations' suite scores are the same numbers.
   assert results['rte']['suites']['fewshot_1shot']['norm_avg'] == \
       results['enfr']['suites']['fewshot_1shot']['norm_avg']
