@@ -965,7 +965,7 @@ def write_dose_response(settings: Settings) -> str:
       doses[str(n)] = {k: claims.Estimate.of(v).as_dict() for k, v in (
           ('prompt_validation_score', prompt), ('norm_avg_change', deltas), ('task_score', scores)) if v}
     out[task] = doses
-    lines += [f'## mini_{task}', '', '| stage-1 steps | prompt\'s validation score | Norm. Avg. change '
+    lines += [f'## {settings.prefix}{task}', '', '| stage-1 steps | prompt\'s validation score | Norm. Avg. change '
               '(1-shot) | task score |', '|---:|---:|---:|---:|']
     for n, d in doses.items():
       cells = [claims.estimate_text(d[k], 1) if k in d else '–'
