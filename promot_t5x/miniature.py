@@ -30,11 +30,12 @@ trainer, evaluator and experiment runner (`promot_t5x.experiment`):
                  baseline finetune_multitask (the plain model fine-tuned on
                  the same mixture)
   (--controls)   finetune_shuffled and promot_shuffled: fine-tuning and ProMoT
-                 on mini_rte with its labels shuffled, scored on the real ones
+                 on the binary-inference analogue with its labels shuffled,
+                 scored on the real ones
   (--lr_grid)    finetune_lr<rate>: fine-tuning at each model learning rate;
                  lr_grid.json/md rank them by validation score (the default
                  rate is the one the world's committed grid chose, WORLD_RECIPES)
-  (--dose_response) promot_stage1_<n>: ProMoT on mini_enfr with stage 2 from
+  (--dose_response) promot_stage1_<n>: ProMoT on the En-Fr analogue with stage 2 from
                  the prompt after n stage-1 steps (0: the fixed random prompt
                  run); dose_response.json/md
   (--only)       just the named variants (and the pretrained model)
@@ -1049,7 +1050,8 @@ def _flags(parser: argparse.ArgumentParser) -> None:
                            "'v2' (default: the fine-tuning skills latent in pretraining; the base model passed "
                            "its gate) or 'v1' (the first world; its results: docs/miniature/world_v1/)")
   parser.add_argument('--controls', action='store_true',
-                      help='also the controls: fine-tuning and ProMoT on mini_rte with shuffled labels')
+                      help='also the controls: fine-tuning and ProMoT on the binary-inference analogue (mini2_rte; '
+                           'mini_rte in the first world) with shuffled labels')
   parser.add_argument('--cpu_kernels', action='store_true',
                       help='run the model\'s products through the optional CPU kernels '
                            '(gin/options/cpu_kernels.gin; needs the cpu extra and g++)')
@@ -1061,7 +1063,7 @@ def _flags(parser: argparse.ArgumentParser) -> None:
                            '(default: the world\'s grid\'s choice, WORLD_RECIPES: '
                            + ', '.join(f'{w} {r["model_learning_rate"]}' for w, r in WORLD_RECIPES.items()) + ')')
   parser.add_argument('--dose_response', default=None, metavar='STEPS',
-                      help='comma-separated stage-1 steps (e.g. 0,30,100,300): ProMoT on mini_enfr with '
+                      help='comma-separated stage-1 steps (e.g. 0,30,100,300): ProMoT on the En-Fr analogue with '
                            'stage 2 started from those prompts; writes dose_response.json/md')
   parser.add_argument('--one_shot_training', action='store_true',
                       help='also ProMoT + 1-shot training (both stages on 1-shot inputs; claim C6)')

@@ -16,9 +16,10 @@ How it works (one decision, here; the checkpoint manager and `train` call it):
     the earlier step); a new best is checkpointed even between checkpoint
     periods, so the best step always has a checkpoint;
   * the best is recorded in `<run>/checkpoints/best.json` (`BestRecord`:
-    step, metric, value and an `order` that grows with each new best) and
-    marked for orbax with that order, so orbax's keep-best policy keeps
-    exactly the recorded step while KEEP_CHECKPOINTS prunes the others;
+    step, metric, value and an `order` that grows with each new best); the
+    checkpoint manager's keep-best policy keeps exactly the recorded step
+    (read back from best.json on resume) while KEEP_CHECKPOINTS prunes the
+    others;
   * `checkpoint_step(run_dir)` is 'best' for a run that recorded one, so
     evaluation (`CHECKPOINT_STEP`), stage 2 (`train.promot.stage2_from`) and
     experiments read the selected checkpoint.
@@ -34,8 +35,6 @@ from typing import Any
 from promot_t5x import fs
 
 BEST_FILE = 'best.json'
-# The metric orbax's keep-best policy ranks checkpoints by: the record's order.
-ORDER_KEY = 'selection_order'
 MODES = ('max', 'min')
 
 

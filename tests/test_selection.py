@@ -37,6 +37,18 @@ def test_a_tie_keeps_the_earlier_best_and_pruning_never_deletes_it(tmp_path):
   # A resumed manager knows the best: 90 again is no improvement, 95 is.
   mgr = ckpt_manager.TrainCheckpointManager(run, keep=1, best_metric='acc')
   assert not mgr.is_new_best({'acc': 90.0}) and mgr.is_new_best({'acc': 95.0})
+  # ... and keeps it while it prunes (a resumed run once lost its best step here, orbax's
+  # keep-best policy not reading back the metrics it had ranked the checkpoints by).
+  for step in (6, 7):
+    mgr.save(step, params, {}, _meta(step), metrics={'acc': 80.0})
+  assert sorted(mgr.all_steps()) == [2, 7]
+  # A new best replaces the old, which is pruned only at the next save: a crash between
+  # orbax's save and best.json's update leaves best.json naming a step that exists.
+  mgr.save(8, params, {}, _meta(8), metrics={'acc': 95.0})
+  assert sorted(mgr.all_steps()) == [2, 8]
+  assert selection.read_best(ckpt_manager.checkpoint_dir(run)).step == 8
+  mgr.save(9, params, {}, _meta(9), metrics={'acc': 10.0})
+  assert sorted(mgr.all_steps()) == [8, 9]
   mgr.close()
 
 

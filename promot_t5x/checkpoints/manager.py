@@ -171,6 +171,18 @@ def _non_empty(tree: Any) -> Any:
   return _EMPTY
 
 
+class _KeepBest:
+  """orbax preservation policy: keep the manager's recorded best checkpoint (`selection`)."""
+
+  def __init__(self, manager: 'TrainCheckpointManager'):
+    self._manager = manager
+
+  def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
+    del context
+    keep = self._manager.kept_best_steps()
+    return [c.step in keep for c in checkpoints]
+
+
 class TrainCheckpointManager:
   """orbax CheckpointManager for a run: periodic saves, keep-N, keep-best (`promot_t5x.selection`)."""
 
@@ -188,12 +200,14 @@ class TrainCheckpointManager:
     # Held in memory on every process (all see the same metrics), so every
     # process takes the same save decisions; best.json is written by process 0.
     self.best = selection.read_best(self.directory) if best_metric else None
-    policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+    # The step a save in progress is about to record as the new best.
+    self._candidate: int | None = None
+    policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep)]
     if best_metric:
-      # Keeps the checkpoint marked with the highest selection order: the recorded best.
-      policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m.get(selection.ORDER_KEY, -1.0), reverse=False, n=1,
-          keep_checkpoints_without_metrics=False))
+      # Keeps the recorded best (best.json, read back on resume). Not orbax's BestN: it
+      # ranks by metrics that a restarted manager does not read back, so the first save
+      # after a resume pruned the best checkpoint while best.json still named it.
+      policies.append(_KeepBest(self))
     options = ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
@@ -227,13 +241,21 @@ class TrainCheckpointManager:
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(_non_empty(opt_state)),
         meta=ocp.args.JsonSave(dict(meta)))
-    orbax_metrics = {selection.ORDER_KEY: float(record.order)} if record else None
-    self._manager.save(step, args=args, metrics=orbax_metrics, force=True)
-    self._manager.wait_until_finished()
+    self._candidate = record.step if record is not None else None
+    try:
+      self._manager.save(step, args=args, force=True)
+      self._manager.wait_until_finished()
+    finally:
+      self._candidate = None
     if record is not None:
       self.best = record
       if jax.process_index() == 0:
         selection.write_best(self.directory, record)
+
+  def kept_best_steps(self) -> set[int]:
+    """The steps the keep-best policy preserves: the recorded best and a best being saved."""
+    steps = {self.best.step} if self.best is not None else set()
+    return steps | ({self._candidate} if self._candidate is not None else set())
 
   def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any
               ) -> tuple[Any, Any, dict[str, Any]]:
