@@ -174,7 +174,7 @@ def _non_empty(tree: Any) -> Any:
 class _KeepBest:
   """orbax preservation policy: keep the manager's recorded best checkpoint (`selection`)."""
 
-  def __init__(self, manager: 'TrainCheckpointManager'):
+  def __init__(self, manager: TrainCheckpointManager):
     self._manager = manager
 
   def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
