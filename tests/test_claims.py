@@ -154,7 +154,6 @@ def test_readme_claims_tables_are_the_committed_claims_files(tmp_path):
 
   blocks = re.findall(r'<!-- claims table from ([^\s#]+)(?:#([\w,-]+))?:', readme)
   assert ('docs/miniature/claims.json', '') in blocks  # `make run`'s
-  assert ('docs/miniature/world_v1/claims.json', '') in blocks  # the first world's
   assert C.update_readme(readme, load) == readme, 'run: python -m promot_t5x.claims --readme=README.md'
   for path, ids in blocks:
     doc = load(path)
