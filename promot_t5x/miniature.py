@@ -57,9 +57,10 @@ and on its fine-tuned task's test split with the prompt (the first 256)
              the share of QA outputs that are True/False (format
              specialization), and the gradient alignment (cosine between
              real- and shuffled-label gradients, last decoder layer);
-  conjugate  (first world) pretrained, fine-tuned and ProMoT models on the
-             1-shot suite under the world's conjugate transforms (toylang,
-             cipher).
+  conjugate  pretrained, fine-tuned and ProMoT models on the 1-shot suite
+             under the world's conjugate transforms (its own Lumic and
+             cipher: toylang and cipher in the first world, toylang_v2 and
+             cipher_v2 in the second).
 
 Outputs in --output_dir: `summary.md` (every table, the reading aids and the
 plots' paths), `summary.json`, `<task>/table.md|json`, `<task>/norm_avg.png`,
@@ -112,7 +113,8 @@ WORLD_RECIPES = {
     'v1': {'model_learning_rate': 0.03, 'stage1_steps': 150, 'stage1_unregularized': False},
     'v2': {'model_learning_rate': 0.01, 'stage1_steps': 750, 'stage1_unregularized': True},
 }
-TRANSFORMS = ('toylang', 'cipher')
+# Each world's conjugate transforms (registered by its task module).
+TRANSFORMS = {'v1': ('toylang', 'cipher'), 'v2': ('toylang_v2', 'cipher_v2')}
 # The fine-tuned tasks' label words (format specialization is measured against them).
 FORMAT_LABELS = {'rte': ('True', 'False'), 'enfr': None}
 
@@ -379,10 +381,7 @@ def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
   labels = FORMAT_LABELS[task]
   shots = ('1shot', '4shot') if settings.four_shot else ('1shot',)
   world_eval = (f'EVAL_SUITE = {[f"{settings.prefix}eval_{k}" for k in shots]!r}',
-                f'EVAL_SUITE_NAMES = {[f"fewshot_{k}" for k in shots]!r}')
-  if settings.world != 'v1':
-    world_eval += (f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',
-                   f"TASK_FEATURE_LENGTHS = {{'inputs': 256, 'targets': {EVAL_TARGET_LENGTH[settings.world]}}}")
+                f'EVAL_SUITE_NAMES = {[f"fewshot_{k}" for k in shots]!r}') + eval_world_overrides(settings)
   return experiment_lib.Experiment(
       name=f'ProMoT miniature: {name}',
       output_dir=os.path.join(settings.output_dir, task),
@@ -410,6 +409,14 @@ def best_metric(settings: Settings, task_name: str) -> tuple[str, ...]:
   if not settings.protocol:
     return ()
   return (f'CHECKPOINT_BEST_METRIC = {task_name + "/" + BEST_METRIC[task_name.split("_")[0]]!r}',)
+
+
+def eval_world_overrides(settings: Settings) -> tuple[str, ...]:
+  """Evaluation bindings of a world other than the first: its task module, its decode length."""
+  if settings.world == 'v1':
+    return ()
+  return (f'MIXTURE_OR_TASK_MODULE = {settings.module!r}',
+          f"TASK_FEATURE_LENGTHS = {{'inputs': 256, 'targets': {EVAL_TARGET_LENGTH[settings.world]}}}")
 
 
 def model_gin_files(settings: Settings) -> tuple[str, ...]:
@@ -557,21 +564,23 @@ def conjugate_section(settings: Settings, rte: experiment_lib.Experiment) -> Any
   for seed in settings.seeds:
     models['finetune'].append((seed, rte.run_dir(by_name['finetune'], seed)))
     models['promot'].append((seed, os.path.join(rte.run_dir(by_name['promot'], seed), 'stage2')))
-  suites = [f'mini_eval_1shot__{t}' for t in TRANSFORMS]
+  transforms = TRANSFORMS[settings.world]
+  suites = [f'{settings.prefix}eval_1shot__{t}' for t in transforms]
   for model_name, checkpoints in models.items():
     per_seed: list[dict[str, dict[str, float]]] = []
     for seed, checkpoint in checkpoints:
       out = os.path.join(settings.output_dir, 'conjugate', model_name, f'seed_{seed}')
       if not os.path.exists(os.path.join(out, 'results.json')):
-        _log(f'conjugate: {model_name} seed {seed} under {", ".join(TRANSFORMS)}')
+        _log(f'conjugate: {model_name} seed {seed} under {", ".join(transforms)}')
         gin_utils.parse([*model_gin_files(settings), 'eval/fewshot_miniature.gin'], [
             f'CHECKPOINT_PATH = {checkpoint!r}', f'EVAL_OUTPUT_DIR = {out!r}',
             f'RUN_NAME = {model_name!r}', f'EVAL_SUITE = {suites!r}',
-            f'EVAL_SUITE_NAMES = {list(TRANSFORMS)!r}', 'MIXTURE_OR_TASK_NAME = None',
-            f'MAX_EXAMPLES = {settings.max_examples}'], (), finalize=False)
+            f'EVAL_SUITE_NAMES = {list(transforms)!r}', 'MIXTURE_OR_TASK_NAME = None',
+            f'MAX_EXAMPLES = {settings.max_examples}', *eval_world_overrides(settings)], (),
+            finalize=False)
         gin_utils.bind_and_call('promot_t5x.eval.evaluate', '')
       result = reports.read_results(os.path.join(out, 'results.json'))
-      entry = {t: _plain_task_scores(result.suites[t].scores) for t in TRANSFORMS}
+      entry = {t: _plain_task_scores(result.suites[t].scores) for t in transforms}
       # The untransformed prompt: the same model's 1-shot suite from the main table.
       variant = 'pretrained' if model_name == 'pretrained' else model_name
       main = reports.read_results(rte.results_path(by_name[variant], seed))
@@ -581,7 +590,7 @@ def conjugate_section(settings: Settings, rte: experiment_lib.Experiment) -> Any
                               for task in per_seed[0][t]} for t in per_seed[0]}
   return conjugate.conjugate_report(
       scores, os.path.join(settings.output_dir, 'conjugate'), reference='pretrained',
-      title='Conjugate prompting, mini_rte models, 1-shot suite (mean over seeds)')
+      title=f'Conjugate prompting, {settings.prefix}rte models, 1-shot suite (mean over seeds)')
 
 
 def _plain_task_scores(scores: Mapping[str, float]) -> dict[str, float]:
@@ -744,9 +753,7 @@ def run(settings: Settings) -> str:
     curve_data = curves(settings, experiments['rte'])
     timings['curves'] = time.time() - t0
   conj = None
-  if settings.conjugate and settings.world != 'v1':
-    _log('conjugate prompting: the transforms are registered for the first world only (--world v1)')
-  elif settings.conjugate and 'rte' in experiments and settings.runs('finetune', 'promot'):
+  if settings.conjugate and 'rte' in experiments and settings.runs('finetune', 'promot'):
     t0 = time.time()
     conj = conjugate_section(settings, experiments['rte'])
     timings['conjugate'] = time.time() - t0
@@ -825,7 +832,7 @@ def write_summary(settings: Settings, tables: Mapping[str, str], curve_data: Any
     parts += [f'## Format specialization and gradient alignment ({settings.prefix}rte)', '',
               'Plot: `curves.png`. Mean over seeds:', '', curve_markdown(curve_data), '']
   if conj is not None:
-    parts += ['## Conjugate prompting (mini_rte models)', '', 'Plot: `conjugate/conjugate_report.png`',
+    parts += [f'## Conjugate prompting ({settings.prefix}rte models)', '', 'Plot: `conjugate/conjugate_report.png`',
               '', conj.markdown, '']
   path = os.path.join(settings.output_dir, 'summary.md')
   with open(path, 'w') as f:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from promot_t5x_tasks.synthetic import world as world_lib
 
 from promot_t5x import miniature, selection
 
@@ -181,19 +182,18 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
   assert '21 of the 21 runs were done before this invocation' in (out / 'summary.md').read_text()
 
 
-@pytest.mark.slow(minutes=2)
+@pytest.mark.slow(minutes=3)
 @pytest.mark.skipif(not os.path.isdir(miniature.BASE_MODEL_V2), reason='no second-world base model is committed')
 def test_the_default_world_is_the_second_from_its_committed_base_model_with_its_recipe(tmp_path):
-  """`make run`'s world (no --world): the second, its committed base model, its recipe."""
+  """`make run`'s world (no --world): the second, its committed base model, its recipe, its transforms."""
   out = tmp_path / 'v2'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
-  proc = subprocess.run([sys.executable, '-m', 'promot_t5x.miniature', '--quick', '--tasks=enfr',
-                         '--seeds=0', '--only=promot', '--workers=1', f'--output_dir={out}'],
+  proc = subprocess.run([sys.executable, '-m', 'promot_t5x.miniature', '--quick', '--tasks=rte',
+                         '--seeds=0', '--only=finetune,promot', '--no_curves', '--workers=1',
+                         f'--output_dir={out}'],
                         capture_output=True, text=True, env=env, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  # Conjugate prompting is the first world's (its transforms); the run says so instead of skipping silently.
-  assert 'registered for the first world only (--world v1)' in proc.stdout
-  stage1 = (out / 'enfr' / 'promot' / 'seed_0' / 'stage1' / 'config.gin').read_text()
+  stage1 = (out / 'rte' / 'promot' / 'seed_0' / 'stage1' / 'config.gin').read_text()
   assert f"INITIAL_CHECKPOINT_PATH = '{miniature.BASE_MODEL_V2}'" in stage1
   # The world's recipe: stage 1 without the protocol's regularization, the model's rate its grid's.
   assert 'STAGE1_DROPOUT_RATE = 0.0' in stage1 and 'STAGE1_LABEL_SMOOTHING = 0.0' in stage1
@@ -201,9 +201,17 @@ def test_the_default_world_is_the_second_from_its_committed_base_model_with_its_
   doc = json.loads((out / 'claims.json').read_text())
   assert doc['settings']['world'] == 'v2' and doc['settings']['base_model'] == 'tasks/synthetic/data/base_model_v2'
   assert doc['settings']['model_learning_rate'] == miniature.WORLD_RECIPES['v2']['model_learning_rate']
-  results = json.loads((out / 'enfr' / 'promot' / 'seed_0' / 'eval' / 'results.json').read_text())
-  assert results['suites']['target']['tasks']['enfr']['task'] == 'mini2_enfr'
+  results = json.loads((out / 'rte' / 'promot' / 'seed_0' / 'eval' / 'results.json').read_text())
+  assert results['suites']['target']['tasks']['rte']['task'] == 'mini2_rte'
   assert results['suites']['target']['task_feature_lengths']['targets'] == miniature.EVAL_TARGET_LENGTH['v2']
+  # Conjugate prompting under the second world's own transforms, on its own suite.
+  conj = json.loads((out / 'conjugate' / 'conjugate_report.json').read_text())
+  assert conj['models'] == ['pretrained', 'finetune', 'promot']
+  assert {r['transform'] for r in conj['rows']} >= {'toylang_v2', 'cipher_v2'}
+  scored = json.loads((out / 'conjugate' / 'promot' / 'seed_0' / 'results.json').read_text())
+  tasks = {t['task'] for t in scored['suites']['toylang_v2']['tasks'].values()}
+  assert tasks == {f'mini2_{f}_1shot__toylang_v2' for f in world_lib.EVAL_FAMILIES}, tasks
+  assert '## Conjugate prompting (mini2_rte models)' in (out / 'summary.md').read_text()
 
 
 def test_worker_shares_balance_task_seed_units():

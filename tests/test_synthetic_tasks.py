@@ -3,6 +3,7 @@
 import pytest
 import seqio
 from promot_t5x_tasks.synthetic import tasks as mini
+from promot_t5x_tasks.synthetic import tasks_v2
 from promot_t5x_tasks.synthetic import transforms as transforms_lib
 from promot_t5x_tasks.synthetic import world as world_lib
 
@@ -107,10 +108,12 @@ def test_format_specialization_is_reported_on_qa():
   assert metric(['cat'] * 4, preds) == {'format_specialization': 50.0}
 
 
-@pytest.mark.parametrize('name', transforms_lib.TRANSFORM_NAMES)
-def test_transforms_round_trip_on_every_family(name):
-  world = W.get_world()
+@pytest.mark.parametrize('config,name', [(W.WorldConfig(), n) for n in transforms_lib.TRANSFORM_NAMES]
+                         + [(W.WORLD_V2, n) for n in tasks_v2.TRANSFORM_NAMES])
+def test_transforms_round_trip_on_every_family(config, name):
+  world = W.get_world(config)
   transform = conjugate.get_transform(name)
+  assert transforms_lib.world_of(name) == config
   for family in W.ALL_FAMILIES:
     for ex in world.examples(family, 'validation')[:20]:
       forward = transform.apply_to_input(ex.inputs)
@@ -139,13 +142,29 @@ def test_conjugate_tasks_read_the_transformed_text_and_score_in_english():
   assert len(mixture.tasks) == len(W.EVAL_FAMILIES)
 
 
+def test_second_world_conjugates_use_its_own_lumic():
+  v1, v2 = W.get_world(), W.get_world(W.WORLD_V2)
+  assert tasks_v2.TRANSFORM_NAMES == ('toylang_v2', 'cipher_v2')
+  # The two worlds' dictionaries differ (each follows its own vocabulary).
+  assert sum(v1.lumic[w] == v2.lumic.get(w) for w in v1.lumic) < len(v1.lumic) // 2
+  (ex,) = _first('mini2_triviaqa_1shot__toylang_v2', lengths={'inputs': 64, 'targets': 8})
+  original = v2.examples('triviaqa', 'test')[0]
+  lumic = v2.to_lumic(original.inputs)
+  assert _text(ex['inputs_pretokenized']).endswith(lumic) and lumic != v1.to_lumic(original.inputs)
+  mixture = seqio.get_mixture_or_task('mini2_eval_1shot__cipher_v2')
+  assert sorted(t.name for t in mixture.tasks) == sorted(
+      f'mini2_{f}_1shot__cipher_v2' for f in W.EVAL_FAMILIES)
+  with pytest.raises(ValueError, match="'toylang' was registered for another world"):
+    mini.register_mini_tasks(W.WORLD_V2, prefix='mini2test_', transforms=('toylang',))
+
+
 def test_registering_for_another_world_under_another_prefix():
   config = W.WorldConfig(seed=3, num_people=24, num_story_names=12, eval_size=16,
                          demo_pool_size=32, finetune_train_size=64)
   names = mini.register_mini_tasks(config, prefix='minitest_', shots=(0, 1))
   assert 'minitest_rte' in names and 'minitest_eval_1shot' in names
-  assert not any('__' in n for n in names)  # no conjugates for a custom world
+  assert not any('__' in n for n in names)  # no conjugates until the world's own are registered
   (ex,) = _first('minitest_webqa_1shot', lengths={'inputs': 64, 'targets': 8})
   assert _text(ex['inputs_pretokenized']).startswith('Q: ')
-  with pytest.raises(ValueError, match='default world'):
+  with pytest.raises(ValueError, match='registered for another world.*register_transforms'):
     mini.register_mini_tasks(config, prefix='minitest_', transforms=('toylang',))

@@ -222,16 +222,25 @@ def register_mini_tasks(world_config: world_lib.WorldConfig | None = None,
     prefix: prepended to every name.
     vocabulary: default: the committed miniature vocabulary.
     shots: shot counts of the evaluation tasks and mixtures.
-    transforms: conjugate transforms to derive the evaluation suite under;
-      default `toylang` and `cipher` for the default world, none for another
-      world (the registered transforms are the default world's).
+    transforms: conjugate transforms to derive the evaluation suite under.
+      Default: the transforms registered for this world
+      (`transforms.register_transforms`): `toylang` and `cipher` for the
+      default world, none for another world until its own are registered.
+      A transform registered for another world is an error: each world's
+      Lumic and cipher follow its own vocabulary.
   """
-  default_world = world_config is None or world_config == world_lib.WorldConfig()
+  config = world_config or world_lib.WorldConfig()
   if transforms is None:
-    transforms = transforms_lib.TRANSFORM_NAMES if default_world else ()
-  elif transforms and not default_world:
-    raise ValueError('Conjugate transforms are registered for the default world only; pass '
-                     'transforms=() with a custom world_config.')
+    transforms = transforms_lib.registered_for(config)
+  for name in transforms:
+    owner = transforms_lib.world_of(name)
+    if owner is not None and owner != config:
+      mine = transforms_lib.registered_for(config)
+      raise ValueError(
+          f'Conjugate transform {name!r} was registered for another world; its Lumic and cipher '
+          f'follow that world\'s words. Register this world\'s own with '
+          f"transforms.register_transforms(world, suffix='_...') and pass those names"
+          + (f' (registered for this world: {mine})' if mine else '') + '.')
   world = world_lib.get_world(world_config)
   vocabulary = vocabulary or vocabulary_lib.get_vocabulary()
   names: list[str] = []

@@ -15,8 +15,12 @@ the base model's gate reads:
 | `mini2_pretrain_phase4` | the fourth phase's mixture (three quarters short yes/no inference episodes) |
 
 The probes render the fine-tuning tasks' own validation and test items (never
-seen in pretraining) in the pretraining formats. Conjugate transforms are the
-first world's (none are registered here).
+seen in pretraining) in the pretraining formats.
+
+Conjugate transforms: this world's own Lumic and cipher (its pretraining reads
+both), registered as `toylang_v2` and `cipher_v2` (`TRANSFORM_NAMES`), with the
+suite under them: `mini2_{family}_{k}shot__{transform}` and
+`mini2_eval_{k}shot__{transform}`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import seqio
 import tensorflow as tf
 from promot_t5x_tasks import fewshot as fewshot_lib
 from promot_t5x_tasks.synthetic import tasks as tasks_lib
+from promot_t5x_tasks.synthetic import transforms as transforms_lib
 from promot_t5x_tasks.synthetic import vocabulary as vocabulary_lib
 from promot_t5x_tasks.synthetic import world as world_lib
 
@@ -35,6 +40,9 @@ from promot_t5x import metrics, postprocessing
 PREFIX = 'mini2_'
 WORLD_CONFIG = world_lib.WORLD_V2
 PROBE_SHOTS = (0, 1)
+# This world's conjugate transforms: ('toylang_v2', 'cipher_v2').
+TRANSFORM_SUFFIX = '_v2'
+TRANSFORM_NAMES = transforms_lib.transform_names(TRANSFORM_SUFFIX)
 # Probe: its fine-tuning family, metric and postprocessor.
 _PROBES = {
     'rte_yn': ('rte', metrics.accuracy, postprocessing.classification_postprocessor),
@@ -80,7 +88,8 @@ def register_probes(world_config: world_lib.WorldConfig = WORLD_CONFIG, prefix: 
   return names
 
 
-tasks_lib.register_mini_tasks(WORLD_CONFIG, prefix=PREFIX, transforms=())
+transforms_lib.register_transforms(world_lib.get_world(WORLD_CONFIG), suffix=TRANSFORM_SUFFIX)
+tasks_lib.register_mini_tasks(WORLD_CONFIG, prefix=PREFIX, transforms=TRANSFORM_NAMES)
 register_probes()
 
 

@@ -39,19 +39,31 @@ from promot_t5x import conjugate
 TOYLANG = 'toylang'
 CIPHER = 'cipher'
 TRANSFORM_NAMES = (TOYLANG, CIPHER)
+# Registered transform name -> the world whose words it maps (`register_transforms`).
+_WORLDS: dict[str, world_lib.WorldConfig] = {}
 
 
-def make_transforms(world: world_lib.World) -> dict[str, conjugate.Transform]:
-  """The world's conjugate transforms, by name (not registered)."""
+def transform_names(suffix: str = '') -> tuple[str, ...]:
+  """('toylang', 'cipher'), each name followed by `suffix` (another world's: '_v2')."""
+  return tuple(name + suffix for name in TRANSFORM_NAMES)
+
+
+def make_transforms(world: world_lib.World, suffix: str = '') -> dict[str, conjugate.Transform]:
+  """The world's conjugate transforms, by name (`transform_names(suffix)`; not registered).
+
+  Every world has its own Lumic and cipher dictionaries (they follow its
+  vocabulary), so each world's transforms need names of their own.
+  """
+  toylang, cipher = transform_names(suffix)
   return {
-      TOYLANG: conjugate.Transform(
-          name=TOYLANG, forward_input=world.to_lumic, forward_target=world.to_lumic,
+      toylang: conjugate.Transform(
+          name=toylang, forward_input=world.to_lumic, forward_target=world.to_lumic,
           inverse_output=world.from_lumic, invertible=True,
           description=('Miniature only: the prompt and answer in Lumic, a toy language the '
                        'base model read in pretraining (word by word; names, translation '
                        'sentences and toy-language words unchanged).')),
-      CIPHER: conjugate.Transform(
-          name=CIPHER, forward_input=world.to_cipher, forward_target=world.to_cipher,
+      cipher: conjugate.Transform(
+          name=cipher, forward_input=world.to_cipher, forward_target=world.to_cipher,
           inverse_output=world.from_cipher, invertible=True,
           description=('Miniature only: vowels of every world English word rotated '
                        '(a->e->i->o->u->a), a cipher taught in pretraining; names, translation '
@@ -59,12 +71,28 @@ def make_transforms(world: world_lib.World) -> dict[str, conjugate.Transform]:
   }
 
 
-def register_transforms(world: world_lib.World | None = None) -> tuple[str, ...]:
-  """Registers (replacing) `toylang` and `cipher` for `world` (default: the default world)."""
+def register_transforms(world: world_lib.World | None = None, suffix: str = '') -> tuple[str, ...]:
+  """Registers (replacing) `toylang{suffix}` and `cipher{suffix}` for `world`; returns their names.
+
+  `world` defaults to the default world (`WorldConfig()`), whose transforms have
+  no suffix; the second world's are `toylang_v2` and `cipher_v2` (`tasks_v2.py`).
+  """
   world = world or world_lib.get_world()
-  for transform in make_transforms(world).values():
+  transforms = make_transforms(world, suffix)
+  for name, transform in transforms.items():
     conjugate.register_transform(transform, overwrite=True)
-  return TRANSFORM_NAMES
+    _WORLDS[name] = world.config
+  return tuple(transforms)
+
+
+def world_of(name: str) -> world_lib.WorldConfig | None:
+  """The world a transform of this module was registered for (None: not one of this module's)."""
+  return _WORLDS.get(name)
+
+
+def registered_for(world_config: world_lib.WorldConfig) -> tuple[str, ...]:
+  """The names of this module's transforms registered for `world_config`, in registration order."""
+  return tuple(name for name, config in _WORLDS.items() if config == world_config)
 
 
 register_transforms()
