@@ -119,6 +119,23 @@ def test_translation_word_order_and_registers(world):
   assert f"{de['sees']}en {de['near']}" in world.translate_sentence(parsed, W.DEUNA)  # verb last
 
 
+def test_a_second_prepositional_phrase_where_the_world_allows_two(world):
+  parsed = (('big', 'apple'), 'sees', (None, 'tree'), ('near', (None, 'stone')), ('under', ('old', 'lamp')))
+  assert world.translate_sentence(parsed, W.ENGLISH) == 'Big apple sees tree near stone under old lamp.'
+  ro = world.lexicons[W.ROMALI]
+  romali = world.translate_sentence(parsed, W.ROMALI).lower()
+  # Postpositions, in the phrases' order; the adjective after its noun.
+  assert romali.index(f" {ro['near']} ") < romali.index(f" {ro['under']}")
+  assert romali.endswith(f" {ro['old']} {ro['under']}.")
+  two = W.get_world(W.WorldConfig(max_prepositional_phrases=2))
+  parses = [item.fields[0] for item in two.items('ende', 'test')]
+  assert {len(p) for p in parses} == {4, 5}  # some sentences take a second phrase
+  for parse, example in zip(parses, two.examples('ende', 'test')):
+    if len(parse) == 5:  # both phrases in the prompt's English sentence
+      assert f' {parse[3][0]} ' in example.inputs and f' {parse[4][0]} ' in example.inputs
+  assert all(len(item.fields[0]) == 4 for item in world.items('ende', 'test'))
+
+
 def test_qa_questions_of_held_out_facts_never_appear_in_pretraining(world, pretraining_sample):
   """Validation/test facts are stated only in documents, never asked as QA pairs."""
   held_out = set()

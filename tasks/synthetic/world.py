@@ -256,9 +256,10 @@ class WorldConfig:
       true that ..."; label False). Negation never occurs in pretraining, so
       it is what fine-tuning can add beyond prompt tuning.
     max_prepositional_phrases: most prepositional phrases in a translation
-      sentence, 1 or 2 (longer sentences, meant to leave the translation
-      analogues headroom; both worlds use 1, and the second world's base
-      model translates at ceiling: docs/results.md).
+      sentence, 1 or 2 (with 2, two in five sentences have a phrase and half
+      of those a second one: longer sentences, meant to leave the translation
+      analogues headroom in a later world; both committed worlds use 1, and
+      the second world's base model translates at ceiling: docs/results.md).
   """
 
   seed: int = 0
@@ -449,15 +450,18 @@ class World:
   def translate_sentence(self, parsed: tuple, language: str, register: str = 'formal') -> str:
     """Renders a parsed translation sentence in `language` (English or a toy language).
 
-    `parsed` is ((adj|None, noun), verb, (adj|None, noun), (prep, (adj|None, noun))|None).
+    `parsed` is ((adj|None, noun), verb, (adj|None, noun), (prep, (adj|None, noun))|None),
+    optionally followed by a second prepositional phrase (worlds with
+    `max_prepositional_phrases=2`), rendered after the first.
     Word order: English and Deuna keep adjective-noun order; Frenka and Romali put
     the adjective after the noun; Deuna puts the verb last (before a prepositional
     phrase); Romali uses postpositions (noun phrase, then the preposition).
     """
-    subj, verb, obj, pp = parsed
+    subj, verb, obj, pp, *more = parsed
+    pps = [pp, *more] if pp else []
     if language == ENGLISH:
       np_ = lambda x: ' '.join(w for w in x if w)
-      words = [np_(subj), verb, np_(obj)] + ([pp[0], np_(pp[1])] if pp else [])
+      words = [np_(subj), verb, np_(obj)] + [w for p in pps for w in (p[0], np_(p[1]))]
       s = ' '.join(words)
       return s[0].upper() + s[1:] + '.'
     if language not in self.lexicons:
@@ -478,8 +482,8 @@ class World:
       words = [np_(subj), np_(obj), v]
     else:
       words = [np_(subj), v, np_(obj)]
-    if pp:
-      words += ([np_(pp[1]), lex[pp[0]]] if language == ROMALI else [lex[pp[0]], np_(pp[1])])
+    for p in pps:
+      words += ([np_(p[1]), lex[p[0]]] if language == ROMALI else [lex[p[0]], np_(p[1])])
     s = ' '.join(words)
     return s[0].upper() + s[1:] + '.'
 
@@ -599,8 +603,12 @@ class World:
       return (adj, TR_NOUNS[int(rng.integers(len(TR_NOUNS)))])
     subj, obj = np_(), np_()
     verb = TR_VERBS[int(rng.integers(len(TR_VERBS)))]
-    pp = ((TR_PREPOSITIONS[int(rng.integers(len(TR_PREPOSITIONS)))], np_())
-          if rng.random() < 0.4 else None)
+    def pp_():
+      return (TR_PREPOSITIONS[int(rng.integers(len(TR_PREPOSITIONS)))], np_())
+    pp = pp_() if rng.random() < 0.4 else None
+    # A second phrase only where the world allows two (the draws of a one-phrase world unchanged).
+    if pp is not None and self.config.max_prepositional_phrases == 2 and rng.random() < 0.5:
+      return (subj, verb, obj, pp, pp_())
     return (subj, verb, obj, pp)
 
   # -- rendering ------------------------------------------------------------------
