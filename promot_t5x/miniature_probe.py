@@ -47,10 +47,13 @@ def world_of(miniature_dir: str) -> str:
     return json.load(f).get('settings', {}).get('world', 'v1')  # (summaries before worlds: v1)
 
 
-def checkpoint_paths(miniature_dir: str, task: str, seeds: Sequence[int],
-                     base_model: str = miniature.BASE_MODEL,
+def checkpoint_paths(miniature_dir: str, task: str, seeds: Sequence[int], base_model: str,
                      models: Sequence[str] = MODELS) -> dict[str, list[tuple[int, str]]]:
-  """{model: [(seed, checkpoint)]}, as `promot-miniature` lays its runs out."""
+  """{model: [(seed, checkpoint)]}, as `promot-miniature` lays its runs out.
+
+  `base_model` is the pretrained model of the run's world (`world_of` reads it
+  from the run's summary.json); no default, since the worlds' base models differ.
+  """
   runs = {'pretrained': lambda s: base_model,
           'finetune': lambda s: os.path.join(miniature_dir, task, 'finetune', f'seed_{s}'),
           'promot': lambda s: os.path.join(miniature_dir, task, 'promot', f'seed_{s}', 'stage2')}
