@@ -113,8 +113,6 @@ WORLD_RECIPES = {
     'v1': {'model_learning_rate': 0.03, 'stage1_steps': 150, 'stage1_unregularized': False},
     'v2': {'model_learning_rate': 0.01, 'stage1_steps': 750, 'stage1_unregularized': True},
 }
-# Each world's conjugate transforms (registered by its task module).
-TRANSFORMS = {'v1': ('toylang', 'cipher'), 'v2': ('toylang_v2', 'cipher_v2')}
 # The fine-tuned tasks' label words (format specialization is measured against them).
 FORMAT_LABELS = {'rte': ('True', 'False'), 'enfr': None}
 
@@ -555,6 +553,8 @@ def curve_markdown(data: Mapping[str, Sequence[Mapping[str, Mapping[int, float]]
 # -- conjugate prompting --------------------------------------------------------------
 def conjugate_section(settings: Settings, rte: experiment_lib.Experiment) -> Any:
   """Pretrained, fine-tuned and ProMoT models on the 1-shot suite under each transform."""
+  import importlib
+
   from promot_t5x import conjugate, gin_utils, reports
 
   scores: dict[str, dict[str, dict[str, float]]] = {}
@@ -564,7 +564,8 @@ def conjugate_section(settings: Settings, rte: experiment_lib.Experiment) -> Any
   for seed in settings.seeds:
     models['finetune'].append((seed, rte.run_dir(by_name['finetune'], seed)))
     models['promot'].append((seed, os.path.join(rte.run_dir(by_name['promot'], seed), 'stage2')))
-  transforms = TRANSFORMS[settings.world]
+  # The world's own transforms, registered by its task module (`TRANSFORM_NAMES`).
+  transforms = tuple(importlib.import_module(settings.module).TRANSFORM_NAMES)
   suites = [f'{settings.prefix}eval_1shot__{t}' for t in transforms]
   for model_name, checkpoints in models.items():
     per_seed: list[dict[str, dict[str, float]]] = []

@@ -57,6 +57,8 @@ from promot_t5x_tasks.synthetic import world as world_lib
 from promot_t5x import conjugate, metrics, postprocessing
 
 DEFAULT_PREFIX = 'mini_'
+# This world's conjugate transforms (the default world's: 'toylang', 'cipher').
+TRANSFORM_NAMES = transforms_lib.TRANSFORM_NAMES
 SHOTS = (0, 1, 4)
 EVAL_SPLIT = world_lib.EVAL_SPLIT  # scored: test (and validation for QA; `World.items`)
 SCORED_SPLIT = 'test'
