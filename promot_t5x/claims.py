@@ -382,7 +382,7 @@ def claims_from_summary(summary: Mapping[str, Any]) -> tuple[list[Claim], dict[s
     info.update(eval_examples_per_task=min(counts['eval'].values(), default=0),
                 task_test_examples=min(counts['task'].values(), default=0), examples_scored=counts)
   # The world's task prefix (miniature.WORLDS; not imported: miniature imports this module).
-  prefix = {'v1': 'mini_', 'v2': 'mini2_'}.get(s.get('world', 'v1'), 'mini_')
+  prefix = {'v1': 'mini_', 'v2': 'mini2_', 'v3': 'mini3_'}.get(s.get('world', 'v1'), 'mini_')
   return miniature_claims(summary['tables'], curves, prefix=prefix), info
 
 

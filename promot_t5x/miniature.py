@@ -5,12 +5,14 @@ r"""`promot-miniature`: the paper's experiment, in miniature, on two CPU cores.
   promot-miniature --output_dir=/tmp/mini --seeds=0,1,2 --extras
 
 From the committed base model of the synthetic world (`--world`, default
-'v2': a small T5 pretrained on the second world, in which the fine-tuning
-skills are latent, `promot_t5x_tasks/synthetic/data/base_model_v2`, made by
-`gin/miniature/pretrain_v2*.gin` and passed by `promot_t5x.base_model_check`;
-'v1': the first world's, `data/base_model`, from `gin/miniature/pretrain.gin`),
-for each fine-tuning analogue (`mini2_rte`, `mini2_enfr`; `mini_*` in the
-first world) it trains and evaluates, per seed, with the project's own
+'v3': a small T5 pretrained on the third world, in which the fine-tuning
+skills are latent and a third of the people and of the Deuna / Romali words
+are rare in pretraining, `promot_t5x_tasks/synthetic/data/base_model_v3`,
+made by `gin/miniature/pretrain_v2*.gin` then `pretrain_v3.gin` and passed
+by `promot_t5x.base_model_check --world=v3`; 'v2': the second world's,
+`data/base_model_v2`; 'v1': the first world's, `data/base_model`, from
+`gin/miniature/pretrain.gin`), for each fine-tuning analogue (`mini3_rte`,
+`mini3_enfr`; `mini2_*`, `mini_*` in the earlier worlds) it trains and evaluates, per seed, with the project's own
 trainer, evaluator and experiment runner (`promot_t5x.experiment`):
 
   pretrained     the base model, untouched
@@ -96,22 +98,30 @@ BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(_synthetic.__file__)),
 MODULE = 'promot_t5x_tasks.synthetic.tasks'
 # The second world (`world.WORLD_V2`: the fine-tuning skills latent in pretraining);
 # its base model (pretraining phase 5, gin/miniature/pretrain_v2*.gin) passed its gate
-# (`promot_t5x.base_model_check`, docs/miniature/base_model_check.json) and is committed.
+# (`promot_t5x.base_model_check`, docs/miniature/world_v2/base_model_check.json) and is committed.
 BASE_MODEL_V2 = BASE_MODEL + '_v2'
+# The third world (`world.WORLD_V3`: the second's design drawn anew, with rare people
+# and words in pretraining, so that the evaluation analogues have headroom); its base
+# model continues the second's (gin/miniature/pretrain_v3.gin) and passed its gate, headroom
+# included (docs/miniature/base_model_check.json).
+BASE_MODEL_V3 = BASE_MODEL + '_v3'
 # world -> (task name prefix, task module, default base model).
 WORLDS = {'v1': ('mini_', MODULE, BASE_MODEL),
-          'v2': ('mini2_', 'promot_t5x_tasks.synthetic.tasks_v2', BASE_MODEL_V2)}
+          'v2': ('mini2_', 'promot_t5x_tasks.synthetic.tasks_v2', BASE_MODEL_V2),
+          'v3': ('mini3_', 'promot_t5x_tasks.synthetic.tasks_v3', BASE_MODEL_V3)}
 FINETUNE_TASKS = ('rte', 'enfr')
 # Each world's recipe (the defaults of `--world`), with which its committed results were made:
 # - model_learning_rate: the rate the world's grid chose on fine-tuning's validation score
-#   (v2: docs/miniature/lr_grid.json; v1: docs/miniature/world_v1/lr_grid.json);
-# - stage1_steps: the first world's 150 (stage 2's); the second world's 5 x stage 2's, the
-#   paper's ratio (5,000 to 1,000), as its gate's probe (promot_t5x.base_model_check);
-# - stage1_unregularized: the second world trains stage 1 without the protocol's dropout and
-#   label smoothing (either alone keeps its frozen model's prompt at one label; docs/results.md).
+#   (v3: docs/miniature/lr_grid.json; v2: world_v2/lr_grid.json; v1: world_v1/lr_grid.json);
+# - stage1_steps: the first world's 150 (stage 2's); the second and third worlds' 5 x stage
+#   2's, the paper's ratio (5,000 to 1,000), as their gate's probe (promot_t5x.base_model_check);
+# - stage1_unregularized: the second and third worlds train stage 1 without the protocol's
+#   dropout and label smoothing (either alone keeps the second world's frozen model's prompt at
+#   one label; docs/results.md; the third world keeps the second's recipe).
 WORLD_RECIPES = {
     'v1': {'model_learning_rate': 0.03, 'stage1_steps': 150, 'stage1_unregularized': False},
     'v2': {'model_learning_rate': 0.01, 'stage1_steps': 750, 'stage1_unregularized': True},
+    'v3': {'model_learning_rate': 0.003, 'stage1_steps': 750, 'stage1_unregularized': True},
 }
 # The fine-tuned tasks' label words (format specialization is measured against them).
 FORMAT_LABELS = {'rte': ('True', 'False'), 'enfr': None}
@@ -124,9 +134,10 @@ class Settings:
   output_dir: str = 'runs/miniature'
   # '' = the world's committed base model (WORLDS).
   base_model: str = ''
-  # 'v2': the second synthetic world (the fine-tuning skills latent in pretraining,
-  # `world.WORLD_V2`; its base model passed its gate); 'v1': the first.
-  world: str = 'v2'
+  # 'v3': the third synthetic world (the fine-tuning skills latent in pretraining, rare
+  # people and words, `world.WORLD_V3`; its base model passed its gate); 'v2': the
+  # second (no headroom on the QA and translation analogues); 'v1': the first.
+  world: str = 'v3'
   tasks: tuple[str, ...] = FINETUNE_TASKS
   # Five seeds, paired across methods (every method of a seed is scored on the same examples).
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -273,14 +284,17 @@ def _log(msg: str) -> None:
 TRAIN_BUCKETS = {
     'v1': {('rte', 0): (48,), ('rte', 1): (88,), ('enfr', 0): (16,), ('enfr', 1): (40,)},
     'v2': {('rte', 0): (64,), ('rte', 1): (120,), ('enfr', 0): (16,), ('enfr', 1): (64,)}}
+# The third world's lengths fit the second's (on 2,000: mini3_rte 62, mini3_rte_1shot_train
+# 116, mini3_enfr 15, mini3_enfr_1shot_train 57; targets: mini3_enfr 30, mini3_ende 32).
+TRAIN_BUCKETS['v3'] = TRAIN_BUCKETS['v2']
 # Training target lengths: just above the longest target with its EOS (mini_rte 2
 # tokens, mini_enfr 12, on 2,000 examples; mini2_enfr 33, its sentences longer). The
 # decoder's cost follows this length: padding mini_rte's two tokens to 16 made a third
 # of each step's work.
-TARGET_LENGTH = {'v1': {'rte': 4, 'enfr': 16}, 'v2': {'rte': 4, 'enfr': 36}}
+TARGET_LENGTH = {'v1': {'rte': 4, 'enfr': 16}, 'v2': {'rte': 4, 'enfr': 36}, 'v3': {'rte': 4, 'enfr': 36}}
 # Evaluation target (decode) length: the longest reference of any evaluated task with
 # its EOS fits (first world: mini_enro 15 tokens; second: mini2_ende 37, mini2_enfr 33).
-EVAL_TARGET_LENGTH = {'v1': 16, 'v2': 40}
+EVAL_TARGET_LENGTH = {'v1': 16, 'v2': 40, 'v3': 40}
 
 
 def experiment(settings: Settings, task: str) -> experiment_lib.Experiment:
@@ -1053,10 +1067,11 @@ def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--workers', type=int, default=None,
                       help='processes splitting the (task, seed) units, one CPU each (default: one per '
                            'CPU; 1: all in this process)')
-  parser.add_argument('--world', default='v2', choices=tuple(WORLDS),
+  parser.add_argument('--world', default='v3', choices=tuple(WORLDS),
                       help="the synthetic world, each with its committed base model and recipe (WORLD_RECIPES): "
-                           "'v2' (default: the fine-tuning skills latent in pretraining; the base model passed "
-                           "its gate) or 'v1' (the first world; its results: docs/miniature/world_v1/)")
+                           "'v3' (default: the fine-tuning skills latent in pretraining, rare facts and words; "
+                           "the base model passed its gate, headroom included), 'v2' (the second world; "
+                           "docs/miniature/world_v2/) or 'v1' (the first; docs/miniature/world_v1/)")
   parser.add_argument('--controls', action='store_true',
                       help='also the controls: fine-tuning and ProMoT on the binary-inference analogue (mini2_rte; '
                            'mini_rte in the first world) with shuffled labels')

@@ -21,7 +21,7 @@ from promot_t5x.results import ROLES, SUITE, TARGET
 GREEDY, BEAM, RANK_CLASSIFICATION = 'greedy', 'beam', 'rank_classification'
 DEFAULT_FEATURE_LENGTHS = {'inputs': 1024, 'targets': 128}
 # Registration prefixes of this project's tasks, dropped from display names.
-DEFAULT_NAME_PREFIXES = ('promot_', 'mini_', 'mini2_')
+DEFAULT_NAME_PREFIXES = ('promot_', 'mini_', 'mini2_', 'mini3_')
 _SHOTS_SUFFIX = re.compile(r'_\d+shot(?=$|__)')
 
 

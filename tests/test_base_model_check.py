@@ -65,6 +65,36 @@ def test_headroom_names_the_tasks_outside_its_bounds_and_is_reported_beside_the_
   assert out['passed']  # the gate is the skills and the probe
 
 
+def test_the_third_worlds_gate_holds_its_candidate_to_the_headroom_bounds():
+  gated = check.CheckSettings(base_model='unused', world='v3', gate_headroom=True)
+  out = check.criteria(_tables(85.0, dict(INSIDE, ende=99.0), (60.0, 65.0), (60.0, 62.0)), gated)
+  assert out['latent_skills']['passed'] and out['probe']['passed']
+  assert out['headroom']['gated'] and out['headroom']['outside'] == ['ende'] and not out['passed']
+  assert check.criteria(_tables(85.0, INSIDE, (60.0, 65.0), (60.0, 62.0)), gated)['passed']
+
+
+def test_the_check_trains_and_evaluates_the_worlds_own_tasks(tmp_path):
+  exp = check.experiment(check.CheckSettings(base_model='c', output_dir=str(tmp_path), world='v3'), 'enfr')
+  assert "MIXTURE_OR_TASK_NAME = 'mini3_enfr'" in exp.overrides
+  assert "MIXTURE_OR_TASK_MODULE = 'promot_t5x_tasks.synthetic.tasks_v3'" in exp.overrides
+  assert "EVAL_SUITE = ['mini3_eval_1shot', 'mini3_probes_1shot']" in exp.eval_overrides
+  with pytest.raises(ValueError, match="Unknown world 'v9'.*'v2', 'v3'"):
+    check.experiment(check.CheckSettings(base_model='c', world='v9'), 'rte')
+
+
+def test_the_command_line_gates_headroom_for_the_third_world_only(tmp_path, monkeypatch):
+  seen = []
+
+  def fake_run(settings, tasks):
+    seen.append((settings.world, settings.gate_headroom, tasks))
+    return {'latent_skills': {}, 'probe': {}, 'passed': False}
+
+  monkeypatch.setattr(check, 'run', fake_run)
+  for world in ('v2', 'v3'):
+    assert check.main(['--base_model=c', f'--world={world}', f'--output={tmp_path}/{world}.json']) == 0
+  assert seen == [('v2', False, ('rte', 'enfr')), ('v3', True, ('rte', 'enfr'))]
+
+
 def test_a_missing_score_names_what_the_results_have():
   tables = _tables(85.0, INSIDE, (60.0, 65.0), (60.0, 62.0))
   del tables['rte']['pretrained'][0]['fewshot_1shot/wic/accuracy']
@@ -108,18 +138,20 @@ def test_the_fingerprint_follows_every_value_of_the_parameters(tmp_path):
   assert check.params_fingerprint(str(tmp_path / 'changed')) != check.params_fingerprint(miniature.BASE_MODEL)
 
 
-def test_a_committed_second_world_base_model_is_the_one_that_passed_its_gate():
+@pytest.mark.parametrize('world, folder', [('v3', ''), ('v2', 'world_v2')])
+def test_each_committed_base_model_is_the_one_that_passed_its_gate(world, folder):
   import json
   import os
 
   from promot_t5x import miniature
 
-  if not os.path.isdir(miniature.BASE_MODEL_V2):
-    pytest.skip('no second-world base model is committed')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  doc = json.loads(open(os.path.join(root, 'docs', 'miniature', 'base_model_check.json')).read())
+  doc = json.loads(open(os.path.join(root, 'docs', 'miniature', folder, 'base_model_check.json')).read())
   assert doc['passed'], 'the committed gate record did not pass'
-  assert doc['params_fingerprint'] == check.params_fingerprint(miniature.BASE_MODEL_V2)
+  assert doc['settings'].get('world', 'v2') == world
+  assert doc['params_fingerprint'] == check.params_fingerprint(miniature.WORLDS[world][2])
+  if world == 'v3':  # the third world's gate holds its candidate to the headroom bounds
+    assert doc['settings']['gate_headroom'] and doc['headroom']['passed']
 
 
 def test_the_check_records_the_candidates_fingerprint_and_the_runs_it_found_done(tmp_path, monkeypatch):

@@ -100,7 +100,7 @@ def test_the_probe_takes_the_base_model_of_the_runs_world(tmp_path):
     folder.mkdir()
     (folder / 'summary.json').write_text(json.dumps({'settings': {'world': world}}))
     assert miniature_probe.world_of(str(folder)) == world
-  assert miniature_probe.world_of(str(tmp_path / 'unfinished')) == miniature.Settings.world == 'v2'
+  assert miniature_probe.world_of(str(tmp_path / 'unfinished')) == miniature.Settings.world == 'v3'
   (tmp_path / 'old').mkdir()
   (tmp_path / 'old' / 'summary.json').write_text(json.dumps({'settings': {}}))
   assert miniature_probe.world_of(str(tmp_path / 'old')) == 'v1'

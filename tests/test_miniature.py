@@ -183,10 +183,9 @@ def test_quick_miniature_runs_every_part_and_resumes(tmp_path):
 
 
 @pytest.mark.slow(minutes=3)
-@pytest.mark.skipif(not os.path.isdir(miniature.BASE_MODEL_V2), reason='no second-world base model is committed')
-def test_the_default_world_is_the_second_from_its_committed_base_model_with_its_recipe(tmp_path):
-  """`make run`'s world (no --world): the second, its committed base model, its recipe, its transforms."""
-  out = tmp_path / 'v2'
+def test_the_default_world_is_the_third_from_its_committed_base_model_with_its_recipe(tmp_path):
+  """`make run`'s world (no --world): the third, its committed base model, its recipe, its transforms."""
+  out = tmp_path / 'v3'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
   proc = subprocess.run([sys.executable, '-m', 'promot_t5x.miniature', '--quick', '--tasks=rte',
                          '--seeds=0', '--only=finetune,promot', '--no_curves', '--workers=1',
@@ -194,24 +193,24 @@ def test_the_default_world_is_the_second_from_its_committed_base_model_with_its_
                         capture_output=True, text=True, env=env, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   stage1 = (out / 'rte' / 'promot' / 'seed_0' / 'stage1' / 'config.gin').read_text()
-  assert f"INITIAL_CHECKPOINT_PATH = '{miniature.BASE_MODEL_V2}'" in stage1
+  assert f"INITIAL_CHECKPOINT_PATH = '{miniature.BASE_MODEL_V3}'" in stage1
   # The world's recipe: stage 1 without the protocol's regularization, the model's rate its grid's.
   assert 'STAGE1_DROPOUT_RATE = 0.0' in stage1 and 'STAGE1_LABEL_SMOOTHING = 0.0' in stage1
   assert 'DROPOUT_RATE = 0.1' in stage1
   doc = json.loads((out / 'claims.json').read_text())
-  assert doc['settings']['world'] == 'v2' and doc['settings']['base_model'] == 'tasks/synthetic/data/base_model_v2'
-  assert doc['settings']['model_learning_rate'] == miniature.WORLD_RECIPES['v2']['model_learning_rate']
+  assert doc['settings']['world'] == 'v3' and doc['settings']['base_model'] == 'tasks/synthetic/data/base_model_v3'
+  assert doc['settings']['model_learning_rate'] == miniature.WORLD_RECIPES['v3']['model_learning_rate']
   results = json.loads((out / 'rte' / 'promot' / 'seed_0' / 'eval' / 'results.json').read_text())
-  assert results['suites']['target']['tasks']['rte']['task'] == 'mini2_rte'
-  assert results['suites']['target']['task_feature_lengths']['targets'] == miniature.EVAL_TARGET_LENGTH['v2']
-  # Conjugate prompting under the second world's own transforms, on its own suite.
+  assert results['suites']['target']['tasks']['rte']['task'] == 'mini3_rte'
+  assert results['suites']['target']['task_feature_lengths']['targets'] == miniature.EVAL_TARGET_LENGTH['v3']
+  # Conjugate prompting under the third world's own transforms, on its own suite.
   conj = json.loads((out / 'conjugate' / 'conjugate_report.json').read_text())
   assert conj['models'] == ['pretrained', 'finetune', 'promot']
-  assert {r['transform'] for r in conj['rows']} >= {'toylang_v2', 'cipher_v2'}
+  assert {r['transform'] for r in conj['rows']} >= {'toylang_v3', 'cipher_v3'}
   scored = json.loads((out / 'conjugate' / 'promot' / 'seed_0' / 'results.json').read_text())
-  tasks = {t['task'] for t in scored['suites']['toylang_v2']['tasks'].values()}
-  assert tasks == {f'mini2_{f}_1shot__toylang_v2' for f in world_lib.EVAL_FAMILIES}, tasks
-  assert '## Conjugate prompting (mini2_rte models)' in (out / 'summary.md').read_text()
+  tasks = {t['task'] for t in scored['suites']['toylang_v3']['tasks'].values()}
+  assert tasks == {f'mini3_{f}_1shot__toylang_v3' for f in world_lib.EVAL_FAMILIES}, tasks
+  assert '## Conjugate prompting (mini3_rte models)' in (out / 'summary.md').read_text()
 
 
 def test_worker_shares_balance_task_seed_units():
@@ -367,7 +366,7 @@ def test_stage1_stops_at_the_validation_ceiling_except_where_stage2_takes_its_la
   assert seen == {'promot': (100.0, 'best'), miniature.dose_variant(30): (None, 'latest')}
 
 
-@pytest.mark.parametrize('world, folder', [('v2', ''), ('v1', 'world_v1')])
+@pytest.mark.parametrize('world, folder', [('v3', ''), ('v2', 'world_v2'), ('v1', 'world_v1')])
 def test_each_worlds_model_learning_rate_is_its_grids_choice(world, folder):
   """A world's recipe takes the model learning rate its committed grid chose (lr_grid.json)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -130,12 +130,12 @@ def test_second_world_metric_names_match_the_checkpoint_selection_metric():
   assert {fewshot.display_name(t) for t in fewshot.tasks} >= {'triviaqa', 'webqa', 'cb', 'ende'}
 
 
-@pytest.mark.parametrize('world', ['v1', 'v2'])
+@pytest.mark.parametrize('world', ['v1', 'v2', 'v3'])
 def test_the_miniatures_lengths_hold_every_reference(world):
   # Outputs are decoded up to the target length: a reference longer than it caps the score
   # (the second world's En-Fr was once scored at 16 tokens, every model at the same BLEU).
   import seqio
-  from promot_t5x_tasks.synthetic import tasks, tasks_v2  # noqa: F401  (registers the tasks)
+  from promot_t5x_tasks.synthetic import tasks, tasks_v2, tasks_v3  # noqa: F401  (registers the tasks)
 
   from promot_t5x import base_model_check, miniature
 
@@ -152,13 +152,13 @@ def test_the_miniatures_lengths_hold_every_reference(world):
   evaluated = [t.name for k in ('1shot', '4shot')
                for t in seqio.get_mixture_or_task(f'{settings.prefix}eval_{k}').tasks]
   evaluated += [f'{settings.prefix}{t}' for t in miniature.FINETUNE_TASKS]
-  if world == 'v2':
-    evaluated += [tasks_v2.probe_name(form, 1) for form in ('rte_yn', 'enfr_alt')]
+  if world != 'v1':
+    evaluated += [f'{settings.prefix}{form}_1shot' for form in ('rte_yn', 'enfr_alt')]
   for name in evaluated:
     split = 'test' if name.endswith(miniature.FINETUNE_TASKS) else 'eval'
     n = longest(name, split)
     assert n <= miniature.EVAL_TARGET_LENGTH[world], name
-    if world == 'v2':
+    if world != 'v1':
       assert n <= base_model_check.EVAL_FEATURE_LENGTHS['targets'], name
-  if world == 'v2':
-    assert longest('mini2_enfr', 'train') <= base_model_check.TRAIN_TARGET_LENGTH['enfr']
+  if world != 'v1':
+    assert longest(f'{settings.prefix}enfr', 'train') <= base_model_check.TRAIN_TARGET_LENGTH['enfr']

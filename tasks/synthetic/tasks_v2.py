@@ -48,6 +48,7 @@ _PROBES = {
     'rte_yn': ('rte', metrics.accuracy, postprocessing.classification_postprocessor),
     'enfr_alt': ('enfr', metrics.bleu, postprocessing.text_postprocessor),
 }
+PROBE_FORMS = tuple(_PROBES)
 
 
 def probe_name(form: str, num_shots: int) -> str:
@@ -99,7 +100,7 @@ def probes_mixture_name(num_shots: int = 1) -> str:
 
 
 for _k in PROBE_SHOTS:
-  tasks_lib._replace_mixture(probes_mixture_name(_k), [(probe_name(f, _k), 1.0) for f in _PROBES])  # pylint: disable=protected-access
+  tasks_lib._replace_mixture(probes_mixture_name(_k), [(probe_name(f, _k), 1.0) for f in PROBE_FORMS])  # pylint: disable=protected-access
 
 
 # The later pretraining phases' mixtures (`mini2_pretrain_phase{2,3,4}`, their rates

@@ -260,6 +260,15 @@ class WorldConfig:
       of those a second one: longer sentences, meant to leave the translation
       analogues headroom in a later world; both committed worlds use 1, and
       the second world's base model translates at ceiling: docs/results.md).
+    rare_share: share of the people, and of the Deuna and Romali translation
+      nouns, adjectives and verbs, that pretraining mentions rarely (a fixed,
+      seeded subset). The tasks' splits draw every person and word uniformly, so
+      the QA and En-De / En-Ro analogues ask about rare ones too: a base model
+      knows the common part of the world and little of the rare part, which
+      leaves those analogues headroom (the third world, `WORLD_V3`). 0 (the
+      earlier worlds): every draw exactly as before.
+    rare_weight: a rare person's or word's weight in pretraining's draws,
+      relative to 1 for the others.
   """
 
   seed: int = 0
@@ -279,6 +288,8 @@ class WorldConfig:
   latent_skills: bool = False
   negation_rate: float = 0.0
   max_prepositional_phrases: int = 1
+  rare_share: float = 0.0
+  rare_weight: float = 0.01
 
   def __post_init__(self):
     if self.num_people < 12 or self.num_story_names < 8:
@@ -286,7 +297,7 @@ class WorldConfig:
     if len(self.shot_probs) != self.max_shots + 1 or abs(sum(self.shot_probs) - 1) > 1e-6:
       raise ValueError(f'WorldConfig.shot_probs must have max_shots + 1 = {self.max_shots + 1} '
                        f'entries summing to 1, got {self.shot_probs}.')
-    for name in ('salient_span_rate', 'reconstruct_rate', 'negation_rate'):
+    for name in ('salient_span_rate', 'reconstruct_rate', 'negation_rate', 'rare_share', 'rare_weight'):
       if not 0 <= getattr(self, name) <= 1:
         raise ValueError(f'WorldConfig.{name} must be in [0, 1], got {getattr(self, name)}.')
     if not 0 < self.noise_density < 1 or self.mean_span_length < 1:
@@ -387,6 +398,14 @@ class World:
     lumic_words = sorted(self._invent(rng, LUMIC, len(lumic_source), taken), key=by_length)
     self.lumic = dict(zip(lumic_source, lumic_words))
     self._check()
+    # What pretraining mentions rarely (`rare_share`): its own stream, so the rest
+    # of the world is the same with or without it.
+    rare_rng = self._rng('rare')
+    pick = lambda n: frozenset(int(i) for i in rare_rng.choice(
+        n, size=int(round(self.config.rare_share * n)), replace=False))
+    self.rare_people = frozenset(self.people[i] for i in pick(len(self.people)))
+    self.rare_words = frozenset(words[i] for words in (TR_NOUNS, TR_ADJECTIVES, TR_VERBS)
+                                for i in pick(len(words)))
 
   # -- construction helpers ---------------------------------------------------
   def _rng(self, *salt: object) -> np.random.Generator:
@@ -514,6 +533,21 @@ class World:
   def from_cipher(self, text: str) -> str:
     return _map_words(text, self.cipher_inverse)
 
+  # -- pretraining's exposure (`rare_share`) -------------------------------------------
+  def _weights(self, names: tuple[str, ...] | list[str], rare: frozenset[str]) -> np.ndarray:
+    key = (tuple(names), rare)
+    cache = self.__dict__.setdefault('_weight_cache', {})
+    if key not in cache:
+      w = np.array([self.config.rare_weight if n in rare else 1.0 for n in names])
+      cache[key] = w / w.sum()
+    return cache[key]
+
+  def _draw(self, rng: np.random.Generator, names, rare: frozenset[str], skewed: bool):
+    """One of `names`: uniform, or (`skewed`, in a world with rare ones) by `_weights`."""
+    if skewed and rare:
+      return names[int(rng.choice(len(names), p=self._weights(names, rare)))]
+    return names[int(rng.integers(len(names)))]
+
   # -- raw items ------------------------------------------------------------------
   def _sample_item(self, family: str, rng: np.random.Generator, split_item: bool = False) -> _Item:
     """A random raw item of a family (not QA: QA items are the fixed facts).
@@ -537,10 +571,11 @@ class World:
       s2 = WIC_PATTERNS[int(p2)].format(n=n2, w=w, c=c2)
       return _Item('wic', (s1, s2, w, 0 if same else 1), f'{s1}|{s2}')
     if kind == 'translation':
-      parsed = self._sample_parse(rng)
+      # Pretraining's Deuna and Romali sentences use rare words rarely (`rare_share`).
+      parsed = self._sample_parse(rng, skewed=not split_item and family in ('ende', 'enro'))
       return _Item(family, (parsed,), repr(parsed))
     if family == 'xsum':
-      e = self.people[int(rng.integers(len(self.people)))]
+      e = self._draw(rng, self.people, self.rare_people, skewed=not split_item)
       rels = rng.choice(len(self.relations), size=2, replace=False)
       sents = [self.relations[int(i)].statements[int(rng.integers(3))].format(
           e=e, v=self.facts[e][self.relations[int(i)].name]) for i in rels]
@@ -597,12 +632,13 @@ class World:
       premise, label = ' '.join(sentences), 1
     return _Item(family, (premise, hypothesis, label), f'{premise}|{hypothesis}')
 
-  def _sample_parse(self, rng: np.random.Generator) -> tuple:
+  def _sample_parse(self, rng: np.random.Generator, skewed: bool = False) -> tuple:
+    rare = self.rare_words
     def np_():
-      adj = TR_ADJECTIVES[int(rng.integers(len(TR_ADJECTIVES)))] if rng.random() < 0.5 else None
-      return (adj, TR_NOUNS[int(rng.integers(len(TR_NOUNS)))])
+      adj = self._draw(rng, TR_ADJECTIVES, rare, skewed) if rng.random() < 0.5 else None
+      return (adj, self._draw(rng, TR_NOUNS, rare, skewed))
     subj, obj = np_(), np_()
-    verb = TR_VERBS[int(rng.integers(len(TR_VERBS)))]
+    verb = self._draw(rng, TR_VERBS, rare, skewed)
     def pp_():
       return (TR_PREPOSITIONS[int(rng.integers(len(TR_PREPOSITIONS)))], np_())
     pp = pp_() if rng.random() < 0.4 else None
@@ -803,7 +839,7 @@ class World:
         sentence = pat.format(t=t, a=a, b=b, c=c).split(' ')
         words += sentence
       return words, salient
-    p = self.people[int(rng.integers(len(self.people)))]
+    p = self._draw(rng, self.people, self.rare_people, skewed=True)
     for i in rng.permutation(len(self.relations))[:num_facts]:
       r = self.relations[int(i)]
       pat = r.statements[int(rng.integers(len(r.statements)))]
@@ -1111,6 +1147,18 @@ def _map_words(text: str, mapping: dict[str, str]) -> str:
 # for fine-tuning, 144 people (144 test questions per QA analogue) and 256
 # validation/test items per other family.
 WORLD_V2 = WorldConfig(latent_skills=True, negation_rate=0.2, num_people=144, eval_size=256)
+# The third world: the second's design, drawn anew (seed 3: other people, facts,
+# lexicons and items), with a third of the people and of the Deuna / Romali words
+# mentioned rarely in pretraining (`rare_share`), so that the QA and En-De / En-Ro
+# analogues have headroom. Its base model continues the second's
+# (gin/miniature/pretrain_v3.gin): the skills carry over, the world's facts and
+# words are learned anew.
+WORLD_V3 = dataclasses.replace(WORLD_V2, seed=3, rare_share=0.3, rare_weight=0.01)
+# The third world's pretraining mixture: the second world's first-phase rates with a
+# fifth of the examples short yes/no inference episodes (the skill the second world's
+# later phases taught, kept while the new world is learned).
+PRETRAIN_RATES_V3 = {'documents': 0.3, 'episodes': 0.3, 'skills': 0.12, 'inference_short': 0.2,
+                     'lumic': 0.05, 'cipher': 0.03}
 
 
 PRETRAINING_DRAWN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
