@@ -70,6 +70,8 @@ def test_third_world_tasks_and_pretraining_mixture_are_registered():
   for name in ('mini3_rte', 'mini3_enfr', 'mini3_ende_1shot', 'mini3_eval_1shot', tasks_v3.probe_name('rte_yn', 1),
                tasks_v3.probes_mixture_name(1), 'mini3_eval_1shot__toylang_v3'):
     assert name in seqio.TaskRegistry.names() | seqio.MixtureRegistry.names(), name
+  assert W.get_world(W.WORLD_V3).pretrain_rates == W.PRETRAIN_RATES_V3
+  assert W.get_world(W.WORLD_V3).pretrain_components.count('inference_short') == 1
   mixture = seqio.get_mixture_or_task('mini3_pretrain')
   rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
   assert rates == {f'mini3_pretrain_{c}': r for c, r in W.PRETRAIN_RATES_V3.items()}
@@ -81,3 +83,14 @@ def test_third_world_tasks_and_pretraining_mixture_are_registered():
   assert person in ex['inputs_pretokenized'].decode().split('Q: ')[-1]
   assert ex['targets_pretokenized'].decode() == world.facts[person][relation]
   assert tasks_v3.TRANSFORM_NAMES == ('toylang_v3', 'cipher_v3')
+
+
+def test_fine_tuning_templates_and_test_items_stay_out_of_its_pretraining(world):
+  from test_synthetic_world_v2 import RTE_TEMPLATE
+
+  held_out = {e.inputs for s in ('validation', 'test') for f in ('rte', 'enfr') for e in world.examples(f, s)}
+  for component, rate in world.pretrain_rates.items():
+    for i in range(int(600 * rate)):
+      ex = world.pretraining_example(component, i)
+      assert not RTE_TEMPLATE.search(ex.inputs) and 'Translate English to Frenka' not in ex.inputs
+      assert 'It is not true that' not in ex.inputs and ex.query not in held_out

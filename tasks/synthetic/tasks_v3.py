@@ -10,8 +10,9 @@ The third world is drawn anew (other people, facts, lexicons and items) and
 pretraining mentions a third of its people, and of its Deuna and Romali
 words, rarely (`WorldConfig.rare_share`), so that the QA and En-De / En-Ro
 analogues ask about things a base model knows only in part. `mini3_pretrain`
-is this world's pretraining mixture at `world.PRETRAIN_RATES_V3`: the base
-model continues the second world's (gin/miniature/pretrain_v3.gin).
+is this world's pretraining mixture at `world.PRETRAIN_RATES_V3` (the
+world's `pretrain_rates`): the base model continues the second world's
+(gin/miniature/pretrain_v3.gin).
 """
 
 from __future__ import annotations
@@ -43,8 +44,3 @@ tasks_lib.register_mini_tasks(WORLD_CONFIG, prefix=PREFIX, transforms=TRANSFORM_
 tasks_v2.register_probes(WORLD_CONFIG, prefix=PREFIX)
 for _k in tasks_v2.PROBE_SHOTS:
   tasks_lib._replace_mixture(probes_mixture_name(_k), [(probe_name(f, _k), 1.0) for f in tasks_v2.PROBE_FORMS])  # pylint: disable=protected-access
-# This world's pretraining mixture (`register_mini_tasks` registered it at the
-# second world's first-phase rates).
-tasks_lib._replace_mixture(  # pylint: disable=protected-access
-    tasks_lib.pretrain_mixture_name(PREFIX),
-    [(tasks_lib.pretrain_task_name(c, PREFIX), r) for c, r in world_lib.PRETRAIN_RATES_V3.items()])

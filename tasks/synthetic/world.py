@@ -974,13 +974,15 @@ class World:
   @property
   def pretrain_rates(self) -> dict[str, float]:
     """The pretraining components of this world and their mixing rates."""
+    if self.config in PRETRAIN_RATES_OF_WORLD:
+      return PRETRAIN_RATES_OF_WORLD[self.config]
     return PRETRAIN_RATES_V2 if self.config.latent_skills else PRETRAIN_RATES
 
   @property
   def pretrain_components(self) -> tuple[str, ...]:
     """Every pretraining component of this world (the second adds `inference`)."""
-    return tuple(self.pretrain_rates) + (('inference', 'inference_short')
-                                         if self.config.latent_skills else ())
+    extra = ('inference', 'inference_short') if self.config.latent_skills else ()
+    return tuple(dict.fromkeys(tuple(self.pretrain_rates) + extra))
 
   def pretraining_example(self, component: str, index: int, split: str = 'train',
                           drawn: set[str] | None = None) -> Example | None:
@@ -1159,6 +1161,8 @@ WORLD_V3 = dataclasses.replace(WORLD_V2, seed=3, rare_share=0.3, rare_weight=0.0
 # later phases taught, kept while the new world is learned).
 PRETRAIN_RATES_V3 = {'documents': 0.3, 'episodes': 0.3, 'skills': 0.12, 'inference_short': 0.2,
                      'lumic': 0.05, 'cipher': 0.03}
+# Worlds whose pretraining mixture is not their kind's default (`World.pretrain_rates`).
+PRETRAIN_RATES_OF_WORLD = {WORLD_V3: PRETRAIN_RATES_V3}
 
 
 PRETRAINING_DRAWN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
