@@ -115,7 +115,7 @@ def test_committed_claims_are_those_of_the_committed_run(folder):
   assert info['task_test_examples'] >= 256 and info['eval_examples_per_task'] >= 128
 
 
-@pytest.mark.parametrize('folder', ['world_v2', 'world_v1'])
+@pytest.mark.parametrize('folder', ['', 'world_v2', 'world_v1'])
 def test_the_recorded_second_run_reproduces_the_committed_verdicts(folder):
   """docs/results.md says a second run of the same command (`reproduction/` beside the
   committed claims) gives every claim the committed verdict, its tested mean inside the
