@@ -49,12 +49,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from promot_t5x import experiment as experiment_lib
+from promot_t5x import miniature
 
-MODULE = 'promot_t5x_tasks.synthetic.tasks_v2'
-PREFIX = 'mini2_'
-# The worlds a candidate can be checked for: world -> (task name prefix, task module).
-# 'v3': `world.WORLD_V3`, the second world's design with rare facts and words.
-WORLDS = {'v2': (PREFIX, MODULE), 'v3': ('mini3_', 'promot_t5x_tasks.synthetic.tasks_v3')}
+# The worlds a candidate can be checked for (those with latent-skill probes): world ->
+# (task name prefix, task module), as the miniature runs them. 'v3': `world.WORLD_V3`,
+# the second world's design with rare facts and words.
+WORLDS = {w: miniature.WORLDS[w][:2] for w in ('v2', 'v3')}
 TASK_METRIC = {'rte': 'rte/accuracy', 'enfr': 'enfr/bleu'}
 EVAL_FAMILIES = ('cb', 'wic', 'triviaqa', 'webqa', 'ende', 'enro', 'xsum', 'wikilingua')
 FAMILY_METRIC = {'cb': 'accuracy', 'wic': 'accuracy', 'triviaqa': 'exact_match', 'webqa': 'exact_match',
