@@ -62,7 +62,7 @@ and on its fine-tuned task's test split with the prompt (the first 256)
   conjugate  pretrained, fine-tuned and ProMoT models on the 1-shot suite
              under the world's conjugate transforms (its own Lumic and
              cipher: toylang and cipher in the first world, toylang_v2 and
-             cipher_v2 in the second).
+             cipher_v2 in the second, toylang_v3 and cipher_v3 in the third).
 
 Outputs in --output_dir: `summary.md` (every table, the reading aids and the
 plots' paths), `summary.json`, `<task>/table.md|json`, `<task>/norm_avg.png`,
@@ -734,9 +734,10 @@ def run(settings: Settings) -> str:
   """Runs every part not yet done; writes summary.md/json; returns summary.md's path."""
   if not os.path.isdir(settings.base_model):
     raise FileNotFoundError(
-        f'No base model at {settings.base_model}. The first world\'s is committed with the project '
-        '(regenerate it with gin/miniature/pretrain.gin); the second world\'s comes from '
-        'gin/miniature/pretrain_v2.gin and `python -m promot_t5x.base_model_check`, or pass --base_model.')
+        f'No base model at {settings.base_model}. Every world\'s is committed with the project '
+        '(tasks/synthetic/data/: base_model, base_model_v2, base_model_v3); a clone without them '
+        'regenerates one with its gin/miniature/pretrain*.gin recipe (docs/miniature/README.md) and '
+        '`python -m promot_t5x.base_model_check --world=<world>`, or pass --base_model.')
   os.makedirs(settings.output_dir, exist_ok=True)
   _configure_jax(settings)
   start = time.time()
@@ -1073,8 +1074,9 @@ def _flags(parser: argparse.ArgumentParser) -> None:
                            "the base model passed its gate, headroom included), 'v2' (the second world; "
                            "docs/miniature/world_v2/) or 'v1' (the first; docs/miniature/world_v1/)")
   parser.add_argument('--controls', action='store_true',
-                      help='also the controls: fine-tuning and ProMoT on the binary-inference analogue (mini2_rte; '
-                           'mini_rte in the first world) with shuffled labels')
+                      help='also the controls: fine-tuning and ProMoT on the binary-inference analogue (the '
+                           "world's <prefix>rte: " + ', '.join(f'{w} {p}rte' for w, (p, _, _) in WORLDS.items())
+                           + ') with shuffled labels')
   parser.add_argument('--cpu_kernels', action='store_true',
                       help='run the model\'s products through the optional CPU kernels '
                            '(gin/options/cpu_kernels.gin; needs the cpu extra and g++)')
@@ -1099,10 +1101,14 @@ def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--stage1_unregularized', action=argparse.BooleanOptionalAction, default=None,
                       help="stage 1 (prompt tuning) without the protocol's dropout and label smoothing; "
                            'the other runs keep them (STAGE1_DROPOUT_RATE, STAGE1_LABEL_SMOOTHING = 0). '
-                           'Default: the world\'s recipe (v1 no, v2 yes)')
+                           "Default: the world's recipe (" + ', '.join(
+                               f'{w} {"yes" if r["stage1_unregularized"] else "no"}'
+                               for w, r in WORLD_RECIPES.items()) + ')')
   parser.add_argument('--stage1_steps', type=int, default=None, metavar='STEPS',
-                      help="stage 1's steps (default: the world's recipe, v1 150 = stage 2's, v2 750 = 5 x "
-                           "stage 2's, the paper's ratio of 5,000 to 1,000)")
+                      help="stage 1's steps (default: the world's recipe, " + ', '.join(
+                          f'{w} {r["stage1_steps"]}' for w, r in WORLD_RECIPES.items())
+                      + "; stage 2 has 150: v1 trains stage 1 as long, the later worlds 5 x, the paper's "
+                        'ratio of 5,000 to 1,000)')
   parser.add_argument('--no_curves', action='store_true')
   parser.add_argument('--no_conjugate', action='store_true')
   parser.add_argument('--base_model', default=None, help='a params or run folder to start from')

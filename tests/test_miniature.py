@@ -405,3 +405,23 @@ def test_a_worker_ends_when_its_parent_is_gone():
   stays = threading.Event()
   thread = miniature.watch_parent(os.getppid(), period=0.01, exit_fn=stays.set)
   assert not stays.wait(0.2) and thread.is_alive()
+
+
+def test_a_missing_base_model_is_named_with_the_fix(tmp_path, capsys):
+  missing = tmp_path / 'no_such_model'
+  assert miniature.main([f'--output_dir={tmp_path / "out"}', f'--base_model={missing}']) != 0
+  err = capsys.readouterr().err
+  assert f'No base model at {missing}' in err
+  assert 'base_model_check --world=<world>' in err and '--base_model' in err
+  assert not (tmp_path / 'out').exists()  # nothing written before the check
+
+
+def test_help_states_every_worlds_recipe(capsys):
+  with pytest.raises(SystemExit):
+    miniature.main(['--help'])
+  text = ' '.join(capsys.readouterr().out.split())
+  for world, recipe in miniature.WORLD_RECIPES.items():
+    assert f'{world} {recipe["stage1_steps"]}' in text
+    assert f'{world} {"yes" if recipe["stage1_unregularized"] else "no"}' in text
+    assert f'{world} {recipe["model_learning_rate"]}' in text
+    assert f'{world} {miniature.WORLDS[world][0]}rte' in text
