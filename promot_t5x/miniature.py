@@ -226,7 +226,8 @@ class Settings:
       raise ValueError(f'Unknown fine-tuning task(s) {unknown}; choose from {FINETUNE_TASKS}.')
     if not self.seeds:
       raise ValueError('The miniature needs at least one seed.')
-    for name in ('max_examples', 'task_examples', 'stage1_steps', 'stage2_steps', 'finetune_steps'):
+    for name in ('max_examples', 'task_examples', 'curve_max_examples', 'stage1_steps', 'stage2_steps',
+                 'finetune_steps'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
     for name in ('model_learning_rate', 'prompt_learning_rate'):
@@ -1058,6 +1059,10 @@ def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--task_examples', type=int, default=None,
                       help=f'test examples of the fine-tuned task (default {Settings.task_examples}, '
                            'or all its test split has)')
+  parser.add_argument('--curve_examples', type=int, default=None, metavar='N',
+                      help=f'QA examples per curve check (format specialization, C4 and C5; default '
+                           f'{Settings.curve_max_examples}: one answer moves the share by '
+                           f'{100 / Settings.curve_max_examples:.2f} points)')
   parser.add_argument('--tasks', default=None, help=f'comma-separated subset of {FINETUNE_TASKS}')
   parser.add_argument('--extras', action='store_true',
                       help='also joint tuning, fine-tuning with a fixed random prompt and '
@@ -1130,6 +1135,8 @@ def _main(args: argparse.Namespace) -> int:
   for name in ('max_examples', 'task_examples'):
     if getattr(args, name) is not None:
       kwargs[name] = getattr(args, name)
+  if args.curve_examples is not None:
+    kwargs['curve_max_examples'] = args.curve_examples
   if args.four_shot:
     kwargs['four_shot'] = True
   if args.only:

@@ -425,3 +425,15 @@ def test_help_states_every_worlds_recipe(capsys):
     assert f'{world} {"yes" if recipe["stage1_unregularized"] else "no"}' in text
     assert f'{world} {recipe["model_learning_rate"]}' in text
     assert f'{world} {miniature.WORLDS[world][0]}rte' in text
+
+
+def test_curve_examples_flag_sizes_the_curves_qa_set(monkeypatch, tmp_path, capsys):
+  ran = []
+  monkeypatch.setattr(miniature, 'run', ran.append)
+  assert miniature.main([f'--output_dir={tmp_path}', '--curve_examples=128']) == 0
+  (settings,) = ran
+  assert settings.curve_max_examples == 128
+  finetune = next(v for v in miniature.experiment(settings, 'rte').variants if v.name == 'finetune')
+  assert 'CURVE_MAX_EXAMPLES = 128' in finetune.overrides
+  assert miniature.main([f'--output_dir={tmp_path}', '--curve_examples=0']) == 2
+  assert 'curve_max_examples must be >= 1, got 0' in capsys.readouterr().err
