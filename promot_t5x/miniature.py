@@ -1112,8 +1112,8 @@ def _flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--stage1_steps', type=int, default=None, metavar='STEPS',
                       help="stage 1's steps (default: the world's recipe, " + ', '.join(
                           f'{w} {r["stage1_steps"]}' for w, r in WORLD_RECIPES.items())
-                      + "; stage 2 has 150: v1 trains stage 1 as long, the later worlds 5 x, the paper's "
-                        'ratio of 5,000 to 1,000)')
+                      + f"; stage 2 has {Settings.stage2_steps}: v1 trains stage 1 as long, the later worlds "
+                        "5 x, the paper's ratio of 5,000 to 1,000)")
   parser.add_argument('--no_curves', action='store_true')
   parser.add_argument('--no_conjugate', action='store_true')
   parser.add_argument('--base_model', default=None, help='a params or run folder to start from')
