@@ -164,7 +164,9 @@ class Settings:
   max_examples: int = 128
   task_examples: int = 256
   four_shot: bool = False
-  # The curves: evaluated every curve_period steps of fine-tuning / stage 2.
+  # The curves: evaluated every curve_period steps of fine-tuning / stage 2, on the first
+  # curve_max_examples of the task's validation split and of each QA analogue; those
+  # checks also select fine-tuning's and stage 2's best checkpoint where curves run.
   curve_period: int = 30
   curve_max_examples: int = 32
   conjugate: bool = True
@@ -1060,7 +1062,9 @@ def _flags(parser: argparse.ArgumentParser) -> None:
                       help=f'test examples of the fine-tuned task (default {Settings.task_examples}, '
                            'or all its test split has)')
   parser.add_argument('--curve_examples', type=int, default=None, metavar='N',
-                      help=f'QA examples per curve check (format specialization, C4 and C5; default '
+                      help=f'examples per curve check, of each QA analogue (format specialization, C4 '
+                           f'and C5) and of the task\'s validation split (the checks select fine-tuning\'s '
+                           f'and stage 2\'s best checkpoint on the binary-inference analogue; default '
                            f'{Settings.curve_max_examples}: one answer moves the share by '
                            f'{100 / Settings.curve_max_examples:.2f} points)')
   parser.add_argument('--tasks', default=None, help=f'comma-separated subset of {FINETUNE_TASKS}')

@@ -94,11 +94,12 @@ def test_claims_file_is_checked(tmp_path):
   assert 'does not follow' in C.check_claims_file(data)[0]
 
 
-@pytest.mark.parametrize('folder', ['', 'world_v2', 'world_v1', 'extras', 'world_v2/extras', 'world_v1/extras'])
+@pytest.mark.parametrize('folder', ['', 'world_v2', 'world_v1', 'extras', 'extras/controls', 'extras/curves128',
+                                    'world_v2/extras', 'world_v1/extras'])
 def test_committed_claims_are_those_of_the_committed_run(folder):
   """docs/miniature/claims.json (`make run`, the third world; the earlier worlds',
-  world_v2/ and world_v1/; and each world's extras) is what the claims code computes from
-  the committed run's tables."""
+  world_v2/ and world_v1/; each world's extras; the third world's controls and its
+  128-item curves) is what the claims code computes from the committed run's tables."""
   import json
   import pathlib
 
@@ -114,6 +115,34 @@ def test_committed_claims_are_those_of_the_committed_run(folder):
   for key in ('eval_examples_per_task', 'task_test_examples', 'examples_scored', 'model_learning_rate'):
     assert committed['settings'][key] == info[key], key
   assert info['task_test_examples'] >= 256 and info['eval_examples_per_task'] >= 128
+
+
+@pytest.mark.parametrize('folder', ['extras/controls', 'world_v2/extras'])
+def test_committed_dose_responses_are_those_of_their_runs(folder):
+  """Each committed dose_response.json's Norm. Avg. change and task score per dose are what
+  its run's tables (summary.json) give: each dose's runs minus the pretrained model, a
+  mean with its t-interval over the seeds."""
+  import json
+  import pathlib
+
+  from promot_t5x import miniature
+
+  docs = pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'miniature' / folder
+  summary = json.loads((docs / 'summary.json').read_text())
+  dose = json.loads((docs / 'dose_response.json').read_text())
+  assert dose['seeds'] == summary['settings']['seeds']
+  for task, doses in dose['tasks'].items():
+    table = summary['tables'][task]
+    base = table['pretrained'][0][C.NORM_AVG]
+    assert [int(n) for n in doses] == summary['settings']['dose_steps']
+    for n, d in doses.items():
+      rows = table[miniature.dose_variant(int(n))]
+      assert len(rows) == len(dose['seeds']) == d['norm_avg_change']['n']
+      for key, values in (('norm_avg_change', [r[C.NORM_AVG] - base for r in rows]),
+                          ('task_score', [r[C.TASK_SCORE[task]] for r in rows])):
+        expected = C.Estimate.of(values).as_dict()
+        assert d[key]['mean'] == pytest.approx(expected['mean']), (n, key)
+        assert d[key]['ci95'] == pytest.approx(expected['ci95']), (n, key)
 
 
 @pytest.mark.parametrize('folder', ['', 'world_v2', 'world_v1'])

@@ -437,3 +437,7 @@ def test_curve_examples_flag_sizes_the_curves_qa_set(monkeypatch, tmp_path, caps
   assert 'CURVE_MAX_EXAMPLES = 128' in finetune.overrides
   assert miniature.main([f'--output_dir={tmp_path}', '--curve_examples=0']) == 2
   assert 'curve_max_examples must be >= 1, got 0' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    miniature.main(['--help'])
+  assert "of each QA analogue (format specialization, C4 and C5) and of the task's validation split" in ' '.join(
+      capsys.readouterr().out.split())
