@@ -94,12 +94,13 @@ def test_claims_file_is_checked(tmp_path):
   assert 'does not follow' in C.check_claims_file(data)[0]
 
 
-@pytest.mark.parametrize('folder', ['', 'world_v2', 'world_v1', 'extras', 'extras/controls', 'extras/curves128',
-                                    'world_v2/extras', 'world_v1/extras'])
+@pytest.mark.parametrize('folder', ['', 'reproduction_fresh_clone', 'world_v2', 'world_v1', 'extras', 'extras/controls',
+                                    'extras/curves128', 'world_v2/extras', 'world_v1/extras'])
 def test_committed_claims_are_those_of_the_committed_run(folder):
-  """docs/miniature/claims.json (`make run`, the third world; the earlier worlds',
-  world_v2/ and world_v1/; each world's extras; the third world's controls and its
-  128-item curves) is what the claims code computes from the committed run's tables."""
+  """docs/miniature/claims.json (`make run`, the third world, and a second fresh clone's;
+  the earlier worlds', world_v2/ and world_v1/; each world's extras; the third world's
+  controls and its 128-item curves) is what the claims code computes from the committed
+  run's tables."""
   import json
   import pathlib
 
