@@ -1062,9 +1062,9 @@ def _flags(parser: argparse.ArgumentParser) -> None:
                       help=f'test examples of the fine-tuned task (default {Settings.task_examples}, '
                            'or all its test split has)')
   parser.add_argument('--curve_examples', type=int, default=None, metavar='N',
-                      help=f'examples per curve check, of each QA analogue (format specialization, C4 '
-                           f'and C5) and of the task\'s validation split (the checks select fine-tuning\'s '
-                           f'and stage 2\'s best checkpoint on the binary-inference analogue; default '
+                      help='examples per curve check, of each QA analogue (format specialization, C4 '
+                           "and C5) and of the task's validation split (the checks select fine-tuning's "
+                           "and stage 2's best checkpoint on the binary-inference analogue; default "
                            f'{Settings.curve_max_examples}: one answer moves the share by '
                            f'{100 / Settings.curve_max_examples:.2f} points)')
   parser.add_argument('--tasks', default=None, help=f'comma-separated subset of {FINETUNE_TASKS}')
